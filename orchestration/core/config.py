@@ -1,0 +1,73 @@
+"""Config loading: ``OmegaConf.merge(structured(Schema), yaml, cli key=value list)``.
+
+Unknown keys and wrong types are caught by OmegaConf against the dataclass schema; the error is
+re-raised as a ConfigError that names the key and says how to fix it. The resolved config is what
+gets saved into every run folder, and what resume compares against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    """Which contexts to use."""
+
+    source: str = "demo"
+    """'demo' (the built-in fictional set), a SEAL/SQuAD-schema JSON file, or a hub dataset id."""
+    split: str = "validation"
+    """Split, for hub datasets only."""
+    shuffle_seed: Optional[int] = None
+    """Shuffle the whole list with random.Random(seed) first; 42 gives the standard SQuAD subset."""
+    offset: int = 0
+    """Skip this many contexts (after shuffling)."""
+    limit: Optional[int] = None
+    """Use at most this many contexts (None = all)."""
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None):
+    """Return (typed config object, resolved DictConfig)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    base = OmegaConf.structured(schema)
+    layers = [base]
+    try:
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file {p} does not exist; pass a YAML file from configs/")
+            layers.append(OmegaConf.load(p))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not key=value (e.g. student.train.epochs=3)")
+        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        cfg = OmegaConf.merge(*layers)
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"config key '{key}': {e.msg if hasattr(e, 'msg') else e}. "
+                          f"Check the spelling and type against the documented fields "
+                          f"(see the dataclasses in {schema.__module__}).") from None
+    return OmegaConf.to_object(cfg), cfg
+
+
+def diff_keys(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain nested dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out

@@ -1,0 +1,132 @@
+"""Contexts (a passage plus questions about it) in the SEAL/SQuAD schema.
+
+A context file is a JSON list of ``{"title", "context", "questions": [{"question", "answer"}]}``.
+It is validated as plain JSON first, so an error names the record index and the field, and only
+then handed to `datasets` (which would otherwise fail deep inside Arrow with no record index).
+
+Every context gets a ``context_id``: a short hash of title + passage. Titles alone are not unique
+(SQuAD has 2,067 passages under 48 titles), and the id keys edits, results, resume and idempotency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+DEMO = "demo"  # the built-in fictional set shipped with the package
+DEMO_FILE = "demo_contexts.json"
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Context:
+    context_id: str
+    title: str
+    context: str
+    questions: tuple[QA, ...]
+
+
+class ContextDataError(ValueError):
+    """A context file or record is malformed; the message names the record and field."""
+
+
+def context_id(title: str, context: str) -> str:
+    """Stable 12-hex-digit id of a passage: sha256 of title, NUL, passage."""
+    return hashlib.sha256(f"{title}\x00{context}".encode()).hexdigest()[:12]
+
+
+def _require_str(rec: dict, key: str, where: str) -> str:
+    if key not in rec:
+        raise ContextDataError(f"{where}: missing field '{key}' (expected a string)")
+    val = rec[key]
+    if not isinstance(val, str) or not val.strip():
+        raise ContextDataError(f"{where}: field '{key}' must be a non-empty string, got {val!r:.60}")
+    return val
+
+
+def validate_records(records: object, source: str = "<data>", need_questions: bool = True) -> list[dict]:
+    """Check the SEAL/SQuAD schema on plain JSON; return the records unchanged.
+
+    Raises ContextDataError naming ``source``, the record index and the field at fault.
+    """
+    if not isinstance(records, list):
+        raise ContextDataError(f"{source}: expected a JSON list of records, got {type(records).__name__}")
+    for i, rec in enumerate(records):
+        where = f"{source}: record {i}"
+        if not isinstance(rec, dict):
+            raise ContextDataError(f"{where}: expected an object, got {type(rec).__name__}")
+        _require_str(rec, "title", where)
+        _require_str(rec, "context", where)
+        if not need_questions and "questions" not in rec:
+            continue
+        qs = rec.get("questions")
+        if not isinstance(qs, list) or (need_questions and not qs):
+            raise ContextDataError(f"{where}: field 'questions' must be a non-empty list of {{question, answer}}")
+        for j, q in enumerate(qs):
+            if not isinstance(q, dict):
+                raise ContextDataError(f"{where}: questions[{j}] must be an object with 'question' and 'answer'")
+            _require_str(q, "question", f"{where}: questions[{j}]")
+            _require_str(q, "answer", f"{where}: questions[{j}]")
+    return records
+
+
+def _to_contexts(rows) -> list[Context]:
+    return [
+        Context(
+            context_id=context_id(r["title"], r["context"]),
+            title=r["title"],
+            context=r["context"],
+            questions=tuple(QA(q["question"], q["answer"]) for q in r["questions"]),
+        )
+        for r in rows
+    ]
+
+
+def read_json_records(path: str | Path) -> list:
+    """Read a JSON file, turning a missing file or bad JSON into a ContextDataError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ContextDataError(f"data file {p} does not exist; set data.source to a SEAL/SQuAD JSON file, "
+                               f"'{DEMO}' for the built-in set, or a hub dataset id")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ContextDataError(f"{p}: not valid JSON ({e})") from e
+
+
+def demo_records() -> list[dict]:
+    return json.loads(resources.files("orchestration.core").joinpath(DEMO_FILE).read_text())
+
+
+def load_contexts(source: str, *, split: str = "validation", shuffle_seed: int | None = None,
+                  offset: int = 0, limit: int | None = None) -> list[Context]:
+    """Load contexts from ``demo``, a JSON file, or a hub dataset id (needs a network).
+
+    ``shuffle_seed`` shuffles the whole list with ``random.Random(seed).shuffle`` before
+    ``offset``/``limit`` slice it: ``shuffle_seed=42, limit=200`` is the standard SQuAD subset.
+    """
+    import datasets  # heavy; only here
+
+    if source == DEMO:
+        records = validate_records(demo_records(), "built-in demo set")
+        ds = datasets.Dataset.from_list(records)
+    elif Path(source).suffix == ".json" or Path(source).exists():
+        records = validate_records(read_json_records(source), str(source))
+        ds = datasets.Dataset.from_list(records)
+    else:
+        ds = datasets.load_dataset(source, split=split)
+        validate_records([dict(r) for r in ds], source)
+    rows = list(ds)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(rows)
+    end = None if limit is None else offset + limit
+    return _to_contexts(rows[offset:end])

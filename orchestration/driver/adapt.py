@@ -1,0 +1,130 @@
+"""`seal adapt`: score a student on contexts under conditions base / passage / edits.
+
+For each context: ``base`` answers without adaptation, ``passage`` trains on the passage alone,
+``edits`` trains on each completion of a SEAL-format edits file (one adaptation per completion).
+Rows go to ``results.jsonl`` as they finish (keyed, so a rerun on the same run_dir resumes), and
+``summary.json`` holds accuracy per condition.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from orchestration.core.config import ConfigError, DataConfig
+from orchestration.core.contexts import context_id, load_contexts, read_json_records, validate_records
+from orchestration.core.records import StudentResult
+from orchestration.core.runs import append_jsonl, open_run, read_jsonl
+from student.config import StudentConfig
+
+CONDITIONS = ("base", "passage", "edits")
+
+
+@dataclass
+class AdaptConfig:
+    """Config of `seal adapt` (configs/adapt_demo.yaml)."""
+
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    conditions: list[str] = field(default_factory=lambda: ["base", "passage"])
+    """Any of 'base', 'passage', 'edits' (the last needs ``edits``)."""
+    edits: Optional[str] = None
+    """SEAL-format edits file: a JSON list of {title, context, completions: [str]}, matched to the
+    contexts by context_id (title + passage)."""
+    max_completions: Optional[int] = None
+    """Use at most this many completions per context from the edits file (None = all)."""
+    run_dir: Optional[str] = None
+    """Run folder; default runs/adapt-<timestamp>. An existing folder with the same config resumes."""
+    models_cache: Optional[str] = None
+    """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
+
+
+def load_edits(path: str) -> dict[str, list[str]]:
+    """context_id -> completions, from a SEAL-format edits file."""
+    records = validate_records(read_json_records(path), path, need_questions=False)
+    out: dict[str, list[str]] = {}
+    for i, rec in enumerate(records):
+        comps = rec.get("completions")
+        if not isinstance(comps, list) or not all(isinstance(c, str) for c in comps):
+            raise ConfigError(f"{path}: record {i}: field 'completions' must be a list of strings")
+        out.setdefault(context_id(rec["title"], rec["context"]), []).extend(comps)
+    return out
+
+
+def check(cfg: AdaptConfig) -> None:
+    bad = [c for c in cfg.conditions if c not in CONDITIONS]
+    if bad or not cfg.conditions:
+        raise ConfigError(f"conditions={cfg.conditions}: use a non-empty list of {list(CONDITIONS)}")
+    if "edits" in cfg.conditions and not cfg.edits:
+        raise ConfigError("conditions includes 'edits' but edits= is not set; pass edits=PATH to a SEAL-format file")
+
+
+def summarize(rows: list[StudentResult], student: str, dataset: str) -> dict:
+    conds: dict[str, dict] = {}
+    for name in CONDITIONS:
+        sel = [r for r in rows if r.condition == name]
+        if not sel:
+            continue
+        scores = [v.score for r in sel for v in r.verdicts]
+        conds[name] = {"accuracy": sum(scores) / len(scores), "n_questions": len(scores), "n_adaptations":
+                       0 if name == "base" else len(sel)}
+    return {"student": student, "dataset": dataset, "conditions": conds}
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"student {summary['student']} on {summary['dataset']}",
+             f"{'condition':<10} {'accuracy':>9} {'questions':>10} {'adaptations':>12}"]
+    for name, c in summary["conditions"].items():
+        lines.append(f"{name:<10} {c['accuracy']:>9.3f} {c['n_questions']:>10} {c['n_adaptations']:>12}")
+    return "\n".join(lines)
+
+
+def run_adapt(cfg: AdaptConfig, resolved) -> dict:
+    """Run `seal adapt` on a parsed config; returns the summary (also written to the run folder)."""
+    from tqdm import tqdm
+
+    from student.model import Student
+    from student.scoring import Baselines, adapt_and_score, base_result, make_grader
+
+    check(cfg)
+    d = cfg.data
+    contexts = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
+    edits = load_edits(cfg.edits) if "edits" in cfg.conditions else {}
+    missing = [c.title for c in contexts if "edits" in cfg.conditions and c.context_id not in edits]
+    if missing:
+        raise ConfigError(f"edits file {cfg.edits} has no completions for {len(missing)} context(s), "
+                          f"e.g. '{missing[0]}'; regenerate it for data.source={d.source}")
+    run = open_run("adapt", cfg.run_dir, resolved)
+    results_path = run / "results.jsonl"
+    done = {StudentResult.from_json(x).key: StudentResult.from_json(x) for x in read_jsonl(results_path)}
+
+    jobs = []  # (key, context, condition, completion index, edit text)
+    for ctx in contexts:
+        for cond in cfg.conditions:
+            if cond == "edits":
+                comps = edits[ctx.context_id][: cfg.max_completions]
+                jobs += [(f"{ctx.context_id}:edits:{i}", ctx, cond, i, e) for i, e in enumerate(comps)]
+            else:
+                jobs.append((f"{ctx.context_id}:{cond}:0", ctx, cond, 0, ""))
+    todo = [j for j in jobs if j[0] not in done]
+    student, grade = None, None
+    for key, ctx, cond, i, edit in tqdm(todo, desc="adapt", unit="job", initial=len(jobs) - len(todo), total=len(jobs)):
+        if student is None:  # loaded lazily: a finished run resumes without loading a model
+            student = Student(cfg.student, cache=cfg.models_cache)
+            grade = make_grader(cfg.student.grader, cfg.student.judge, run / "judge_cache.json")
+            baselines = Baselines(student, grade)
+        if cond == "base":
+            row = base_result(student, baselines, ctx, cfg.student.grader, key)
+        else:
+            row = adapt_and_score(student, baselines, ctx, edit, condition=cond, completion=i,
+                                  grader=cfg.student.grader, key=key,
+                                  append_passage=True if cond == "passage" else None)
+        append_jsonl(results_path, row.to_json())
+        done[key] = row
+    summary = summarize([done[j[0]] for j in jobs], cfg.student.model, d.source)
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(format_table(summary))
+    print(f"run folder: {run}")
+    return summary

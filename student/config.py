@@ -1,0 +1,106 @@
+"""Configuration of one student: which model, how it is adapted, how it answers, how it is graded.
+
+Plain dataclasses (no torch), mirrored by the ``student:`` node of the YAML files in ``configs/``.
+Every field is documented here; this file is the manual for that node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter trained for each adaptation (PEFT ``LoraConfig``)."""
+
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 32
+    """Scaling numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter input during training."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Names of the linear layers that get an adapter (both built-in models use these names)."""
+
+
+@dataclass
+class TrainSettings:
+    """The inner-loop SFT run on one self-edit."""
+
+    epochs: int = 3
+    """Passes over the edit's training sequences."""
+    learning_rate: float = 1e-3
+    """AdamW learning rate (constant; the runs are a few dozen steps)."""
+    batch_size: int = 4
+    """Sequences per optimizer step; each batch is padded only to its own longest sequence."""
+    max_length: int = 128
+    """Tokens per training sequence; longer ones are truncated and the count is recorded."""
+    max_sequences: int = 64
+    """Cap on training sequences per edit; the excess is dropped and the count is recorded."""
+    max_steps: int = 0
+    """Per-edit step budget: stop after this many optimizer steps (0 = no budget, run all epochs)."""
+    append_passage: bool = True
+    """Add the passage itself as one more training sequence (as the reference implementation does)."""
+    seed: int = 0
+    """Seeds adapter initialisation and batch order; recorded with every result."""
+    dtype: str = "auto"
+    """Autocast dtype for training and answering: 'auto' (bf16 where the CPU/GPU supports it), 'bf16' or 'fp32'."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the adapter weights."""
+
+
+@dataclass
+class AnswerSettings:
+    """How the student answers a question about the passage, without the passage in the prompt."""
+
+    max_new_tokens: int = 24
+    """Greedy tokens per answer; the answer is cut at the first newline or EOS. Short on purpose:
+    containment grading rewards long answers."""
+    batch_size: int = 16
+    """Questions answered per generate() call (left-padded)."""
+    instruction: str = "Answer the question with a short phrase."
+    """Instruction placed before the question (chat models: in the user turn)."""
+
+
+@dataclass
+class JudgeConfig:
+    """LLM-judge grader: an OpenAI-compatible chat endpoint (used only when ``grader: judge``)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """Endpoint root; ``/chat/completions`` is appended."""
+    model: str = "gpt-4.1"
+    """Model name sent to the endpoint."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (empty or unset: no Authorization header)."""
+    timeout_s: float = 30.0
+    """Seconds per HTTP request."""
+    max_retries: int = 3
+    """Retries after a failed request (HTTP 429/5xx, timeouts, unreadable verdicts), with backoff."""
+    backoff_s: float = 1.0
+    """First retry delay in seconds; doubles each retry."""
+    cache_path: Optional[str] = None
+    """JSON file of verdicts keyed by (question, gold, answer); None = the run folder's judge_cache.json."""
+
+
+@dataclass
+class StudentConfig:
+    """One student model and its inner loop."""
+
+    model: str = "smollm2-135m-instruct"
+    """Built-in name (see `seal models list`), a local checkpoint folder, or a hub id."""
+    chat: Optional[bool] = None
+    """Prompt through the chat template? None = decide from the tokenizer (has a chat template)."""
+    trust_remote_code: bool = False
+    """Allow model code from the checkpoint to run. Off unless you trust the source."""
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default: all cores)."""
+    grader: str = "f1"
+    """Score per question: 'f1' (SQuAD token F1), 'exact' (normalized exact match), 'contains'
+    (gold span contained in the answer) or 'judge' (LLM judge; see ``judge``)."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    answer: AnswerSettings = field(default_factory=AnswerSettings)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)

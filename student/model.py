@@ -1,0 +1,193 @@
+"""A loaded student: one base model per process, fresh LoRA adapters attached, trained and discarded.
+
+The base model is wrapped by PEFT once. Each adaptation re-initialises the adapter weights in place
+(seeded: A ~ Kaiming, B = 0, so a fresh adapter is exactly the base model) and trains them with a
+plain AdamW loop, so no adaptation ever reloads or copies the base weights. The loop departs from the
+reference implementation on purpose: batches are padded only to their longest sequence and the loss
+counts real tokens only (the reference pads to 2048 and trains on the pads).
+
+Shapes: input_ids / attention_mask / labels are (batch, longest sequence in the batch).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+from orchestration.core.models import load_model, uses_chat
+from student.config import LoraSettings, StudentConfig, TrainSettings
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    sequences: int
+    real_tokens: int  # non-pad tokens trained on, summed over epochs
+    truncated: int  # sequences cut to max_length
+    first_loss: float
+    final_loss: float  # mean loss of the last epoch
+    train_s: float  # wall seconds
+    seed: int
+
+
+def autocast_dtype(setting: str):
+    """torch dtype to autocast to (None = fp32). 'auto' = bf16 where the hardware has fast bf16."""
+    import torch
+
+    if setting == "fp32":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting != "auto":
+        raise ValueError(f"train.dtype must be 'auto', 'bf16' or 'fp32', got {setting!r}")
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+class Student:
+    def __init__(self, cfg: StudentConfig, cache: str | None = None):
+        import torch
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.model, self.tok = load_model(cfg.model, cache=cache, trust_remote_code=cfg.trust_remote_code)
+        self.chat = uses_chat(self.tok, cfg.chat)
+        self.device = self.model.device
+        self._peft = None  # the PEFT-wrapped model, built on first adaptation
+        self._lora_key = None
+        self._active = False  # is a trained adapter in effect?
+
+    # ----- prompting and answering -------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        text = f"{self.cfg.answer.instruction}\nQuestion: {question}"
+        if self.chat:
+            return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                add_generation_prompt=True)
+        return f"{text}\nAnswer:"
+
+    def _autocast(self):
+        import torch
+
+        dt = autocast_dtype(self.cfg.train.dtype)
+        return torch.autocast(self.device.type, dtype=dt) if dt is not None else nullcontext()
+
+    def answer(self, questions: list[str]) -> list[str]:
+        """Greedy answers, batched; each cut at its first newline (or EOS). Without the passage."""
+        import torch
+
+        lm = self._peft if self._peft is not None else self.model
+        # Between adaptations the wrapper holds a zeroed adapter: bypass it rather than pay for it.
+        bypass = self._peft.disable_adapter() if self._peft is not None and not self._active else nullcontext()
+        cfg, out = self.cfg.answer, []
+        with bypass:
+            for i in range(0, len(questions), cfg.batch_size):
+                prompts = [self.prompt(q) for q in questions[i:i + cfg.batch_size]]
+                enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.chat)
+                enc = enc.to(self.device)
+                with torch.inference_mode(), self._autocast():
+                    gen = lm.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tok.pad_token_id, stop_strings=["\n"], tokenizer=self.tok)
+                for row in gen[:, enc["input_ids"].shape[1]:]:
+                    text = self.tok.decode(row, skip_special_tokens=True)
+                    out.append(text.split("\n", 1)[0].strip())
+        return out
+
+    # ----- adaptation ----------------------------------------------------------------------
+    def _fresh_adapter(self, lora: LoraSettings, seed: int):
+        """Wrap the base once per LoRA shape; afterwards re-initialise the adapter in place."""
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import LoraLayer
+
+        key = (lora.r, lora.alpha, lora.dropout, tuple(lora.target_modules))
+        torch.manual_seed(seed)
+        if self._lora_key != key:
+            if self._peft is not None:
+                self.model = self._peft.unload()
+            conf = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+            self._peft, self._lora_key = get_peft_model(self.model, conf), key
+        for module in self._peft.modules():
+            if isinstance(module, LoraLayer):
+                module.reset_lora_parameters("default", True)
+        return self._peft
+
+    def _batches(self, ids: list[list[int]], batch_size: int, rng: random.Random):
+        """One epoch of right-padded batches; labels are -100 on pads so they carry no loss."""
+        import torch
+
+        order = list(range(len(ids)))
+        rng.shuffle(order)
+        pad = self.tok.pad_token_id
+        for i in range(0, len(order), batch_size):
+            rows = [ids[j] for j in order[i:i + batch_size]]
+            width = max(map(len, rows))
+            inp = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, seq in enumerate(rows):
+                inp[r, :len(seq)] = torch.tensor(seq)
+                mask[r, :len(seq)] = 1
+            labels = inp.masked_fill(mask == 0, -100)
+            yield inp.to(self.device), mask.to(self.device), labels.to(self.device)
+
+    def train(self, sequences: list[str], train: TrainSettings | None = None,
+              lora: LoraSettings | None = None) -> TrainStats:
+        """Attach a fresh adapter and train it on ``sequences``; it stays active until `discard`."""
+        import torch
+
+        train, lora = train or self.cfg.train, lora or self.cfg.lora
+        t0 = time.perf_counter()
+        model = self._fresh_adapter(lora, train.seed)
+        enc = self.tok(list(sequences), truncation=False)["input_ids"]
+        truncated = sum(len(x) > train.max_length for x in enc)
+        ids = [x[:train.max_length] for x in enc if x]
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+        rng = random.Random(train.seed)
+        model.train()
+        steps, real, first, epoch_losses = 0, 0, float("nan"), []
+        self._active = True
+        for _ in range(train.epochs):
+            epoch_losses = []
+            for inp, mask, labels in self._batches(ids, train.batch_size, rng):
+                with self._autocast():
+                    loss = model(input_ids=inp, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                if steps == 0:
+                    first = loss.item()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                steps += 1
+                real += int(mask.sum())
+                epoch_losses.append(loss.item())
+                if train.max_steps and steps >= train.max_steps:
+                    break
+            if train.max_steps and steps >= train.max_steps:
+                break
+        model.eval()
+        final = sum(epoch_losses) / max(1, len(epoch_losses))
+        return TrainStats(steps, len(ids), real, truncated, first, final, time.perf_counter() - t0, train.seed)
+
+    def discard(self) -> None:
+        """Drop the trained adapter: back to the exact base model (B = 0 makes LoRA a no-op)."""
+        from peft.tuners.lora import LoraLayer
+
+        self._active = False
+        if self._peft is None:
+            return
+        for module in self._peft.modules():
+            if isinstance(module, LoraLayer):
+                module.reset_lora_parameters("default", True)
+
+    @contextmanager
+    def adapted(self, sequences: list[str], train: TrainSettings | None = None,
+                lora: LoraSettings | None = None):
+        """``with student.adapted(seqs) as stats: student.answer(...)``; discarded on exit."""
+        try:
+            yield self.train(sequences, train, lora)
+        finally:
+            self.discard()
