@@ -36,7 +36,7 @@ class TrainSettings:
     """AdamW learning rate (constant; the runs are a few dozen steps)."""
     batch_size: int = 4
     """Sequences per optimizer step; each batch is padded only to its own longest sequence."""
-    max_length: int = 128
+    max_length: int = 512
     """Tokens per training sequence; longer ones are truncated and the count is recorded."""
     max_sequences: int = 64
     """Cap on training sequences per edit; the excess is dropped and the count is recorded."""
@@ -53,16 +53,32 @@ class TrainSettings:
 
 
 @dataclass
+class Example:
+    question: str = ""
+    answer: str = ""
+
+
+def _default_examples() -> list[Example]:
+    # General-knowledge shots that only set the answer format (a short span, not a sentence).
+    return [Example("What is the capital of France?", "Paris"),
+            Example("In what year did the First World War end?", "1918"),
+            Example("Who wrote the play Hamlet?", "William Shakespeare")]
+
+
+@dataclass
 class AnswerSettings:
     """How the student answers a question about the passage, without the passage in the prompt."""
 
-    max_new_tokens: int = 24
+    max_new_tokens: int = 16
     """Greedy tokens per answer; the answer is cut at the first newline or EOS. Short on purpose:
     containment grading rewards long answers."""
     batch_size: int = 16
     """Questions answered per generate() call (left-padded)."""
-    instruction: str = "Answer the question with a short phrase."
-    """Instruction placed before the question (chat models: in the user turn)."""
+    instruction: str = "Answer the question with a short phrase, not a sentence."
+    """Instruction placed before each question (chat models: in the user turn)."""
+    examples: list[Example] = field(default_factory=_default_examples)
+    """Few-shot question/answer pairs shown before the question (chat models: as earlier turns).
+    They set the answer format; they carry no knowledge of the contexts."""
 
 
 @dataclass

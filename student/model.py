@@ -63,11 +63,17 @@ class Student:
 
     # ----- prompting and answering -------------------------------------------------------
     def prompt(self, question: str) -> str:
-        text = f"{self.cfg.answer.instruction}\nQuestion: {question}"
+        cfg = self.cfg.answer
+        shots = [(e.question, e.answer) for e in cfg.examples]
         if self.chat:
-            return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                add_generation_prompt=True)
-        return f"{text}\nAnswer:"
+            msgs = []
+            for q, a in shots:
+                msgs += [{"role": "user", "content": f"{cfg.instruction}\nQuestion: {q}"},
+                         {"role": "assistant", "content": a}]
+            msgs.append({"role": "user", "content": f"{cfg.instruction}\nQuestion: {question}"})
+            return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        lines = [cfg.instruction] + [f"Question: {q}\nAnswer: {a}" for q, a in shots]
+        return "\n".join(lines + [f"Question: {question}\nAnswer:"])
 
     def _autocast(self):
         import torch
@@ -104,27 +110,32 @@ class Student:
         from peft.tuners.lora import LoraLayer
 
         key = (lora.r, lora.alpha, lora.dropout, tuple(lora.target_modules))
-        torch.manual_seed(seed)
         if self._lora_key != key:
             if self._peft is not None:
                 self.model = self._peft.unload()
             conf = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
             self._peft, self._lora_key = get_peft_model(self.model, conf), key
+        torch.manual_seed(seed)  # after any wrapping, so the init does not depend on history
         for module in self._peft.modules():
             if isinstance(module, LoraLayer):
                 module.reset_lora_parameters("default", True)
         return self._peft
 
     def _batches(self, ids: list[list[int]], batch_size: int, rng: random.Random):
-        """One epoch of right-padded batches; labels are -100 on pads so they carry no loss."""
+        """One epoch of right-padded batches; labels are -100 on pads so they carry no loss.
+
+        Sequences are grouped by length (sorted, then cut into batches whose order is shuffled),
+        so a long passage is not padded against short edit items: padding is compute thrown away.
+        """
         import torch
 
-        order = list(range(len(ids)))
-        rng.shuffle(order)
+        order = sorted(range(len(ids)), key=lambda j: (len(ids[j]), j))
+        groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        rng.shuffle(groups)
         pad = self.tok.pad_token_id
-        for i in range(0, len(order), batch_size):
-            rows = [ids[j] for j in order[i:i + batch_size]]
+        for group in groups:
+            rows = [ids[j] for j in group]
             width = max(map(len, rows))
             inp = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -1,0 +1,149 @@
+"""Staged sweep of the student's default recipe on the SQuAD subset. Resumable; prints JSON.
+
+For each setting and built-in student, every context is scored under base (once per student:
+it does not depend on the recipe), passage (train on the passage alone) and edits (train on the
+deterministic restatement edit of bench/restate_edits.py, which never reads the questions).
+Both token F1 and containment are computed from the same answers. Rows go to
+``--out/rows.jsonl`` as they finish; rerunning skips them.
+
+Stage 1 crosses learning rate with a per-edit step budget; stage 2 varies rank/targets and the
+appended passage around the stage-1 winner (best mean edits F1 over the students, ties to fewer
+steps). Choose on F1.
+
+    python bench/sweep_recipe.py --offset 0 --limit 20          # stages 1 and 2
+    python bench/sweep_recipe.py --offset 20 --limit 40 --only S2 # confirm one setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _common import restatement, squad_subset
+
+from student.graders import contains
+
+STAGE1 = {  # learning rate x per-edit step budget (epochs over the sequences, capped by max_steps)
+    "S1": {"learning_rate": 1e-3, "epochs": 3},
+    "S2": {"learning_rate": 1e-3, "epochs": 10, "max_steps": 20},
+    "S3": {"learning_rate": 3e-4, "epochs": 10, "max_steps": 20},
+    "S4": {"learning_rate": 3e-4, "epochs": 20, "max_steps": 40},
+}
+
+
+def stage2(win: dict) -> dict:
+    return {
+        "S5": {**win, "r": 32, "alpha": 64},
+        "S6": {**win, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        "S7": {**win, "append_passage": False},
+    }
+
+
+def apply(student, setting: dict) -> None:
+    t, lo = student.cfg.train, student.cfg.lora
+    t.learning_rate, t.epochs = setting["learning_rate"], setting["epochs"]
+    t.max_steps = setting.get("max_steps", 0)
+    t.append_passage = setting.get("append_passage", True)
+    lo.r, lo.alpha = setting.get("r", 16), setting.get("alpha", 32)
+    lo.target_modules = setting.get("targets", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def run_setting(name, setting, models, contexts, out: Path, done: set, students: dict) -> None:
+    from student.config import StudentConfig
+    from student.model import Student
+    from student.scoring import Baselines, adapt_and_score, make_grader
+
+    from orchestration.core.runs import append_jsonl
+
+    for model in models:
+        if model not in students:
+            s = Student(StudentConfig(model=model))
+            students[model] = (s, Baselines(s, make_grader("f1")))
+        student, base = students[model]
+        apply(student, setting)
+        for ctx in contexts:
+            for cond in ("base", "passage", "edits"):
+                key = f"{'-' if cond == 'base' else name}|{model}|{ctx.context_id}|{cond}"
+                if key in done:
+                    continue
+                if cond == "base":
+                    verdicts, score = base.get(ctx)[:2]
+                    train = {}
+                else:
+                    r = adapt_and_score(student, base, ctx, restatement(ctx) if cond == "edits" else "",
+                                        condition=cond, completion=0, grader="f1", key=key,
+                                        append_passage=True if cond == "passage" else None)
+                    verdicts, score, train = r.verdicts, r.score, {**r.train, **r.timings}
+                row = {"key": key, "setting": name, "params": setting, "model": model, "context_id": ctx.context_id,
+                       "condition": cond, "f1": score,
+                       "contains": sum(contains(v.answer, v.gold) for v in verdicts) / len(verdicts),
+                       "n_questions": len(verdicts), "answers": [v.answer for v in verdicts], "train": train}
+                append_jsonl(out / "rows.jsonl", json.dumps(row))
+                done.add(key)
+
+
+def table(rows: list[dict]) -> dict:
+    """{setting: {model: {condition: {f1, contains, n_questions}}}}, micro-averaged over questions."""
+    acc: dict = {}
+    bases = [r for r in rows if r["condition"] == "base"]
+    for r in rows:
+        if r["condition"] == "base":
+            continue
+        for x in (r, *[b for b in bases if b["model"] == r["model"] and b["context_id"] == r["context_id"]]):
+            cell = acc.setdefault(r["setting"], {}).setdefault(r["model"], {}).setdefault(
+                x["condition"], {"f1": 0.0, "contains": 0.0, "n_questions": 0, "ids": set()})
+            if x["context_id"] in cell["ids"]:
+                continue
+            cell["ids"].add(x["context_id"])
+            cell["f1"] += x["f1"] * x["n_questions"]
+            cell["contains"] += x["contains"] * x["n_questions"]
+            cell["n_questions"] += x["n_questions"]
+    for s in acc.values():
+        for m in s.values():
+            for c in m.values():
+                n = c.pop("ids") and c["n_questions"]
+                c["f1"], c["contains"] = round(c["f1"] / n, 4), round(c["contains"] / n, 4)
+    return acc
+
+
+def winner(tab: dict, names) -> str:
+    """Best mean edits F1 over the students."""
+    return max(names, key=lambda s: sum(m["edits"]["f1"] for m in tab[s].values()) / len(tab[s]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--only", nargs="*", help="run just these settings (by name, from stage 1 or 2)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "sweep"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "rows.jsonl"
+    rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    done = {r["key"] for r in rows}
+    contexts = squad_subset(args.offset, args.limit)
+    students: dict = {}
+    settings = dict(STAGE1)
+    if not args.only or set(args.only) & set(STAGE1):
+        for name, s in STAGE1.items():
+            if not args.only or name in args.only:
+                run_setting(name, s, args.models, contexts, out, done, students)
+    ids = {c.context_id for c in contexts}
+    cur = lambda: [r for r in map(json.loads, rows_path.read_text().splitlines()) if r["context_id"] in ids]
+    win = winner(table(cur()), [n for n in STAGE1 if n in table(cur())])
+    settings.update(stage2(STAGE1[win]))
+    for name, s in stage2(STAGE1[win]).items():
+        if not args.only or name in args.only:
+            run_setting(name, s, args.models, contexts, out, done, students)
+    tab = table(cur())
+    print(json.dumps({"passages": [args.offset, args.offset + args.limit], "stage1_winner": win,
+                      "settings": {n: settings[n] for n in tab}, "table": tab,
+                      "best_by_edits_f1": winner(tab, list(tab))}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from orchestration.core.contexts import DEMO, ContextDataError, context_id, demo_records, load_contexts, validate_records
+
+GOOD = {"title": "T", "context": "P", "questions": [{"question": "q?", "answer": "a"}]}
+
+
+@pytest.mark.parametrize("records,needle", [
+    ({"title": "x"}, "expected a JSON list"),
+    ([GOOD, "nope"], "record 1: expected an object"),
+    ([{"context": "P", "questions": []}], "record 0: missing field 'title'"),
+    ([{**GOOD, "context": ""}], "record 0: field 'context' must be a non-empty string"),
+    ([{**GOOD, "questions": []}], "record 0: field 'questions' must be a non-empty list"),
+    ([GOOD, {**GOOD, "questions": [{"question": "q?"}]}], "record 1: questions[0]: missing field 'answer'"),
+    ([{**GOOD, "questions": [{"question": 3, "answer": "a"}]}], "questions[0]: field 'question' must be"),
+])
+def test_validation_names_record_and_field(records, needle):
+    with pytest.raises(ContextDataError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        validate_records(records, "f.json")
+
+
+def test_context_id_is_stable_and_depends_on_passage():
+    assert context_id("T", "P") == context_id("T", "P")
+    assert len(context_id("T", "P")) == 12
+    assert context_id("T", "P") != context_id("T", "P2")  # same title, different passage
+
+
+def test_demo_set_shape():
+    recs = demo_records()
+    assert len(recs) >= 24
+    assert len({r["title"] for r in recs}) == len(recs)
+    for r in recs:
+        assert 4 <= len(r["questions"]) <= 6
+        for q in r["questions"]:
+            assert q["answer"] in r["context"], (r["title"], q["answer"])
+            assert len(q["answer"].split()) <= 4
+
+
+def test_load_file_shuffle_slice(tmp_path):
+    recs = [{**GOOD, "title": f"T{i}"} for i in range(10)]
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(recs))
+    import random
+
+    expect = list(recs)
+    random.Random(42).shuffle(expect)
+    got = load_contexts(str(p), shuffle_seed=42, offset=2, limit=3)
+    assert [c.title for c in got] == [r["title"] for r in expect[2:5]]
+    assert got[0].context_id == context_id(got[0].title, got[0].context)
+    assert len(load_contexts(DEMO)) == len(demo_records())
+
+
+def test_bad_json_and_missing_file(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text("[{")
+    with pytest.raises(ContextDataError, match="not valid JSON"):
+        load_contexts(str(p))
+    with pytest.raises(ContextDataError, match="does not exist"):
+        load_contexts(str(tmp_path / "missing.json"))

@@ -1,0 +1,93 @@
+"""Adapt-and-score on tiny in-process models: mechanics, determinism, adapter discarded."""
+
+import pytest
+
+from orchestration.core.contexts import load_contexts
+from student.config import StudentConfig
+from student.model import Student
+from student.scoring import Baselines, adapt_and_score, make_grader
+
+
+def tiny_cfg(path, **train):
+    cfg = StudentConfig(model=path, threads=1)
+    cfg.answer.max_new_tokens = 4
+    cfg.lora.r, cfg.lora.alpha = 4, 8
+    for k, v in {"epochs": 2, "batch_size": 2, "dtype": "fp32", **train}.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return load_contexts("demo", limit=1)[0]
+
+
+def test_adapt_and_score_smoke(tiny_model, ctx):
+    st = Student(tiny_cfg(tiny_model))
+    assert st.chat is False
+    base = Baselines(st, make_grader("f1"))
+    r = adapt_and_score(st, base, ctx, "A fact.\nAnother fact.", condition="edits", completion=0, grader="f1", key="k")
+    assert r.condition == "edits" and r.key == "k" and len(r.verdicts) == len(ctx.questions)
+    assert 0.0 <= r.score <= 1.0 and r.baseline_score == base.get(ctx)[1]
+    assert r.train["sequences"] == 3 and r.train["n_items"] == 2  # 2 items + passage
+    assert r.train["steps"] == 4  # 2 epochs x ceil(3 / 2)
+    assert r.train["real_tokens"] > 0 and r.timings["train_s"] > 0
+
+
+def test_training_is_deterministic_and_lowers_loss(tiny_model, ctx):
+    st = Student(tiny_cfg(tiny_model, epochs=8, learning_rate=1e-2))
+    seqs = [f"{ctx.title}\n{ctx.context}"]
+    a = st.train(seqs)
+    st.discard()
+    b = st.train(seqs)
+    st.discard()
+    assert a.first_loss == b.first_loss and a.final_loss == b.final_loss
+    assert a.final_loss < a.first_loss
+
+
+def test_adapter_is_discarded(tiny_model, ctx):
+    st = Student(tiny_cfg(tiny_model, epochs=4, learning_rate=5e-2))
+    qs = [q.question for q in ctx.questions]
+    before = st.answer(qs)
+    with st.adapted([ctx.context] * 4):
+        pass
+    assert st.answer(qs) == before
+
+
+def test_padding_carries_no_loss(tiny_model):
+    import torch
+
+    st = Student(tiny_cfg(tiny_model))
+    ids = [[5, 6, 7, 8, 9], [5, 6]]
+    import random
+
+    batches = list(st._batches(ids, 2, random.Random(0)))
+    inp, mask, labels = batches[0]
+    assert inp.shape == (2, 5)  # padded to the longest in the batch, not to a fixed length
+    assert (labels[mask == 0] == -100).all() and (labels[mask == 1] != -100).all()
+    assert int(mask.sum()) == 7
+    assert torch.equal(labels[mask == 1], inp[mask == 1])
+
+
+def test_truncation_is_counted(tiny_model):
+    st = Student(tiny_cfg(tiny_model, max_length=8, epochs=1))
+    stats = st.train(["word " * 50, "short"])
+    assert stats.truncated == 1
+
+
+def test_chat_decided_from_tokenizer_with_override(tiny_chat_model, tiny_model):
+    assert Student(tiny_cfg(tiny_chat_model)).chat is True
+    cfg = tiny_cfg(tiny_chat_model)
+    cfg.chat = False
+    st = Student(cfg)
+    assert st.chat is False and st.prompt("Q?").endswith("Question: Q?\nAnswer:")
+    cfg = tiny_cfg(tiny_model)
+    cfg.chat = True
+    with pytest.raises(ValueError, match="no chat template"):
+        Student(cfg)
+
+
+def test_chat_prompt_uses_template(tiny_chat_model):
+    st = Student(tiny_cfg(tiny_chat_model))
+    p = st.prompt("Who?")
+    assert p.startswith("<|user|>") and p.endswith("<|assistant|>") and "Question: Who?" in p
