@@ -54,7 +54,13 @@ class Student:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.model, self.tok = load_model(cfg.model, cache=cache, trust_remote_code=cfg.trust_remote_code)
+        # The frozen base is stored in the autocast dtype: autocast does not cache casts of weights
+        # that need no grad, so fp32 weights would be re-cast on every matmul. LoRA weights stay
+        # fp32 (PEFT upcasts adapters), so the optimizer state is fp32 as usual.
+        self.dtype = autocast_dtype(cfg.train.dtype)
+        attn = cfg.attn_implementation or ("eager" if not torch.cuda.is_available() else None)
+        self.model, self.tok = load_model(cfg.model, cache=cache, trust_remote_code=cfg.trust_remote_code,
+                                          dtype=self.dtype, attn_implementation=attn)
         self.chat = uses_chat(self.tok, cfg.chat)
         self.device = self.model.device
         self._peft = None  # the PEFT-wrapped model, built on first adaptation
@@ -78,8 +84,7 @@ class Student:
     def _autocast(self):
         import torch
 
-        dt = autocast_dtype(self.cfg.train.dtype)
-        return torch.autocast(self.device.type, dtype=dt) if dt is not None else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
 
     def answer(self, questions: list[str]) -> list[str]:
         """Greedy answers, batched; each cut at its first newline (or EOS). Without the passage."""
@@ -122,16 +127,17 @@ class Student:
                 module.reset_lora_parameters("default", True)
         return self._peft
 
-    def _batches(self, ids: list[list[int]], batch_size: int, rng: random.Random):
+    def _batches(self, ids: list[list[int]], train: TrainSettings, rng: random.Random):
         """One epoch of right-padded batches; labels are -100 on pads so they carry no loss.
 
-        Sequences are grouped by length (sorted, then cut into batches whose order is shuffled),
-        so a long passage is not padded against short edit items: padding is compute thrown away.
+        Sequences are sorted by length, cut into batches of ``batch_size``, and the batch order is
+        shuffled: a long passage is not padded against short edit items (padding is compute
+        thrown away).
         """
         import torch
 
         order = sorted(range(len(ids)), key=lambda j: (len(ids[j]), j))
-        groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        groups = [order[i:i + train.batch_size] for i in range(0, len(order), train.batch_size)]
         rng.shuffle(groups)
         pad = self.tok.pad_token_id
         for group in groups:
@@ -164,7 +170,7 @@ class Student:
         self._active = True
         for _ in range(train.epochs):
             epoch_losses = []
-            for inp, mask, labels in self._batches(ids, train.batch_size, rng):
+            for inp, mask, labels in self._batches(ids, train, rng):
                 with self._autocast():
                     loss = model(input_ids=inp, attention_mask=mask, labels=labels).loss
                 loss.backward()

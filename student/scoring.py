@@ -23,7 +23,7 @@ def make_grader(name: str, judge_cfg=None, cache_path: str | Path | None = None)
     if name == "judge":
         from student.judge import JudgeGrader
 
-        return JudgeGrader(judge_cfg, cache_path=cache_path).grade_many
+        return JudgeGrader(judge_cfg, cache_path=judge_cfg.cache_path or cache_path).grade_many
     if name not in GRADERS:
         raise ValueError(f"student.grader={name!r} is unknown; use one of {sorted(GRADERS) + ['judge']}")
     fn = GRADERS[name]

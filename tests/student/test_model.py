@@ -61,7 +61,8 @@ def test_padding_carries_no_loss(tiny_model):
     ids = [[5, 6, 7, 8, 9], [5, 6]]
     import random
 
-    batches = list(st._batches(ids, 2, random.Random(0)))
+    st.cfg.train.batch_size = 2
+    batches = list(st._batches(ids, st.cfg.train, random.Random(0)))
     inp, mask, labels = batches[0]
     assert inp.shape == (2, 5)  # padded to the longest in the batch, not to a fixed length
     assert (labels[mask == 0] == -100).all() and (labels[mask == 1] != -100).all()
