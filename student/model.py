@@ -121,6 +121,12 @@ class Student:
             conf = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
             self._peft, self._lora_key = get_peft_model(self.model, conf), key
+            if self.dtype is not None:
+                # PEFT casts each adapter input to the adapter's fp32 dtype, and autocast casts it
+                # straight back to bf16 for the matmul: two copies per adapter per pass, for nothing.
+                for module in self._peft.modules():
+                    if isinstance(module, LoraLayer):
+                        module.cast_input_dtype_enabled = False
         torch.manual_seed(seed)  # after any wrapping, so the init does not depend on history
         for module in self._peft.modules():
             if isinstance(module, LoraLayer):
