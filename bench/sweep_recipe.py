@@ -6,7 +6,7 @@ deterministic restatement edit of bench/restate_edits.py, which never reads the 
 Both token F1 and containment are computed from the same answers. Rows go to
 ``--out/rows.jsonl`` as they finish; rerunning skips them.
 
-Stage 1 crosses learning rate with a per-edit step budget; stage 2 varies rank/targets and the
+Stage 1 crosses learning rate with a per-edit step budget; stage 2 varies the rank and the
 appended passage around the stage-1 winner (best mean edits F1 over the students, ties to fewer
 steps). Choose on F1.
 
@@ -28,15 +28,13 @@ STAGE1 = {  # learning rate x per-edit step budget (epochs over the sequences, c
     "S1": {"learning_rate": 1e-3, "epochs": 3},
     "S2": {"learning_rate": 1e-3, "epochs": 10, "max_steps": 20},
     "S3": {"learning_rate": 3e-4, "epochs": 10, "max_steps": 20},
-    "S4": {"learning_rate": 3e-4, "epochs": 20, "max_steps": 40},
 }
 
 
 def stage2(win: dict) -> dict:
     return {
-        "S5": {**win, "r": 32, "alpha": 64},
-        "S6": {**win, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-        "S7": {**win, "append_passage": False},
+        "S4": {**win, "r": 32, "alpha": 64},
+        "S5": {**win, "append_passage": False},
     }
 
 

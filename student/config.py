@@ -49,7 +49,7 @@ class TrainSettings:
     dtype: str = "auto"
     """Compute dtype for training and answering: 'auto' (bf16 where the CPU/GPU has fast bf16), 'bf16' or
     'fp32'. With bf16 the frozen base weights are held in bf16 and run under autocast; LoRA weights
-    and optimizer state stay fp32."""
+    and optimizer state stay fp32. Read when the model is loaded."""
     weight_decay: float = 0.0
     """AdamW weight decay on the adapter weights."""
 

@@ -157,14 +157,14 @@ class Student:
             labels = inp.masked_fill(mask == 0, -100)
             yield inp.to(self.device), mask.to(self.device), labels.to(self.device)
 
-    def train(self, sequences: list[str], train: TrainSettings | None = None,
-              lora: LoraSettings | None = None) -> TrainStats:
-        """Attach a fresh adapter and train it on ``sequences``; it stays active until `discard`."""
+    def train(self, sequences: list[str]) -> TrainStats:
+        """Attach a fresh adapter and train it on ``sequences`` per ``cfg.train`` and ``cfg.lora``;
+        it stays active until `discard`."""
         import torch
 
-        train, lora = train or self.cfg.train, lora or self.cfg.lora
+        train = self.cfg.train
         t0 = time.perf_counter()
-        model = self._fresh_adapter(lora, train.seed)
+        model = self._fresh_adapter(self.cfg.lora, train.seed)
         enc = self.tok(list(sequences), truncation=False)["input_ids"]
         truncated = sum(len(x) > train.max_length for x in enc)
         ids = [x[:train.max_length] for x in enc if x]
@@ -207,10 +207,9 @@ class Student:
                 module.reset_lora_parameters("default", True)
 
     @contextmanager
-    def adapted(self, sequences: list[str], train: TrainSettings | None = None,
-                lora: LoraSettings | None = None):
+    def adapted(self, sequences: list[str]):
         """``with student.adapted(seqs) as stats: student.answer(...)``; discarded on exit."""
         try:
-            yield self.train(sequences, train, lora)
+            yield self.train(sequences)
         finally:
             self.discard()
