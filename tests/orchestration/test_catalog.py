@@ -28,3 +28,18 @@ def test_list_models_reports_state(tmp_path):
     rows = catalog.list_models(tmp_path)
     assert {r["name"] for r in rows} == set(catalog.BUILTINS)
     assert not any(r["materialized"] for r in rows)
+
+
+def test_cli_models_list(tmp_path, capsys):
+    from orchestration.driver.cli import main
+
+    assert main(["models", "list", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m-instruct" in out and "gemma3-270m" in out and "not fetched" in out
+
+
+def test_cli_fetch_unknown_name_is_a_clear_error(tmp_path, capsys):
+    from orchestration.driver.cli import main
+
+    assert main(["models", "fetch", "nope", "--cache", str(tmp_path)]) == 2
+    assert "unknown built-in model 'nope'" in capsys.readouterr().err
