@@ -20,7 +20,6 @@ def squad_subset(offset: int, limit: int, path: Path = SQUAD):
 
 def restatement(ctx) -> str:
     """The deterministic restatement edit of bench/restate_edits.py (reads title and passage only)."""
-    sys.path.insert(0, str(REPO / "bench"))
-    from restate_edits import make_edit
+    from restate_edits import make_edit  # bench/ is on sys.path: the scripts run from it
 
     return "\n".join(make_edit(ctx.context))

@@ -98,7 +98,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
                           f"e.g. '{missing[0]}'; regenerate it for data.source={d.source}")
     run = open_run("adapt", cfg.run_dir, resolved)
     results_path = run / "results.jsonl"
-    done = {StudentResult.from_json(x).key: StudentResult.from_json(x) for x in read_jsonl(results_path)}
+    done = {r.key: r for r in map(StudentResult.from_json, read_jsonl(results_path))}
 
     jobs = []  # (key, context, condition, completion index, edit text)
     for ctx in contexts:
