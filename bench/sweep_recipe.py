@@ -100,7 +100,8 @@ def table(rows: list[dict]) -> dict:
     for s in acc.values():
         for m in s.values():
             for c in m.values():
-                n = c.pop("ids") and c["n_questions"]
+                c.pop("ids")
+                n = c["n_questions"]
                 c["f1"], c["contains"] = round(c["f1"] / n, 4), round(c["contains"] / n, 4)
     return acc
 
