@@ -39,19 +39,19 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    base = OmegaConf.structured(schema)
-    layers = [base]
     try:
+        cfg = OmegaConf.structured(schema)
         if path is not None:
             p = Path(path)
             if not p.is_file():
                 raise ConfigError(f"config file {p} does not exist; pass a YAML file from configs/")
-            layers.append(OmegaConf.load(p))
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value (e.g. student.train.epochs=3)")
-        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
-        cfg = OmegaConf.merge(*layers)
+            key, _ = item.split("=", 1)
+            # update() walks list indices too (students.0.train.epochs=2), which a merged dotlist cannot
+            OmegaConf.update(cfg, key.strip(), OmegaConf.from_dotlist([f"v={item.split('=', 1)[1]}"])["v"], merge=True)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"

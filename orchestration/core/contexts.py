@@ -130,3 +130,14 @@ def load_contexts(source: str, *, split: str = "validation", shuffle_seed: int |
         random.Random(shuffle_seed).shuffle(rows)
     end = None if limit is None else offset + limit
     return _to_contexts(rows[offset:end])
+
+
+def context_to_json(ctx: Context) -> dict:
+    """A context as a plain JSON object (queue payloads carry it, so a worker needs no data files)."""
+    return {"context_id": ctx.context_id, "title": ctx.title, "context": ctx.context,
+            "questions": [{"question": q.question, "answer": q.answer} for q in ctx.questions]}
+
+
+def context_from_json(raw: dict) -> Context:
+    return Context(context_id=raw["context_id"], title=raw["title"], context=raw["context"],
+                   questions=tuple(QA(q["question"], q["answer"]) for q in raw["questions"]))

@@ -11,6 +11,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
+def _fields_checked(cls, line: str) -> dict:
+    raw = json.loads(line)
+    names = {f.name for f in fields(cls)}
+    if set(raw) != names:
+        raise ValueError(f"row fields {sorted(set(raw) ^ names)} do not match {cls.__name__}")
+    return raw
+
+
 @dataclass(frozen=True)
 class QuestionVerdict:
     question: str
@@ -30,7 +38,7 @@ class StudentResult:
     key: str
     student: str
     context_id: str
-    condition: str  # base | passage | edits (later: a teacher version)
+    condition: str  # base | passage | edits (seal adapt); edit | heldout (seal train)
     completion: int  # index of the edit among the context's completions (0 for base/passage)
     score: float
     baseline_score: float
@@ -45,9 +53,36 @@ class StudentResult:
 
     @classmethod
     def from_json(cls, line: str) -> "StudentResult":
-        raw = json.loads(line)
-        names = {f.name for f in fields(cls)}
-        if set(raw) != names:
-            raise ValueError(f"result row fields {sorted(set(raw) ^ names)} do not match StudentResult")
+        raw = _fields_checked(cls, line)
         raw["verdicts"] = tuple(QuestionVerdict(**v) for v in raw["verdicts"])
         return cls(**raw)
+
+
+@dataclass(frozen=True)
+class SelfEdit:
+    """One edit written by the teacher, with everything needed to reproduce and to train on it.
+
+    ``prompt`` is the exact rendered prompt string (template applied, chat template if any); ReST^EM
+    trains on (prompt, text) pairs, so the update sees exactly what the sampler saw.
+    """
+
+    edit_id: str
+    context_id: str
+    teacher_version: int
+    round: int
+    purpose: str  # 'train' (sampled for rewards) | 'heldout' (evaluation of this teacher version)
+    sample: int  # index among the k edits of this context
+    template: str
+    chat: bool
+    prompt: str
+    text: str
+    n_tokens: int
+    finished: bool  # ended at EOS rather than at max_new_tokens
+    sampling: dict[str, Any] = field(default_factory=dict)  # greedy/temperature/top_p/max_new_tokens/seed
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> "SelfEdit":
+        return cls(**_fields_checked(cls, line))

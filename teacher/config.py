@@ -1,0 +1,88 @@
+"""Configuration of the teacher: which model writes self-edits, with which prompt, how it samples,
+and how ReST^EM trains it on the rewarded edits.
+
+Plain dataclasses (no torch), mirrored by the ``teacher:`` node of the YAML files in ``configs/``.
+Every field is documented here; this file is the manual for that node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling of self-edits. Recorded with every edit."""
+
+    backend: str = "transformers"
+    """'transformers' (CPU default; batched sampling in one process). 'vllm' arrives with the GPU work."""
+    temperature: float = 1.0
+    """Sampling temperature for training edits (held-out edits are greedy unless ``eval.sampled``)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 192
+    """Tokens per edit; an edit cut here is kept and marked ``finished: false``."""
+    batch_size: int = 32
+    """Sequences per generate() call: prompts x samples are flattened and batched together."""
+    seed: int = 0
+    """Base seed; each generate call is seeded from it, the round and the batch, and records its seed."""
+    dtype: str = "auto"
+    """'auto' (bf16 where the hardware has fast bf16), 'bf16' or 'fp32'."""
+
+
+@dataclass
+class SFTSettings:
+    """The ReST^EM update: TRL SFTTrainer on rewarded (prompt, edit) pairs, completion-only loss."""
+
+    epochs: int = 2
+    """Passes over the rewarded pairs."""
+    learning_rate: float = 3e-4
+    """Peak learning rate (linear decay)."""
+    batch_size: int = 4
+    """Pairs per optimizer step (per_device_train_batch_size)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    max_length: int = 1024
+    """Prompt + edit tokens per example; longer ones are truncated."""
+    lora_r: int = 16
+    """LoRA rank of the teacher update."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (update x alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Linear layers that get an adapter."""
+    save: str = "merged"
+    """'merged': each version is a full checkpoint (adapter merged into the weights); 'adapter': only the
+    adapter is saved and a version is loaded by applying its chain of adapters to the base model."""
+    keep_last: int = 2
+    """Retention: keep the last K merged versions plus the best on held-out accuracy; older ones are
+    deleted (a merged version is a full model). Adapter-only versions are always kept (each one is
+    needed to rebuild the next)."""
+    seed: int = 0
+    """Seed of the SFT run (data order, adapter init); recorded in the version manifest."""
+
+
+@dataclass
+class TeacherConfig:
+    """The edit-writing model."""
+
+    model: str = "smollm2-135m-instruct"
+    """Version 0: a built-in name (see `seal models list`), a local checkpoint folder or a hub id."""
+    chat: Optional[bool] = None
+    """Prompt through the chat template? None = decide from the tokenizer (has a chat template)."""
+    trust_remote_code: bool = False
+    """Allow model code from the checkpoint to run. Off unless you trust the source."""
+    threads: int = 0
+    """torch intra-op threads for generation and SFT in the driver (0 = torch's default)."""
+    prompt: str = "implications"
+    """Self-edit prompt template: 'implications', 'implications-long', 'implications-very-long',
+    'rewrite', 'self-qa', or a name from ``templates``."""
+    templates: dict[str, str] = field(default_factory=dict)
+    """Extra templates, name -> text with {title} and {context} placeholders (and no other braces;
+    write {{ and }} for literal ones)."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    sft: SFTSettings = field(default_factory=SFTSettings)
