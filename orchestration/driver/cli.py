@@ -3,6 +3,8 @@
     seal models list
     seal models fetch [NAME ...]
     seal adapt CONFIG [key=value ...]
+    seal train CONFIG [key=value ...]
+    seal worker run_dir=PATH student=NAME [key=value ...]
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ def _adapt(args) -> None:
     run_adapt(cfg, resolved)
 
 
+def _train(args) -> None:
+    from orchestration.driver.train import TrainConfig, run_train
+
+    cfg, resolved = load_config(TrainConfig, args.config, args.overrides)
+    run_train(cfg, resolved)
+
+
+def _worker(args) -> None:
+    from orchestration.driver.launch import WorkerCommand, run_worker
+
+    cmd, _ = load_config(WorkerCommand, None, args.overrides)
+    run_worker(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seal", description="Decoupled SEAL: teacher writes self-edits, students adapt.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("config", help="YAML config, e.g. configs/adapt_demo.yaml")
     a.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.model=gemma3-270m run_dir=runs/x")
     a.set_defaults(func=_adapt)
+    t = sub.add_parser("train", help="ReST^EM rounds: the teacher writes edits, students score them, the teacher learns")
+    t.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=1 run_dir=runs/x")
+    t.set_defaults(func=_train)
+    w = sub.add_parser("worker", help="serve one student's adapt jobs from a run's queue")
+    w.add_argument("overrides", nargs="*", help="run_dir=PATH student=NAME [threads=N until=drained|stopped]")
+    w.set_defaults(func=_worker)
     return p
 
 

@@ -1,0 +1,164 @@
+"""Local launchers: who runs the student workers while the driver waits on the queue.
+
+``process`` (default): `seal worker` subprocesses, ``per_student`` for each student, started once
+and kept across rounds (each loads its model once). A worker that dies is restarted, up to
+``restarts`` times per slot; its leased job runs out and is delivered again, so nothing is lost.
+Workers poll the queue's stop flag and also exit when the driver that started them is gone.
+
+``inline``: one worker per student inside the driver process, each serving until its jobs are
+drained. The smallest setups: no second copy of torch, no process start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from tqdm import tqdm
+
+from orchestration.core.queue import Queue
+from student.worker import STOP_FLAG, Worker
+
+MODES = ("process", "inline")
+QUEUE_FILE = "queue.sqlite"
+
+
+def _open(states: dict[str, int]) -> int:
+    return states.get("pending", 0) + states.get("leased", 0)
+
+
+def key_states(q: Queue, keys: set[str]) -> dict[str, int]:
+    """state -> number of jobs among ``keys``."""
+    out: dict[str, int] = {}
+    for row in q.jobs():
+        if row["key"] in keys:
+            out[row["state"]] = out.get(row["state"], 0) + 1
+    return out
+
+
+class InlineWorkers:
+    def __init__(self, cfg, run: Path):
+        self.cfg, self.run = cfg, run
+        self.workers: dict[str, Worker] = {}
+
+    def wait(self, keys: set[str], desc: str) -> None:
+        for s in self.cfg.students:
+            if s.model not in self.workers:  # loaded once, kept across rounds
+                self.workers[s.model] = Worker(s, cache=self.cfg.models_cache,
+                                               judge_cache=self.run / "judge_cache.json")
+            self.workers[s.model].serve(self.run / QUEUE_FILE, lease_s=self.cfg.workers.lease_s,
+                                        until="drained", poll_s=self.cfg.workers.poll_s,
+                                        max_attempts=self.cfg.workers.max_attempts)
+
+    def stop(self) -> None:
+        self.workers.clear()
+
+
+class ProcessWorkers:
+    def __init__(self, cfg, run: Path):
+        self.cfg, self.run = cfg, run
+        n = len(cfg.students) * cfg.workers.per_student
+        self.threads = cfg.workers.threads or max(1, (os.cpu_count() or 1) // n)
+        self.slots = [(s.model, i) for s in cfg.students for i in range(cfg.workers.per_student)]
+        self.procs: dict[tuple[str, int], subprocess.Popen] = {}
+        self.restarts: dict[tuple[str, int], int] = {slot: 0 for slot in self.slots}
+        (run / "logs").mkdir(exist_ok=True)
+
+    def _spawn(self, slot: tuple[str, int]) -> subprocess.Popen:
+        student, i = slot
+        log = open(self.run / "logs" / f"worker-{student.replace('/', '_')}-{i}.log", "a")
+        cmd = [sys.executable, "-m", "orchestration.driver.cli", "worker", f"run_dir={self.run}",
+               f"student={student}", "until=stopped", f"threads={self.threads}", f"parent_pid={os.getpid()}"]
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def _check(self) -> None:
+        for slot in self.slots:
+            proc = self.procs.get(slot)
+            if proc is not None and proc.poll() is None:
+                continue
+            if proc is not None:  # it died: restart it (its leased job will be delivered again)
+                self.restarts[slot] += 1
+                if self.restarts[slot] > self.cfg.workers.restarts:
+                    raise RuntimeError(f"worker {slot[1]} of student {slot[0]} exited (code {proc.returncode}) "
+                                       f"{self.restarts[slot]} times; see {self.run / 'logs'}. Fix the cause and "
+                                       f"rerun the same command to resume")
+                tqdm.write(f"worker {slot[1]} of {slot[0]} exited (code {proc.returncode}); restarting it")
+            self.procs[slot] = self._spawn(slot)
+
+    def wait(self, keys: set[str], desc: str) -> None:
+        with Queue(self.run / QUEUE_FILE, max_attempts=self.cfg.workers.max_attempts) as q:
+            q.set_flag(STOP_FLAG, "0")
+            bar = tqdm(total=len(keys), desc=desc, unit="job")
+            while True:
+                self._check()
+                states = key_states(q, keys)
+                bar.update(len(keys) - _open(states) - bar.n)
+                if _open(states) == 0:
+                    break
+                time.sleep(self.cfg.workers.poll_s)
+            bar.close()
+
+    def stop(self) -> None:
+        if not self.procs:
+            return
+        with Queue(self.run / QUEUE_FILE) as q:
+            q.set_flag(STOP_FLAG, "1")
+        deadline = time.monotonic() + 30
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # mid-job: its lease runs out and the job is redone
+                proc.terminate()
+        self.procs.clear()
+
+
+def make_workers(cfg, run: Path):
+    if cfg.workers.mode == "inline":
+        return InlineWorkers(cfg, run)
+    return ProcessWorkers(cfg, run)
+
+
+@dataclass
+class WorkerCommand:
+    """`seal worker run_dir=PATH student=NAME [...]`: serve one student's adapt jobs of a run."""
+
+    run_dir: str = "???"
+    """The run folder (its config.yaml says how the student is adapted and scored)."""
+    student: str = "???"
+    """Which of the run's students (its ``model`` value) to serve."""
+    threads: int = 0
+    """torch threads (0 = the run config's student.threads)."""
+    until: str = "drained"
+    """'drained': exit when none of this student's jobs is pending or leased; 'stopped': keep polling
+    until the driver sets the queue's stop flag."""
+    parent_pid: Optional[int] = None
+    """Exit when this process is gone (set by `seal train` for the workers it starts)."""
+
+
+def run_worker(cmd: WorkerCommand) -> int:
+    """Serve jobs per ``cmd``; returns the number of jobs acked."""
+    from orchestration.core.config import ConfigError, load_config
+    from orchestration.core.runs import CONFIG_FILE
+    from orchestration.driver.train import TrainConfig
+
+    cfg_path = Path(cmd.run_dir) / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ConfigError(f"run_dir={cmd.run_dir} has no {CONFIG_FILE}; start the run with `seal train` first")
+    cfg, _ = load_config(TrainConfig, cfg_path)
+    by_name = {s.model: s for s in cfg.students}
+    if cmd.student not in by_name:
+        raise ConfigError(f"student={cmd.student!r} is not a student of this run; choose one of {sorted(by_name)}")
+    student = by_name[cmd.student]
+    if cmd.threads:
+        student.threads = cmd.threads
+    worker = Worker(student, cache=cfg.models_cache, judge_cache=Path(cmd.run_dir) / "judge_cache.json")
+    print(f"worker {worker.worker_id} serving {worker.kind} in {cmd.run_dir}", flush=True)
+    n = worker.serve(Path(cmd.run_dir) / QUEUE_FILE, lease_s=cfg.workers.lease_s, until=cmd.until,
+                     poll_s=cfg.workers.poll_s, parent_pid=cmd.parent_pid, max_attempts=cfg.workers.max_attempts)
+    print(f"worker {worker.worker_id}: {n} jobs acked", flush=True)
+    return n

@@ -1,0 +1,121 @@
+"""Metrics of `seal train`: held-out scores per teacher version, the console tables, optional loggers.
+
+Accuracy is the grader's mean over every held-out question (each edit's verdicts pooled), and every
+figure carries its number of questions: on a few contexts the spread between runs is large.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from orchestration.core.queue import Queue
+from orchestration.core.records import StudentResult
+
+LOGGERS = ("none", "tensorboard", "wandb")
+
+
+def _pooled(results: list[StudentResult]) -> dict:
+    scores = [v.score for r in results for v in r.verdicts]
+    return {"accuracy": sum(scores) / len(scores) if scores else None, "n_questions": len(scores)}
+
+
+def heldout_scores(cfg, wanted, results: dict[str, StudentResult]) -> dict:
+    """student -> pooled accuracy of the teacher's held-out edits (missing: dead or stale jobs)."""
+    out = {}
+    for s in cfg.students:
+        keys = [f"{w[0]}@{s.model}" for w in wanted if w[2] == "heldout"]
+        got = [results[k] for k in keys if k in results]
+        out[s.model] = {**_pooled(got), "n_edits": len(got), "n_missing": len(keys) - len(got)}
+    return out
+
+
+def reference_scores(cfg, heldout, results: dict[str, StudentResult]) -> dict:
+    """student -> {base, passage}: the unadapted student, and the student trained on each passage."""
+    return {s.model: {cond: _pooled([results[k] for c in heldout if (k := f"{cond}/{c.context_id}@{s.model}")
+                                     in results]) for cond in ("base", "passage")} for s in cfg.students}
+
+
+def job_counts(q: Queue, keys: set[str], n_results: int) -> dict:
+    rows = [j for j in q.jobs() if j["key"] in keys]
+    counts = {state: sum(j["state"] == state for j in rows) for state in ("done", "dead", "stale")}
+    dead = {j["key"]: j["last_error"] for j in rows if j["state"] == "dead"}
+    return {**counts, "results": n_results, "redelivered": sum(j["attempts"] > 1 for j in rows), "dead_reasons": dead}
+
+
+def mean_heldout(row: dict) -> float | None:
+    accs = [s["accuracy"] for s in row["heldout"].values() if s["accuracy"] is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
+def best_version(run: Path) -> int | None:
+    """The trained version (>= 1) with the best mean held-out accuracy so far, for retention."""
+    path = run / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    scored = [(mean_heldout(r), r["teacher_version"]) for r in rows if r["teacher_version"] >= 1]
+    scored = [s for s in scored if s[0] is not None]
+    return max(scored)[1] if scored else None
+
+
+def _fmt(x: float | None) -> str:
+    return "   n/a" if x is None else f"{x:6.3f}"
+
+
+def table_header(cfg) -> str:
+    cols = "".join(f" {s.model[:18]:>18}" for s in cfg.students)
+    return f"{'round':>5} {'teacher':>7}{cols} {'scored':>6} {'rewarded':>8} {'mean gain':>9} {'dead':>4} {'wall s':>7}"
+
+
+def table_line(cfg, row: dict) -> str:
+    cols = "".join(f" {_fmt(row['heldout'][s.model]['accuracy']):>18}" for s in cfg.students)
+    rw = row.get("rewards") or {}
+    return (f"{row['round']:>5} {'v' + str(row['teacher_version']):>7}{cols} {rw.get('scored', ''):>6} "
+            f"{rw.get('rewarded', ''):>8} {_fmt(rw.get('mean_gain')) if rw else '':>9} {row['jobs']['dead']:>4} "
+            f"{row['wall_s']:>7}")
+
+
+def final_table(cfg, rows: list[dict]) -> str:
+    """Held-out accuracy per student: base, passage, teacher v0, teacher v_last, with question counts."""
+    first, last = rows[0], rows[-1]
+    lines = [f"\nHeld-out accuracy ({cfg.students[0].grader} grader, mean over questions; n = questions behind each figure)",
+             f"{'student':<24} {'base':>12} {'passage':>12} {'teacher v0':>12} {'teacher v' + str(last['teacher_version']):>12}"]
+    for s in cfg.students:
+        ref, cells = first["reference"][s.model], []
+        for cell in (ref["base"], ref["passage"], first["heldout"][s.model], last["heldout"][s.model]):
+            cells.append(f"{_fmt(cell['accuracy']).strip()} (n={cell['n_questions']})")
+        lines.append(f"{s.model:<24} " + " ".join(f"{c:>12}" for c in cells))
+    if cfg.heldout.source == "demo":
+        lines.append("This is a demonstration on the built-in fictional set with tiny models, not a benchmark.")
+    return "\n".join(lines)
+
+
+def open_logger(name: str, run: Path) -> Callable[[dict], None]:
+    """A function that sends one metrics row to TensorBoard or Weights & Biases (or nowhere)."""
+    if name == "none":
+        return lambda row: None
+
+    def scalars(row: dict) -> dict[str, float]:
+        out = {f"heldout/{s}": v["accuracy"] for s, v in row["heldout"].items() if v["accuracy"] is not None}
+        if row.get("rewards"):
+            out["rewards/rewarded"] = row["rewards"]["rewarded"]
+        return out
+
+    if name == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise RuntimeError("logger=tensorboard needs the tensorboard package: pip install tensorboard") from e
+        writer = SummaryWriter(str(run / "tensorboard"))
+
+        def log_tb(row):
+            for k, v in scalars(row).items():
+                writer.add_scalar(k, v, row["round"])
+            writer.flush()
+        return log_tb
+    try:
+        import wandb
+    except ImportError as e:
+        raise RuntimeError("logger=wandb needs the wandb package: pip install wandb") from e
+    wb = wandb.init(project="seal-decoupled", name=run.name, dir=str(run), resume="allow", id=run.name)
+    return lambda row: wb.log(scalars(row), step=row["round"])

@@ -1,0 +1,331 @@
+"""`seal train`: the ReST^EM outer loop, teacher and students linked by the run's queue.
+
+Step r = 0 .. rounds, with teacher version v (v0 = the configured model):
+  1. generate: v writes one greedy edit per held-out context (its evaluation) and, for r < rounds,
+     k sampled edits for each of this round's training contexts (disjoint across rounds);
+  2. enqueue one adapt job per (edit, student) -- plus base and passage on the held-out set at r = 0;
+  3. wait while the student workers drain the jobs (`launch.py`);
+  4. for r < rounds: gains (adapted - baseline, aggregated over students) -> reward rule ->
+     TRL SFT on the rewarded (prompt, edit) pairs -> version v+1 in checkpoints/ (none rewarded:
+     the teacher is kept as is);
+  5. one row in metrics.jsonl, and a line of the console table.
+Every step is idempotent, so rerunning the command on the run folder resumes where it stopped:
+edits already written are reused, queued jobs are not redone, a version already saved for the
+round is not retrained, and a step with a metrics row is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from orchestration.core import rewards as R
+from orchestration.core.config import ConfigError, DataConfig
+from orchestration.core.contexts import Context, context_to_json, load_contexts
+from orchestration.core.queue import Job, Queue
+from orchestration.core.records import SelfEdit, StudentResult
+from orchestration.core.runs import append_jsonl, open_run, read_jsonl
+from orchestration.driver import launch, report
+from student.config import StudentConfig
+from student.worker import job_kind
+from teacher.config import TeacherConfig
+
+
+def _default_students() -> list[StudentConfig]:
+    return [StudentConfig(model="gemma3-270m")]
+
+
+@dataclass
+class WorkersConfig:
+    """Student workers on this machine."""
+
+    mode: str = "process"
+    """'process': `seal worker` subprocesses started by `seal train`; 'inline': one worker per student
+    inside the driver process (smallest setups)."""
+    per_student: int = 1
+    """Worker processes per student (mode 'process')."""
+    threads: int = 0
+    """torch threads per worker process; 0 = CPU cores // number of worker processes."""
+    lease_s: float = 120.0
+    """Seconds a leased job stays with its worker without renewal (renewed every lease_s / 3 while it
+    runs); after a worker dies, its job is delivered again once this runs out."""
+    max_attempts: int = 3
+    """Deliveries of a job before it is dead-lettered (left out of rewards, counted in the metrics)."""
+    poll_s: float = 0.5
+    """Seconds between queue polls of an idle worker or a waiting driver."""
+    restarts: int = 3
+    """Restarts per worker process after it dies; beyond that `seal train` stops (resumable)."""
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation of each teacher version."""
+
+    sampled: bool = False
+    """False: one greedy edit per held-out context. True: ``k`` sampled edits, reporting their mean."""
+    k: int = 1
+    """Edits per held-out context when ``sampled``."""
+
+
+@dataclass
+class TrainConfig:
+    """Config of `seal train` (configs/demo.yaml)."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    students: list[StudentConfig] = field(default_factory=_default_students)
+    """Student models that score every edit (each has its own workers and baselines)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training contexts; round r uses contexts [r * contexts_per_round, (r + 1) * contexts_per_round)."""
+    heldout: DataConfig = field(default_factory=lambda: DataConfig(offset=20, limit=4))
+    """Held-out contexts, evaluated after every round; must not overlap the training contexts used."""
+    rounds: int = 2
+    """ReST^EM rounds (teacher updates)."""
+    contexts_per_round: int = 4
+    """Training contexts per round (disjoint across rounds; their ids are recorded in metrics.jsonl)."""
+    edits_per_context: int = 3
+    """k: sampled edits per training context."""
+    reward: R.RewardConfig = field(default_factory=R.RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    logger: str = "none"
+    """Also send metrics to 'tensorboard' or 'wandb' (optional extras; 'none' by default)."""
+    run_dir: Optional[str] = None
+    """Run folder; default runs/train-<timestamp>. An existing folder with the same config resumes."""
+    models_cache: Optional[str] = None
+    """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
+
+
+def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> None:
+    names = [s.model for s in cfg.students]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"students={names}: give one or more distinct student models")
+    for key in ("rounds", "contexts_per_round", "edits_per_context"):
+        if getattr(cfg, key) < (0 if key == "rounds" else 1):
+            raise ConfigError(f"{key}={getattr(cfg, key)} is out of range; use a positive number")
+    if cfg.workers.mode not in launch.MODES:
+        raise ConfigError(f"workers.mode={cfg.workers.mode!r}: use one of {list(launch.MODES)}")
+    if cfg.logger not in report.LOGGERS:
+        raise ConfigError(f"logger={cfg.logger!r}: use one of {list(report.LOGGERS)}")
+    try:
+        R.check(cfg.reward)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    need = cfg.rounds * cfg.contexts_per_round
+    if len(train) < need:
+        raise ConfigError(f"{cfg.rounds} rounds x contexts_per_round={cfg.contexts_per_round} need {need} training "
+                          f"contexts, data gives {len(train)}; raise data.limit or lower contexts_per_round")
+    if not heldout:
+        raise ConfigError("the held-out set is empty; set heldout.source/offset/limit")
+    overlap = {c.context_id for c in train[:need]} & {c.context_id for c in heldout}
+    if overlap:
+        raise ConfigError(f"{len(overlap)} held-out context(s) are also training contexts; "
+                          f"make heldout.offset/limit and data.offset/limit disjoint")
+
+
+# ----- teacher versions -------------------------------------------------------------------------
+def teacher_at(cfg: TrainConfig, run: Path, step: int) -> tuple[int, str]:
+    """(version, model path) the teacher has at the start of ``step``: the newest version trained on
+    the edits of an earlier round, or v0."""
+    from teacher.versions import list_versions
+
+    ckpt = run / "checkpoints"
+    best = (0, cfg.teacher.model)
+    for v in list_versions(ckpt):
+        if json.loads((ckpt / f"v{v}" / "manifest.json").read_text())["round"] < step and v > best[0]:
+            best = (v, str(ckpt / f"v{v}"))
+    return best
+
+
+def version_of_round(run: Path, r: int) -> dict | None:
+    """Manifest of the version trained on round ``r``'s edits, if it was saved."""
+    from teacher.versions import list_versions
+
+    for v in list_versions(run / "checkpoints"):
+        m = json.loads((run / "checkpoints" / f"v{v}" / "manifest.json").read_text())
+        if m["round"] == r:
+            return m
+    return None
+
+
+# ----- step 1: edits ----------------------------------------------------------------------------
+def wanted_edits(cfg: TrainConfig, r: int, version: int, ctxs: list[Context], heldout: list[Context]):
+    """[(edit_id, context, purpose, sample)] the step needs; ids are stable, so resume reuses them."""
+    k_eval = cfg.eval.k if cfg.eval.sampled else 1
+    out = [(f"v{version}/heldout/{c.context_id}/{i}", c, "heldout", i) for c in heldout for i in range(k_eval)]
+    out += [(f"r{r}/{c.context_id}/{i}", c, "train", i) for c in ctxs for i in range(cfg.edits_per_context)]
+    return out
+
+
+def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str, wanted, edits: dict) -> None:
+    """Write the missing edits of ``wanted`` to edits.jsonl, one generate call per purpose and chunk
+    of contexts (a crash loses at most the chunk in progress)."""
+    from teacher.generate import make_backend
+    from teacher.prompts import render
+
+    missing = [w for w in wanted if w[0] not in edits]
+    if not missing:
+        return
+    gen = cfg.teacher.generation
+    backend = make_backend(model, cfg.teacher, cache=cfg.models_cache)
+    try:
+        for purpose in ("heldout", "train"):
+            todo = [w for w in missing if w[2] == purpose]
+            greedy = purpose == "heldout" and not cfg.eval.sampled
+            ctx_ids = list(dict.fromkeys(w[1].context_id for w in todo))
+            n = max(w[3] for w in todo) + 1 if todo else 0
+            per_chunk = max(1, gen.batch_size // max(1, n))
+            for start in range(0, len(ctx_ids), per_chunk):
+                chunk = [w for w in todo if w[1].context_id in set(ctx_ids[start:start + per_chunk])]
+                ctxs = list({w[1].context_id: w[1] for w in chunk}.values())
+                prompts = [render(cfg.teacher.prompt, cfg.teacher.templates, c.title, c.context, backend.tokenizer,
+                                  backend.chat) for c in ctxs]
+                seed = gen.seed + 1000 * r + start + (500 if purpose == "heldout" else 0)
+                outs = backend.generate(prompts, n, greedy=greedy, seed=seed)
+                sampling = {"greedy": greedy, "temperature": gen.temperature, "top_p": gen.top_p,
+                            "max_new_tokens": gen.max_new_tokens, "seed": seed}
+                by_ctx = {c.context_id: (p, o) for c, p, o in zip(ctxs, prompts, outs)}
+                for edit_id, c, _, i in chunk:
+                    prompt, samples = by_ctx[c.context_id]
+                    e = SelfEdit(edit_id=edit_id, context_id=c.context_id, teacher_version=version, round=r,
+                                 purpose=purpose, sample=i, template=cfg.teacher.prompt, chat=backend.chat,
+                                 prompt=prompt, text=samples[i].text, n_tokens=samples[i].n_tokens,
+                                 finished=samples[i].finished, sampling=sampling)
+                    append_jsonl(run / "edits.jsonl", e.to_json())
+                    edits[edit_id] = e
+    finally:
+        backend.close()
+
+
+# ----- step 2: jobs -----------------------------------------------------------------------------
+def step_jobs(cfg: TrainConfig, r: int, version: int, wanted, heldout: list[Context]) -> list[Job]:
+    jobs = []
+    for s in cfg.students:
+        kind = job_kind(s.model)
+        if r == 0:  # reference conditions on the held-out set, once per run
+            for c in heldout:
+                for cond in ("base", "passage"):
+                    jobs.append(Job(f"{cond}/{c.context_id}@{s.model}", kind, {
+                        "context": context_to_json(c), "condition": cond, "edit": "", "edit_id": None,
+                        "sample": 0}, teacher_version=version, round=r))
+        for edit_id, c, purpose, i in wanted:
+            jobs.append(Job(f"{edit_id}@{s.model}", kind, {
+                "context": context_to_json(c), "condition": "heldout" if purpose == "heldout" else "edit",
+                "edit": None, "edit_id": edit_id, "sample": i}, teacher_version=version, round=r))
+    return jobs
+
+
+def with_edit_text(jobs: list[Job], edits: dict[str, SelfEdit]) -> list[Job]:
+    return [j if j.payload["edit_id"] is None else
+            Job(j.key, j.kind, {**j.payload, "edit": edits[j.payload["edit_id"]].text}, j.teacher_version, j.round)
+            for j in jobs]
+
+
+# ----- step 4: rewards and the ReST^EM update ----------------------------------------------------
+def reward_round(cfg: TrainConfig, wanted, results: dict[str, StudentResult]) -> tuple[list[str], dict]:
+    """(rewarded edit ids, reward statistics) of a round's training edits."""
+    train = [w for w in wanted if w[2] == "train"]
+    per: dict[str, dict[str, float]] = {}
+    for edit_id, _, _, _ in train:
+        for s in cfg.students:
+            res = results.get(f"{edit_id}@{s.model}")
+            if res is not None:
+                per.setdefault(edit_id, {})[s.model] = res.score - res.baseline_score
+    meta = {w[0]: (w[1].context_id, w[3]) for w in train}
+    gains, incomplete = R.edit_gains(per, [s.model for s in cfg.students], meta, cfg.reward.aggregate)
+    ids = R.rewarded(cfg.reward, gains)
+    stats = {"rule": cfg.reward.rule, "edits": len(train), "scored": len(gains), "incomplete": len(incomplete),
+             "rewarded": len(ids), "mean_gain": sum(g.gain for g in gains) / len(gains) if gains else None,
+             "max_gain": max((g.gain for g in gains), default=None)}
+    return ids, stats
+
+
+def update_teacher(cfg: TrainConfig, run: Path, r: int, version: int, model: str, ids: list[str],
+                   stats: dict, edits: dict[str, SelfEdit]) -> dict | None:
+    """Train the next version on the rewarded edits; returns its manifest (None: nothing rewarded)."""
+    from teacher.rest_em import SFTExample, sft_update
+    from teacher.versions import list_versions, prune
+
+    done = version_of_round(run, r)
+    if done is not None or not ids:
+        return done
+    new = max(list_versions(run / "checkpoints"), default=0) + 1
+    examples = [SFTExample(i, edits[i].prompt, edits[i].text, edits[i].chat) for i in ids]
+    manifest = sft_update(model, examples, cfg.teacher, run / "checkpoints" / f"v{new}", cache=cfg.models_cache,
+                          manifest={"version": new, "parent_version": version, "round": r, "rewards": stats})
+    prune(run / "checkpoints", cfg.teacher.sft.keep_last, report.best_version(run))
+    return manifest
+
+
+# ----- the loop ---------------------------------------------------------------------------------
+def collect(q: Queue, keys: set[str], run: Path, exported: set[str]) -> dict[str, StudentResult]:
+    """Results of ``keys`` from the queue; new ones are appended to results.jsonl."""
+    out = {}
+    for key, raw in q.results().items():
+        if key in keys:
+            out[key] = StudentResult.from_json(json.dumps(raw))
+            if key not in exported:
+                append_jsonl(run / "results.jsonl", out[key].to_json())
+                exported.add(key)
+    return out
+
+
+def run_train(cfg: TrainConfig, resolved) -> list[dict]:
+    """Run (or resume) `seal train`; returns the metrics rows."""
+    d, h = cfg.data, cfg.heldout
+    train = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
+    heldout = load_contexts(h.source, split=h.split, shuffle_seed=h.shuffle_seed, offset=h.offset, limit=h.limit)
+    check(cfg, train, heldout)
+    if cfg.teacher.threads:
+        import torch
+
+        torch.set_num_threads(cfg.teacher.threads)
+    run = open_run("train", cfg.run_dir, resolved)
+    edits = {e.edit_id: e for e in map(SelfEdit.from_json, read_jsonl(run / "edits.jsonl"))}
+    exported = {json.loads(x)["key"] for x in read_jsonl(run / "results.jsonl")}
+    rows = [json.loads(x) for x in read_jsonl(run / "metrics.jsonl")]
+    logger = report.open_logger(cfg.logger, run)
+    workers = launch.make_workers(cfg, run)
+    queue = Queue(run / launch.QUEUE_FILE, max_attempts=cfg.workers.max_attempts)
+    print(report.table_header(cfg))
+    for row in rows:
+        print(report.table_line(cfg, row))
+    try:
+        for r in range(len(rows), cfg.rounds + 1):
+            t0 = time.perf_counter()
+            version, model = teacher_at(cfg, run, r)
+            ctxs = train[r * cfg.contexts_per_round:(r + 1) * cfg.contexts_per_round] if r < cfg.rounds else []
+            wanted = wanted_edits(cfg, r, version, ctxs, heldout)
+            generate_edits(cfg, run, r, version, model, wanted, edits)
+            jobs = with_edit_text(step_jobs(cfg, r, version, wanted, heldout), edits)
+            queue.put(jobs)
+            keys = {j.key for j in jobs}
+            workers.wait(keys, desc=f"round {r} jobs")
+            results = collect(queue, keys, run, exported)
+            row = {"round": r, "teacher_version": version, "contexts": [c.context_id for c in ctxs],
+                   "heldout": report.heldout_scores(cfg, wanted, results),
+                   "jobs": report.job_counts(queue, keys, len(results))}
+            if r == 0:
+                row["reference"] = report.reference_scores(cfg, heldout, results)
+            if r < cfg.rounds:
+                ids, stats = reward_round(cfg, wanted, results)
+                manifest = update_teacher(cfg, run, r, version, model, ids, stats, edits)
+                row["rewards"] = stats
+                row["new_version"] = manifest["version"] if manifest else None
+                row["sft"] = manifest["sft"] if manifest else None
+                if manifest is None:
+                    print(f"round {r}: no rewarded edit among {stats['scored']} scored; the teacher stays v{version}")
+            row["wall_s"] = round(time.perf_counter() - t0, 1)
+            append_jsonl(run / "metrics.jsonl", json.dumps(row, sort_keys=True))
+            rows.append(row)
+            logger(row)
+            print(report.table_line(cfg, row))
+    finally:
+        workers.stop()
+        queue.close()
+    print(report.final_table(cfg, rows))
+    print(f"run folder: {run}")
+    return rows

@@ -1,0 +1,119 @@
+"""Student worker: serves adapt jobs for one student model from a run's queue.
+
+The model is loaded once per worker and unadapted baselines are cached per context, so a job costs
+one adaptation: train a fresh adapter on the job's edit, answer the context's questions without the
+passage, grade, discard the adapter. A job's payload carries the whole context (passage and
+questions), so a worker needs nothing from the driver but the queue file.
+
+While a job runs, a background thread renews its lease every third of ``lease_s``: a long adaptation
+keeps its lease, and a worker that dies stops renewing, so its job is delivered again once the lease
+runs out. A job that raises is nacked with the exception as its reason; the queue retries it up to
+its limit, then dead-letters it. Results are acked under the job key, so a re-delivered job never
+counts twice.
+
+Job payload: {"context": context_to_json(ctx), "condition": "base" | "passage" | "edit" | "heldout",
+"edit": text ("" for base and passage), "edit_id": str | None, "sample": int}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from orchestration.core.contexts import context_from_json
+from orchestration.core.queue import Lease, Queue
+from orchestration.core.records import StudentResult
+from student.config import StudentConfig
+
+STOP_FLAG = "stop"  # the driver sets this flag to "1" to stop workers started with until="stopped"
+
+
+def job_kind(student: str) -> str:
+    """Queue kind of the adapt jobs of one student (each student's workers serve only their own)."""
+    return f"adapt/{student}"
+
+
+class _Renewer(threading.Thread):
+    """Keeps one lease alive while its job runs; SQLite connections are per thread, so it opens its own."""
+
+    def __init__(self, queue_path: Path, lease: Lease, lease_s: float):
+        super().__init__(daemon=True)
+        self.queue_path, self.lease, self.lease_s = queue_path, lease, lease_s
+        self.done = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        with Queue(self.queue_path) as q:
+            while not self.done.wait(self.lease_s / 3):
+                if not q.renew(self.lease, self.lease_s):
+                    self.lost = True  # someone else holds it now; our ack will not count twice
+                    return
+
+
+class Worker:
+    """One student model, loaded once, serving its adapt jobs."""
+
+    def __init__(self, cfg: StudentConfig, *, cache: str | None = None, worker_id: str | None = None,
+                 judge_cache: str | Path | None = None):
+        from student.model import Student
+        from student.scoring import Baselines, make_grader
+
+        self.cfg = cfg
+        self.kind = job_kind(cfg.model)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{cfg.model}"
+        self.student = Student(cfg, cache=cache)
+        self.baselines = Baselines(self.student, make_grader(cfg.grader, cfg.judge, judge_cache))
+
+    def run_job(self, payload: dict, key: str) -> StudentResult:
+        from student.scoring import adapt_and_score, base_result
+
+        ctx = context_from_json(payload["context"])
+        cond = payload["condition"]
+        if cond == "base":
+            return base_result(self.student, self.baselines, ctx, self.cfg.grader, key)
+        return adapt_and_score(self.student, self.baselines, ctx, payload["edit"], condition=cond,
+                               completion=payload["sample"], grader=self.cfg.grader, key=key,
+                               append_passage=True if cond == "passage" else None)
+
+    def serve(self, queue_path: str | Path, *, lease_s: float, until: str = "drained", poll_s: float = 0.5,
+              parent_pid: int | None = None, max_jobs: int | None = None, max_attempts: int = 3) -> int:
+        """Lease, run and ack jobs of this student; returns the number of jobs acked.
+
+        ``until="drained"``: return when none of this student's jobs is pending or leased.
+        ``until="stopped"``: keep polling until the queue's stop flag is set (or, with ``parent_pid``,
+        until that process is gone: a worker never outlives the driver that started it).
+        ``max_attempts`` must be the driver's (the queue applies the retry limit of whoever nacks).
+        """
+        if until not in ("drained", "stopped"):
+            raise ValueError(f"until={until!r}: use 'drained' or 'stopped'")
+        queue_path = Path(queue_path)
+        acked = 0
+        with Queue(queue_path, max_attempts=max_attempts) as q:
+            while max_jobs is None or acked < max_jobs:
+                if until == "stopped" and q.get_flag(STOP_FLAG) == "1":
+                    break
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    break
+                lease = q.lease(self.worker_id, [self.kind], lease_s)
+                if lease is None:
+                    if until == "drained" and q.unfinished([self.kind]) == 0:
+                        break
+                    time.sleep(poll_s)
+                    continue
+                renewer = _Renewer(queue_path, lease, lease_s)
+                renewer.start()
+                try:
+                    result = self.run_job(lease.payload, lease.key)
+                except Exception as e:  # the job failed, not the worker: record why and go on
+                    renewer.done.set()
+                    q.nack(lease, f"{type(e).__name__}: {e}")
+                    continue
+                finally:
+                    renewer.done.set()
+                    renewer.join()
+                acked += q.ack(lease, json.loads(result.to_json()))
+        return acked

@@ -1,0 +1,183 @@
+"""`seal train` end to end on tiny in-process models: a whole run, resume, and the fault tests
+(SIGKILL a worker holding a lease, SIGKILL the driver mid-round, a job that keeps failing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestration.core.config import ConfigError, load_config
+from orchestration.core.contexts import load_contexts
+from orchestration.core.queue import Job, Queue
+from orchestration.driver.train import TrainConfig, run_train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_config(path: Path, teacher: str, student: str, mode: str, **top) -> Path:
+    """A run small enough for a test: 1 round, 2 training contexts x 2 edits, 2 held-out contexts.
+
+    threshold -1 rewards every scored edit, so the SFT update always runs (a random tiny model
+    rarely gains anything)."""
+    cfg = {
+        "teacher": {"model": teacher, "threads": 1,
+                    "generation": {"max_new_tokens": 12, "batch_size": 8, "dtype": "fp32"},
+                    "sft": {"epochs": 1, "batch_size": 2, "lora_r": 4, "lora_alpha": 8}},
+        "students": [{"model": student, "threads": 1, "answer": {"max_new_tokens": 4},
+                      "lora": {"r": 4, "alpha": 8}, "train": {"epochs": 1, "batch_size": 4, "dtype": "fp32"}}],
+        "data": {"source": "demo", "limit": 4}, "heldout": {"source": "demo", "offset": 20, "limit": 2},
+        "rounds": 1, "contexts_per_round": 2, "edits_per_context": 2,
+        "reward": {"rule": "threshold", "delta": -1.0},
+        "workers": {"mode": mode, "lease_s": 2.0, "poll_s": 0.05, "threads": 1},
+        **top,
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def expected_keys(student: str) -> set[str]:
+    train = load_contexts("demo", limit=2)
+    heldout = load_contexts("demo", offset=20, limit=2)
+    keys = {f"{c}/{h.context_id}@{student}" for h in heldout for c in ("base", "passage")}
+    keys |= {f"v{v}/heldout/{h.context_id}/0@{student}" for h in heldout for v in (0, 1)}
+    keys |= {f"r0/{t.context_id}/{i}@{student}" for t in train for i in range(2)}
+    return keys
+
+
+def result_keys(run: Path) -> list[str]:
+    return [json.loads(x)["key"] for x in (run / "results.jsonl").read_text().splitlines()]
+
+
+def check_complete(run: Path, student: str) -> None:
+    """Exactly the expected results: none lost, none twice, in the queue and in results.jsonl."""
+    keys = result_keys(run)
+    assert len(keys) == len(set(keys)), "a result was recorded twice"
+    assert set(keys) == expected_keys(student)
+    with Queue(run / "queue.sqlite") as q:
+        assert set(q.results()) == expected_keys(student)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1] and [r["teacher_version"] for r in rows] == [0, 1]
+
+
+def start_driver(cfg: Path, run: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestration.driver.cli", "train", str(cfg), f"run_dir={run}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"driver exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def leased_job(run: Path):
+    if not (run / "queue.sqlite").exists():
+        return None
+    with Queue(run / "queue.sqlite") as q:
+        rows = [j for j in q.jobs(states=["leased"]) if j["key"].startswith("r0/")]
+        if not rows:
+            return None
+        att = q.attempts(rows[0]["key"])[-1]
+        return rows[0]["key"], att["worker"]
+
+
+def test_inline_run_then_resume(tmp_path, tiny_chat_model, tiny_model):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline")
+    run = tmp_path / "run"
+    cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
+    rows = run_train(cfg, resolved)
+    check_complete(run, tiny_model)
+    assert rows[0]["rewards"]["rewarded"] == 4 and rows[0]["new_version"] == 1
+    manifest = json.loads((run / "checkpoints" / "v1" / "manifest.json").read_text())
+    edits = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
+    assert manifest["edit_ids"] == [e["edit_id"] for e in edits if e["purpose"] == "train"]
+    assert manifest["parent_version"] == 0 and manifest["round"] == 0
+    assert all(e["prompt"] and e["template"] == "implications" for e in edits)
+    assert rows[1]["heldout"][tiny_model]["n_questions"] > 0 and "reference" in rows[0]
+
+    before = (run / "results.jsonl").read_text()
+    again = run_train(cfg, resolved)  # resume of a finished run: nothing redone
+    assert (run / "results.jsonl").read_text() == before and len(again) == 2
+
+    changed, changed_resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}", "edits_per_context=3"])
+    with pytest.raises(ConfigError, match="edits_per_context"):
+        run_train(changed, changed_resolved)
+
+
+def test_sigkill_worker_holding_a_lease(tmp_path, tiny_chat_model, tiny_model):
+    # Enough epochs that a job takes a while, so the kill lands while the lease is held.
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "process")
+    run = tmp_path / "run"
+    driver = start_driver(cfg_path, run)
+    try:
+        key, worker = wait_for(lambda: leased_job(run), 120, "a training job to be leased", driver)
+        with Queue(run / "queue.sqlite") as q:
+            row = next(j for j in q.jobs() if j["key"] == key)
+            assert row["state"] == "leased" and q.attempts(key)[-1]["outcome"] is None
+        os.kill(int(worker.split(":")[1]), signal.SIGKILL)
+        out, _ = driver.communicate(timeout=240)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, out[-3000:]
+    assert "restarting it" in out
+    check_complete(run, tiny_model)
+    with Queue(run / "queue.sqlite") as q:
+        attempts = q.attempts(key)
+    assert [a["outcome"] for a in attempts] == ["expired", "acked"] and attempts[0]["worker"] == worker
+
+
+def test_sigkill_driver_mid_round_then_resume(tmp_path, tiny_chat_model, tiny_model):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "process")
+    run = tmp_path / "run"
+    driver = start_driver(cfg_path, run)
+    try:
+        def some_results():
+            if not (run / "queue.sqlite").exists():
+                return False
+            with Queue(run / "queue.sqlite") as q:
+                return 3 <= len(q.results()) < len(expected_keys(tiny_model))
+        wait_for(some_results, 120, "the first results", driver)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+    assert not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 2
+    rerun = start_driver(cfg_path, run)
+    out, _ = rerun.communicate(timeout=240)
+    assert rerun.returncode == 0, out[-3000:]
+    check_complete(run, tiny_model)
+
+
+def test_a_job_that_keeps_failing_is_dead_lettered_and_the_round_goes_on(tmp_path, tiny_chat_model, tiny_model):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline")
+    run = tmp_path / "run"
+    run.mkdir()
+    # Put a poisoned job under the key the driver will use: put is idempotent, so it stays poisoned.
+    ctx = load_contexts("demo", limit=1)[0]
+    bad_key = f"r0/{ctx.context_id}/0@{tiny_model}"
+    with Queue(run / "queue.sqlite") as q:
+        q.put([Job(bad_key, f"adapt/{tiny_model}", {"condition": "edit"}, teacher_version=0)])
+    cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
+    rows = run_train(cfg, resolved)
+    with Queue(run / "queue.sqlite") as q:
+        dead = q.jobs(states=["dead"])
+        assert [d["key"] for d in dead] == [bad_key] and "KeyError" in dead[0]["last_error"]
+        assert [a["outcome"] for a in q.attempts(bad_key)] == ["nacked"] * 3
+    assert rows[0]["jobs"]["dead"] == 1 and rows[0]["jobs"]["dead_reasons"][bad_key].startswith("KeyError")
+    assert rows[0]["rewards"]["incomplete"] == 1 and rows[0]["rewards"]["rewarded"] == 3
+    assert set(result_keys(run)) == expected_keys(tiny_model) - {bad_key}
+    assert len(rows) == 2  # the round went on, and so did the next one
