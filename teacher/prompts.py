@@ -1,0 +1,116 @@
+"""Self-edit prompts for the knowledge domain: the instruction the teacher reads before writing an edit.
+
+The variants follow SEAL's knowledge-incorporation prompts (implications, longer implications,
+rewrites, self-QA), written in our own words. A template is one plain string with ``{title}`` and
+``{context}`` placeholders that ends with a cue line ("Implications:"): a base model continues
+after the cue, and a chat model gets the same text as one user turn (the cue then reads as the
+heading of the answer it should write). One string per variant, for both kinds of model, so a user
+template is written once and works for either.
+
+The rendered prompt is stored with every edit (the ReST^EM update trains on exactly that prompt),
+so `render` is a pure function of its arguments. `tokenize_prompt` is the one way a rendered prompt
+becomes token ids, for generation and for the SFT update alike.
+"""
+
+from __future__ import annotations
+
+import string
+
+_PASSAGE = "Title: {title}\nPassage: {context}\n\n"
+
+TEMPLATES: dict[str, str] = {
+    "implications": (
+        "Read the passage below and write down what follows from it: the facts it states and the "
+        "consequences one can infer from them. Put one implication per line, each a complete "
+        "sentence that makes sense without the passage.\n\n" + _PASSAGE + "Implications:\n"
+    ),
+    "implications-long": (
+        "Read the passage below and write a long list of its implications: the facts it states, "
+        "what they imply, and how they connect to each other. Give each implication its own line "
+        "and explain it in two or three full sentences that make sense without the passage.\n\n"
+        + _PASSAGE + "Implications:\n"
+    ),
+    "implications-very-long": (
+        "Read the passage below and write an extensive, detailed list of its implications. Cover "
+        "every name, number, date, place and event it mentions, what each one implies, and the "
+        "relations between them. Give each implication its own line and explain it thoroughly in "
+        "full sentences that make sense without the passage.\n\n" + _PASSAGE + "Implications:\n"
+    ),
+    "rewrite": (
+        "Rewrite the passage below in different words. Write several versions; each must keep every "
+        "fact of the original but change the wording and the sentence structure. Separate the "
+        "versions with a blank line.\n\n" + _PASSAGE + "Rewrites:\n"
+    ),
+    "self-qa": (
+        "Write pairs of questions and answers that test the facts in the passage below. Each "
+        "question must make sense without the passage, and each answer must be short. Write every "
+        "pair as two lines, 'Question: ...' and then 'Answer: ...'.\n\n" + _PASSAGE
+        + "Questions and answers:\n"
+    ),
+}
+
+_FIELDS = {"title", "context"}
+
+
+def _check(name: str, text: str) -> None:
+    """A template must contain {context} and no placeholder other than {title} and {context}."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as e:  # unmatched or malformed braces
+        raise ValueError(f"self-edit template '{name}' is malformed ({e}); write {{{{ and }}}} for "
+                         f"literal braces") from None
+    bad = sorted({f for f in fields if f not in _FIELDS})
+    if bad:
+        raise ValueError(f"self-edit template '{name}' has placeholders {bad}; only {{title}} and "
+                         f"{{context}} are filled in (write {{{{ and }}}} for literal braces)")
+    if "context" not in fields:
+        raise ValueError(f"self-edit template '{name}' has no {{context}} placeholder: the teacher "
+                         f"would never see the passage")
+
+
+def template_text(name: str, extra: dict[str, str]) -> str:
+    """The template called ``name``: a built-in or one of ``extra`` (``teacher.templates``).
+
+    User templates may not reuse a built-in's name: edits record the template name, and a name
+    that meant two different prompts in two runs would make their edits look comparable.
+    """
+    shadowed = sorted(set(extra) & set(TEMPLATES))
+    if shadowed:
+        raise ValueError(f"teacher.templates may not redefine built-in template(s) {shadowed}; "
+                         f"give your template a new name and select it with teacher.prompt=NAME")
+    for user_name, text in extra.items():
+        _check(user_name, text)
+    if name in TEMPLATES:
+        return TEMPLATES[name]
+    if name in extra:
+        return extra[name]
+    avail = ", ".join(list(TEMPLATES) + sorted(extra))
+    raise ValueError(f"unknown self-edit template '{name}'; available: {avail}. Add one with "
+                     f"teacher.templates.NAME='... {{title}} ... {{context}} ...' and select it "
+                     f"with teacher.prompt=NAME")
+
+
+def render(name: str, extra: dict[str, str], title: str, context: str, tokenizer, chat: bool) -> str:
+    """The exact prompt string the teacher is fed for one passage (deterministic).
+
+    Plain prompts end with the template's cue line; chat prompts are the same text as a single
+    user turn, followed by the template's generation prompt (the opening of the assistant turn).
+    """
+    text = template_text(name, extra).format(title=title, context=context)
+    if not chat:
+        return text
+    # The trailing newline after the cue belongs to plain continuation; in a chat turn the
+    # template adds its own end-of-turn layout.
+    msgs = [{"role": "user", "content": text.rstrip()}]
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    """Token ids of a rendered prompt: the one way prompts become ids (generation and SFT).
+
+    A chat-rendered string already holds every special token the template wants (Gemma's template,
+    for one, starts with ``<bos>``); letting the tokenizer add its own would put a second BOS in
+    front, a sequence the model never saw in training. A plain prompt has none, so the tokenizer
+    adds them (e.g. Gemma's BOS) as it would for any text.
+    """
+    return tokenizer(text, add_special_tokens=not chat)["input_ids"]
