@@ -157,3 +157,20 @@ def list_models(root: Path | None = None) -> list[dict]:
          "package": b.package, "description": b.description}
         for b in BUILTINS.values()
     ]
+
+
+def checksum(model: str, root: Path | None = None) -> dict:
+    """Provenance of a model for a run manifest: what exactly was loaded under this name."""
+    root = root or cache_dir()
+    if model in BUILTINS:
+        path = materialize(model, root)
+        marker = json.loads((path / MARKER).read_text())
+        return {"model": model, "kind": "builtin", "package": f"{marker['package']}=={marker['package_version']}",
+                "gguf_sha256": marker["gguf_sha256"]}
+    p = Path(model).expanduser()
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p.glob("*.safetensors")):
+            h.update(sha256_file(f).encode())
+        return {"model": model, "kind": "folder", "safetensors_sha256": h.hexdigest()}
+    return {"model": model, "kind": "hub", "note": "hub id: the revision is whatever the hub served"}

@@ -35,7 +35,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def provenance(seeds: dict | None = None) -> dict:
+def provenance() -> dict:
     versions = {}
     for p in PACKAGES:
         try:
@@ -43,11 +43,13 @@ def provenance(seeds: dict | None = None) -> dict:
         except metadata.PackageNotFoundError:
             versions[p] = None
     return {"git_commit": _git_commit(), "python": platform.python_version(), "packages": versions,
-            "seeds": seeds or {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def open_run(command: str, run_dir: str | None, cfg) -> Path:
-    """Create (or reopen for resume) a run folder and save the resolved config ``cfg`` (a DictConfig)."""
+def open_run(command: str, run_dir: str | None, cfg, extra: dict | None = None) -> Path:
+    """Create (or reopen for resume) a run folder and save the resolved config ``cfg`` (a DictConfig).
+
+    ``extra`` goes into the manifest next to the provenance (e.g. model checksums and seeds)."""
     from omegaconf import OmegaConf
 
     path = Path(run_dir) if run_dir else default_run_dir(command)
@@ -64,7 +66,8 @@ def open_run(command: str, run_dir: str | None, cfg) -> Path:
         return path
     path.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, saved)
-    (path / MANIFEST_FILE).write_text(json.dumps({"command": command, **provenance()}, indent=1))
+    (path / MANIFEST_FILE).write_text(json.dumps({"command": command, **provenance(), **(extra or {})},
+                                                          indent=1))
     return path
 
 

@@ -28,17 +28,9 @@ MODES = ("process", "inline")
 QUEUE_FILE = "queue.sqlite"
 
 
-def _open(states: dict[str, int]) -> int:
-    return states.get("pending", 0) + states.get("leased", 0)
-
-
-def key_states(q: Queue, keys: set[str]) -> dict[str, int]:
-    """state -> number of jobs among ``keys``."""
-    out: dict[str, int] = {}
-    for row in q.jobs():
-        if row["key"] in keys:
-            out[row["state"]] = out.get(row["state"], 0) + 1
-    return out
+def open_jobs(q: Queue, keys: set[str]) -> int:
+    """How many of ``keys`` are still pending or leased."""
+    return sum(row["key"] in keys for row in q.jobs(states=["pending", "leased"]))
 
 
 class InlineWorkers:
@@ -96,9 +88,9 @@ class ProcessWorkers:
             bar = tqdm(total=len(keys), desc=desc, unit="job")
             while True:
                 self._check()
-                states = key_states(q, keys)
-                bar.update(len(keys) - _open(states) - bar.n)
-                if _open(states) == 0:
+                left = open_jobs(q, keys)
+                bar.update(len(keys) - left - bar.n)
+                if left == 0:
                     break
                 time.sleep(self.cfg.workers.poll_s)
             bar.close()

@@ -26,6 +26,7 @@ from typing import Optional
 from orchestration.core import rewards as R
 from orchestration.core.config import ConfigError, DataConfig
 from orchestration.core.contexts import Context, context_to_json, load_contexts
+from orchestration.core.models import trim_cpu_memory
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl
@@ -198,6 +199,7 @@ def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str
                     edits[edit_id] = e
     finally:
         backend.close()
+        trim_cpu_memory()
 
 
 # ----- step 2: jobs -----------------------------------------------------------------------------
@@ -253,9 +255,10 @@ def update_teacher(cfg: TrainConfig, run: Path, r: int, version: int, model: str
     if done is not None or not ids:
         return done
     new = max(list_versions(run / "checkpoints"), default=0) + 1
-    examples = [SFTExample(i, edits[i].prompt, edits[i].text, edits[i].chat) for i in ids]
+    examples = [SFTExample(i, edits[i].prompt, edits[i].text, edits[i].chat, edits[i].finished) for i in ids]
     manifest = sft_update(model, examples, cfg.teacher, run / "checkpoints" / f"v{new}", cache=cfg.models_cache,
                           manifest={"version": new, "parent_version": version, "round": r, "rewards": stats})
+    trim_cpu_memory()
     prune(run / "checkpoints", cfg.teacher.sft.keep_last, report.best_version(run))
     return manifest
 
@@ -283,7 +286,14 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
         import torch
 
         torch.set_num_threads(cfg.teacher.threads)
-    run = open_run("train", cfg.run_dir, resolved)
+    from orchestration.core.catalog import cache_dir, checksum
+
+    root = cache_dir(cfg.models_cache)
+    models = {"teacher": checksum(cfg.teacher.model, root), **{f"student:{s.model}": checksum(s.model, root)
+                                                                 for s in cfg.students}}
+    seeds = {"generation": cfg.teacher.generation.seed, "sft": cfg.teacher.sft.seed,
+             **{f"student:{s.model}": s.train.seed for s in cfg.students}}
+    run = open_run("train", cfg.run_dir, resolved, extra={"models": models, "seeds": seeds})
     edits = {e.edit_id: e for e in map(SelfEdit.from_json, read_jsonl(run / "edits.jsonl"))}
     exported = {json.loads(x)["key"] for x in read_jsonl(run / "results.jsonl")}
     rows = [json.loads(x) for x in read_jsonl(run / "metrics.jsonl")]
