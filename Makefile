@@ -23,7 +23,7 @@ models: setup
 	$(BIN)/seal models fetch
 
 demo: models
-	$(BIN)/seal adapt configs/adapt_demo.yaml
+	$(BIN)/seal train configs/demo.yaml
 
 lint: setup
 	$(BIN)/lint-imports
