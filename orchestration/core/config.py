@@ -53,12 +53,13 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
             # update() walks list indices too (students.0.train.epochs=2), which a merged dotlist cannot
             OmegaConf.update(cfg, key.strip(), OmegaConf.from_dotlist([f"v={item.split('=', 1)[1]}"])["v"], merge=True)
         OmegaConf.resolve(cfg)
+        obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"config key '{key}': {e.msg if hasattr(e, 'msg') else e}. "
                           f"Check the spelling and type against the documented fields "
                           f"(see the dataclasses in {schema.__module__}).") from None
-    return OmegaConf.to_object(cfg), cfg
+    return obj, cfg
 
 
 def diff_keys(a, b, prefix: str = "") -> list[str]:

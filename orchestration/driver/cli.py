@@ -72,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestration.driver.launch import WorkerError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, ContextDataError, catalog.ModelNotFound) as e:
+    except (ConfigError, ContextDataError, catalog.ModelNotFound, WorkerError) as e:
         print(f"seal: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,6 +25,10 @@ from orchestration.core.queue import Queue
 from student.worker import STOP_FLAG, Worker
 
 MODES = ("process", "inline")
+
+
+class WorkerError(RuntimeError):
+    """A worker process kept dying; the run folder is resumable once the cause is fixed."""
 QUEUE_FILE = "queue.sqlite"
 
 
@@ -76,7 +80,7 @@ class ProcessWorkers:
             if proc is not None:  # it died: restart it (its leased job will be delivered again)
                 self.restarts[slot] += 1
                 if self.restarts[slot] > self.cfg.workers.restarts:
-                    raise RuntimeError(f"worker {slot[1]} of student {slot[0]} exited (code {proc.returncode}) "
+                    raise WorkerError(f"worker {slot[1]} of student {slot[0]} exited (code {proc.returncode}) "
                                        f"{self.restarts[slot]} times; see {self.run / 'logs'}. Fix the cause and "
                                        f"rerun the same command to resume")
                 tqdm.write(f"worker {slot[1]} of {slot[0]} exited (code {proc.returncode}); restarting it")

@@ -111,8 +111,15 @@ def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> Non
         raise ConfigError(f"workers.mode={cfg.workers.mode!r}: use one of {list(launch.MODES)}")
     if cfg.logger not in report.LOGGERS:
         raise ConfigError(f"logger={cfg.logger!r}: use one of {list(report.LOGGERS)}")
+    from teacher.generate import BACKENDS
+    from teacher.prompts import template_text
+
+    if cfg.teacher.generation.backend != "transformers":
+        raise ConfigError(f"teacher.generation.backend={cfg.teacher.generation.backend!r}: only 'transformers' is "
+                          f"built so far (known: {list(BACKENDS)}); the vLLM backend arrives with the GPU work")
     try:
         R.check(cfg.reward)
+        template_text(cfg.teacher.prompt, cfg.teacher.templates)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     need = cfg.rounds * cfg.contexts_per_round

@@ -181,3 +181,35 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_the_round_goes_on(tmp_pat
     assert rows[0]["rewards"]["incomplete"] == 1 and rows[0]["rewards"]["rewarded"] == 3
     assert set(result_keys(run)) == expected_keys(tiny_model) - {bad_key}
     assert len(rows) == 2  # the round went on, and so did the next one
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("teacher.generation.backend=vllm", "teacher.generation.backend"),
+    ("teacher.prompt=nope", "nope"),
+    ("contexts_per_round=20", "contexts_per_round"),
+    ("heldout.offset=0", "held-out"),
+    ("students=[{model: a},{model: a}]", "distinct"),
+    ("reward.rule=best", "reward.rule"),
+    ("workers.mode=threads", "workers.mode"),
+    ("edits_per_context=0", "edits_per_context"),
+])
+def test_bad_train_config_is_refused_before_any_work(tmp_path, override, needle):
+    run = tmp_path / "run"
+    cfg, resolved = load_config(TrainConfig, ROOT / "configs" / "demo.yaml", [override, f"run_dir={run}"])
+    with pytest.raises(ConfigError, match=needle):
+        run_train(cfg, resolved)
+    assert not run.exists()
+
+
+def test_worker_command_errors_name_the_fix(tmp_path, capsys, tiny_chat_model, tiny_model):
+    from orchestration.driver.cli import main
+
+    assert main(["worker", f"run_dir={tmp_path}", "student=x"]) == 2
+    assert "start the run with `seal train` first" in capsys.readouterr().err
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", rounds=0)
+    cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={tmp_path / 'run'}"])
+    run_train(cfg, resolved)  # rounds=0: only the evaluation of v0 and the references
+    assert main(["worker", f"run_dir={tmp_path / 'run'}", "student=nobody"]) == 2
+    assert tiny_model in capsys.readouterr().err
+    assert main(["worker", "student=x"]) == 2
+    assert "run_dir" in capsys.readouterr().err
