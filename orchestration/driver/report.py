@@ -101,11 +101,9 @@ def open_logger(name: str, run: Path) -> Callable[[dict], None]:
             out["rewards/rewarded"] = row["rewards"]["rewarded"]
         return out
 
-    if name == "tensorboard":
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise RuntimeError("logger=tensorboard needs the tensorboard package: pip install tensorboard") from e
+    if name == "tensorboard":  # the package's presence was checked with the config
+        from torch.utils.tensorboard import SummaryWriter
+
         writer = SummaryWriter(str(run / "tensorboard"))
 
         def log_tb(row):
@@ -113,9 +111,7 @@ def open_logger(name: str, run: Path) -> Callable[[dict], None]:
                 writer.add_scalar(k, v, row["round"])
             writer.flush()
         return log_tb
-    try:
-        import wandb
-    except ImportError as e:
-        raise RuntimeError("logger=wandb needs the wandb package: pip install wandb") from e
+    import wandb
+
     wb = wandb.init(project="seal-decoupled", name=run.name, dir=str(run), resume="allow", id=run.name)
     return lambda row: wb.log(scalars(row), step=row["round"])

@@ -16,8 +16,8 @@ round is not retrained, and a step with a metrics row is skipped.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +111,9 @@ def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> Non
         raise ConfigError(f"workers.mode={cfg.workers.mode!r}: use one of {list(launch.MODES)}")
     if cfg.logger not in report.LOGGERS:
         raise ConfigError(f"logger={cfg.logger!r}: use one of {list(report.LOGGERS)}")
+    if cfg.logger != "none" and importlib.util.find_spec(cfg.logger) is None:
+        raise ConfigError(f"logger={cfg.logger} needs the {cfg.logger} package: pip install -e '.[{cfg.logger}]' "
+                          f"(or set logger=none)")
     from teacher.generate import BACKENDS
     from teacher.prompts import template_text
 

@@ -213,3 +213,15 @@ def test_worker_command_errors_name_the_fix(tmp_path, capsys, tiny_chat_model, t
     assert tiny_model in capsys.readouterr().err
     assert main(["worker", "student=x"]) == 2
     assert "run_dir" in capsys.readouterr().err
+
+
+def test_logger_without_its_package_is_refused(tmp_path):
+    import importlib.util
+
+    missing = [name for name in ("tensorboard", "wandb") if importlib.util.find_spec(name) is None]
+    if not missing:
+        pytest.skip("both optional logger packages are installed")
+    cfg, resolved = load_config(TrainConfig, ROOT / "configs" / "demo.yaml", [f"logger={missing[0]}",
+                                                                              f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=rf"pip install -e '\.\[{missing[0]}\]'"):
+        run_train(cfg, resolved)
