@@ -225,3 +225,17 @@ def test_logger_without_its_package_is_refused(tmp_path):
                                                                               f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match=rf"pip install -e '\.\[{missing[0]}\]'"):
         run_train(cfg, resolved)
+
+
+def test_a_round_without_rewarded_edits_keeps_the_teacher(tmp_path, capsys, tiny_chat_model, tiny_model):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline",
+                            reward={"rule": "threshold", "delta": 5.0})  # no F1 gain can reach 5
+    run = tmp_path / "run"
+    cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
+    rows = run_train(cfg, resolved)
+    assert "no rewarded edit" in capsys.readouterr().out
+    assert rows[0]["new_version"] is None and rows[0]["sft"] is None
+    assert [r["teacher_version"] for r in rows] == [0, 0] and not (run / "checkpoints").exists()
+    # v0's held-out edits and their results are reused, not generated or scored again
+    assert rows[1]["heldout"] == rows[0]["heldout"]
+    assert len(result_keys(run)) == len(set(result_keys(run))) == len(expected_keys(tiny_model)) - 2
