@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from orchestration.core.config import ConfigError, DataConfig
-from orchestration.core.contexts import context_id, load_contexts, read_json_records, validate_records
+from orchestration.core.contexts import load_contexts
+from orchestration.core.edits import read_edits
 from orchestration.core.records import StudentResult
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl
 from student.config import StudentConfig
@@ -39,18 +40,6 @@ class AdaptConfig:
     """Run folder; default runs/adapt-<timestamp>. An existing folder with the same config resumes."""
     models_cache: Optional[str] = None
     """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
-
-
-def load_edits(path: str) -> dict[str, list[str]]:
-    """context_id -> completions, from a SEAL-format edits file."""
-    records = validate_records(read_json_records(path), path, need_questions=False)
-    out: dict[str, list[str]] = {}
-    for i, rec in enumerate(records):
-        comps = rec.get("completions")
-        if not isinstance(comps, list) or not all(isinstance(c, str) for c in comps):
-            raise ConfigError(f"{path}: record {i}: field 'completions' must be a list of strings")
-        out.setdefault(context_id(rec["title"], rec["context"]), []).extend(comps)
-    return out
 
 
 def check(cfg: AdaptConfig) -> None:
@@ -91,7 +80,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
     check(cfg)
     d = cfg.data
     contexts = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
-    edits = load_edits(cfg.edits) if "edits" in cfg.conditions else {}
+    edits = read_edits(cfg.edits)[1] if "edits" in cfg.conditions else {}
     missing = [c.title for c in contexts if "edits" in cfg.conditions and c.context_id not in edits]
     if missing:
         raise ConfigError(f"edits file {cfg.edits} has no completions for {len(missing)} context(s), "

@@ -5,6 +5,7 @@
     seal adapt CONFIG [key=value ...]
     seal train CONFIG [key=value ...]
     seal worker run_dir=PATH student=NAME [key=value ...]
+    seal generate CONFIG teacher.model=... data.source=... out=FILE
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def _worker(args) -> None:
     run_worker(cmd)
 
 
+def _generate(args) -> None:
+    from orchestration.driver.generate import GenerateConfig, run_generate
+
+    cfg, _ = load_config(GenerateConfig, args.config, args.overrides)
+    run_generate(cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seal", description="Decoupled SEAL: teacher writes self-edits, students adapt.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -68,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="serve one student's adapt jobs from a run's queue")
     w.add_argument("overrides", nargs="*", help="run_dir=PATH student=NAME [threads=N until=drained|stopped]")
     w.set_defaults(func=_worker)
+    g = sub.add_parser("generate", help="a teacher writes edits for a SEAL/SQuAD-schema file into a SEAL-format file")
+    g.add_argument("config", help="YAML config, e.g. configs/generate_demo.yaml")
+    g.add_argument("overrides", nargs="*", help="e.g. teacher.model=runs/x/checkpoints/v2 data.source=FILE out=edits.json")
+    g.set_defaults(func=_generate)
     return p
 
 
