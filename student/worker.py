@@ -12,7 +12,8 @@ its limit, then dead-letters it. Results are acked under the job key, so a re-de
 counts twice.
 
 Job payload: {"context": context_to_json(ctx), "condition": "base" | "passage" | "edit" | "heldout",
-"edit": text ("" for base and passage), "edit_id": str | None, "sample": int}.
+"edit": text ("" for base and passage), "edit_id": str | None, "sample": int, and optionally
+"seed": the adaptation seed}.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Worker:
         from student.scoring import Baselines, make_grader
 
         self.cfg = cfg
+        self.seed = cfg.train.seed  # the config's seed; a job may override it for its adaptation
         self.kind = job_kind(cfg.model)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{cfg.model}"
         self.student = Student(cfg, cache=cache)
@@ -75,6 +77,8 @@ class Worker:
         cond = payload["condition"]
         if cond == "base":
             return base_result(self.student, self.baselines, ctx, self.cfg.grader, key)
+        # A job may pin the adaptation seed (`seal evaluate seeds=[...]`); else the config's.
+        self.student.cfg.train.seed = payload.get("seed", self.seed)
         return adapt_and_score(self.student, self.baselines, ctx, payload["edit"], condition=cond,
                                completion=payload["sample"], grader=self.cfg.grader, key=key,
                                append_passage=True if cond == "passage" else None)

@@ -6,6 +6,7 @@
     seal train CONFIG [key=value ...]
     seal worker run_dir=PATH student=NAME [key=value ...]
     seal generate CONFIG teacher.model=... data.source=... out=FILE
+    seal evaluate CONFIG teacher.model=... [students=[...]] [seeds=[0,1]] [edits=FILE]
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def _generate(args) -> None:
     run_generate(cfg)
 
 
+def _evaluate(args) -> None:
+    from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
+
+    cfg, resolved = load_config(EvaluateConfig, args.config, args.overrides)
+    run_evaluate(cfg, resolved)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seal", description="Decoupled SEAL: teacher writes self-edits, students adapt.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("config", help="YAML config, e.g. configs/generate_demo.yaml")
     g.add_argument("overrides", nargs="*", help="e.g. teacher.model=runs/x/checkpoints/v2 data.source=FILE out=edits.json")
     g.set_defaults(func=_generate)
+    e = sub.add_parser("evaluate", help="one teacher, many students: base / passage / teacher edits on a held-out set")
+    e.add_argument("config", help="YAML config, e.g. configs/evaluate_demo.yaml")
+    e.add_argument("overrides", nargs="*", help="e.g. teacher.model=runs/x/checkpoints/v2 seeds=[0,1]")
+    e.set_defaults(func=_evaluate)
     return p
 
 

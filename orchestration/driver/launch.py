@@ -138,14 +138,18 @@ class WorkerCommand:
 
 def run_worker(cmd: WorkerCommand) -> int:
     """Serve jobs per ``cmd``; returns the number of jobs acked."""
+    import json
+
     from orchestration.core.config import ConfigError, load_config
-    from orchestration.core.runs import CONFIG_FILE
+    from orchestration.core.runs import CONFIG_FILE, MANIFEST_FILE
+    from orchestration.driver.evaluate import EvaluateConfig
     from orchestration.driver.train import TrainConfig
 
-    cfg_path = Path(cmd.run_dir) / CONFIG_FILE
-    if not cfg_path.is_file():
+    cfg_path, manifest = Path(cmd.run_dir) / CONFIG_FILE, Path(cmd.run_dir) / MANIFEST_FILE
+    if not cfg_path.is_file() or not manifest.is_file():
         raise ConfigError(f"run_dir={cmd.run_dir} has no {CONFIG_FILE}; start the run with `seal train` first")
-    cfg, _ = load_config(TrainConfig, cfg_path)
+    schema = {"train": TrainConfig, "evaluate": EvaluateConfig}[json.loads(manifest.read_text())["command"]]
+    cfg, _ = load_config(schema, cfg_path)
     by_name = {s.model: s for s in cfg.students}
     if cmd.student not in by_name:
         raise ConfigError(f"student={cmd.student!r} is not a student of this run; choose one of {sorted(by_name)}")

@@ -1,0 +1,190 @@
+"""`seal evaluate`: one teacher applied to any list of students on a held-out set.
+
+Per student and condition: ``base`` (no adaptation), ``passage`` (trained on the passage alone),
+``teacher`` (trained on the teacher's edits: one greedy edit per context, or ``eval.k`` sampled),
+and ``file`` (trained on an external SEAL-format edits file, ``edits=FILE``, scored as if a
+teacher had written it). Jobs go through the same queue and workers as `seal train`, so a run
+folder resumes the same way. ``seeds=[...]`` repeats every adaptation with each seed.
+
+Accuracy is the grader's mean over all held-out questions. The interval is a 95% percentile
+bootstrap over questions (each question's score averaged over seeds first); ``spread`` is the
+standard deviation of the per-seed accuracies. Results: evaluate.csv and evaluate.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from orchestration.core.config import ConfigError, DataConfig
+from orchestration.core.contexts import context_to_json, load_contexts
+from orchestration.core.edits import read_edits
+from orchestration.core.queue import Job, Queue
+from orchestration.core.records import SelfEdit, StudentResult
+from orchestration.core.runs import open_run, read_jsonl
+from orchestration.core.stats import bootstrap_ci, spread
+from orchestration.driver import launch
+from orchestration.driver.generate import teacher_version
+from orchestration.driver.train import EvalConfig, WorkersConfig, collect, generate_edits
+from student.config import StudentConfig
+from student.worker import job_kind
+from teacher.config import TeacherConfig
+
+CONDITIONS = ("base", "passage", "teacher", "file")
+
+
+def _default_students() -> list[StudentConfig]:
+    return [StudentConfig(model="smollm2-135m-instruct"), StudentConfig(model="gemma3-270m")]
+
+
+@dataclass
+class EvaluateConfig:
+    """Config of `seal evaluate` (configs/evaluate_demo.yaml)."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """``teacher.model``: a run's checkpoints/v{n} folder, a built-in name, a folder or a hub id."""
+    students: list[StudentConfig] = field(default_factory=_default_students)
+    """The students to evaluate (any mix of families and tokenizers)."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(offset=20, limit=6))
+    """The held-out contexts."""
+    conditions: list[str] = field(default_factory=lambda: ["base", "passage", "teacher"])
+    """Any of 'base', 'passage', 'teacher', 'file' (the last needs ``edits``)."""
+    edits: Optional[str] = None
+    """External SEAL-format edits file for the 'file' condition (matched to contexts by title + passage)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Adaptation seeds; each repeats every adaptation (mean and spread are reported)."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Teacher edits per context: one greedy (default) or ``k`` sampled."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    run_dir: Optional[str] = None
+    """Run folder; default runs/evaluate-<timestamp>. An existing folder with the same config resumes."""
+    models_cache: Optional[str] = None
+    """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
+
+
+def check(cfg: EvaluateConfig) -> None:
+    names = [s.model for s in cfg.students]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"students={names}: give one or more distinct student models")
+    bad = [c for c in cfg.conditions if c not in CONDITIONS]
+    if bad or not cfg.conditions:
+        raise ConfigError(f"conditions={cfg.conditions}: use a non-empty list of {list(CONDITIONS)}")
+    if "file" in cfg.conditions and not cfg.edits:
+        raise ConfigError("conditions includes 'file' but edits= is not set; pass edits=PATH to a SEAL-format file")
+    if not cfg.seeds:
+        raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0]")
+    if cfg.workers.mode not in launch.MODES:
+        raise ConfigError(f"workers.mode={cfg.workers.mode!r}: use one of {list(launch.MODES)}")
+
+
+def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[SelfEdit]],
+               file_edits: dict[str, list[str]]) -> list[Job]:
+    """One job per (student, context, condition, edit, seed); base once per (student, context)."""
+    jobs = []
+    for s in cfg.students:
+        kind = job_kind(s.model)
+        for c in contexts:
+            def job(key, cond, edit="", sample=0, seed=None):
+                payload = {"context": context_to_json(c), "condition": cond, "edit": edit, "edit_id": None,
+                           "sample": sample, **({} if seed is None else {"seed": seed})}
+                return Job(f"{key}@{s.model}", kind, payload, teacher_version=0)
+
+            if "base" in cfg.conditions:
+                jobs.append(job(f"base/{c.context_id}", "base"))
+            for seed in cfg.seeds:
+                if "passage" in cfg.conditions:
+                    jobs.append(job(f"s{seed}/passage/{c.context_id}", "passage", seed=seed))
+                for e in teacher_edits.get(c.context_id, []):
+                    jobs.append(job(f"s{seed}/{e.edit_id}", "teacher", e.text, e.sample, seed))
+                for i, text in enumerate(file_edits.get(c.context_id, []) if "file" in cfg.conditions else []):
+                    jobs.append(job(f"s{seed}/file/{c.context_id}/{i}", "file", text, i, seed))
+    return jobs
+
+
+def summarize(cfg: EvaluateConfig, results: dict[str, StudentResult]) -> list[dict]:
+    """One row per (student, condition): accuracy (mean over seeds), 95% CI, spread, n_questions."""
+    rows = []
+    for s in cfg.students:
+        for cond in cfg.conditions:
+            per_seed: dict[int, dict[str, list[float]]] = {}  # seed -> job key without seed -> scores
+            for key, r in results.items():
+                if not key.endswith(f"@{s.model}") or r.condition != cond:
+                    continue
+                seed, rest = (0, key) if cond == "base" else (int(key.split("/", 1)[0][1:]), key.split("/", 1)[1])
+                per_seed.setdefault(seed, {})[rest] = [v.score for v in r.verdicts]
+            if not per_seed:
+                continue
+            # the same questions in the same order for every seed (results arrive in any order)
+            scores = {seed: [x for k in sorted(got) for x in got[k]] for seed, got in per_seed.items()}
+            accs = [sum(v) / len(v) for v in scores.values()]
+            n = min(len(v) for v in scores.values())
+            pooled = [sum(v[i] for v in scores.values()) / len(scores) for i in range(n)]
+            lo, hi = bootstrap_ci(pooled, resamples=cfg.bootstrap)
+            rows.append({"student": s.model, "condition": cond, "accuracy": sum(accs) / len(accs),
+                         "ci_low": lo, "ci_high": hi, "spread": spread(accs), "seeds": len(per_seed),
+                         "n_questions": n})
+    return rows
+
+
+def write_tables(run: Path, cfg: EvaluateConfig, rows: list[dict]) -> str:
+    with open(run / "evaluate.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    conds = [c for c in cfg.conditions if any(r["condition"] == c for r in rows)]
+    lines = [f"Held-out accuracy ({cfg.students[0].grader} grader) with teacher `{cfg.teacher.model}` "
+             f"(version {teacher_version(cfg.teacher.model)}) on `{cfg.data.source}`; "
+             f"mean over {len(cfg.seeds)} seed(s) ± spread, [95% bootstrap interval], n = questions",
+             "", "| student | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+    for s in cfg.students:
+        cells = []
+        for c in conds:
+            r = next((r for r in rows if r["student"] == s.model and r["condition"] == c), None)
+            cells.append("n/a" if r is None else f"{r['accuracy']:.3f} ± {r['spread']:.3f} "
+                                                   f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n_questions']}")
+        lines.append(f"| {s.model} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    (run / "evaluate.md").write_text(text)
+    return text
+
+
+def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
+    """Run (or resume) `seal evaluate`; returns the summary rows (also in evaluate.csv/.md)."""
+    check(cfg)
+    d = cfg.data
+    contexts = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
+    file_edits = read_edits(cfg.edits)[1] if "file" in cfg.conditions else {}
+    missing = [c.title for c in contexts if "file" in cfg.conditions and c.context_id not in file_edits]
+    if missing:
+        raise ConfigError(f"edits file {cfg.edits} has no completions for {len(missing)} context(s), "
+                          f"e.g. '{missing[0]}'; write one with `seal generate ... data.source={d.source}`")
+    run = open_run("evaluate", cfg.run_dir, resolved)
+    version = teacher_version(cfg.teacher.model)
+    edits = {e.edit_id: e for e in map(SelfEdit.from_json, read_jsonl(run / "edits.jsonl"))}
+    if "teacher" in cfg.conditions:
+        k = cfg.eval.k if cfg.eval.sampled else 1
+        wanted = [(f"v{version}/heldout/{c.context_id}/{i}", c, "heldout", i) for c in contexts for i in range(k)]
+        generate_edits(cfg, run, 0, version, cfg.teacher.model, wanted, edits)
+    by_ctx: dict[str, list[SelfEdit]] = {}
+    for e in edits.values():
+        by_ctx.setdefault(e.context_id, []).append(e)
+    jobs = build_jobs(cfg, contexts, by_ctx, file_edits)
+    keys = {j.key for j in jobs}
+    exported = {json.loads(x)["key"] for x in read_jsonl(run / "results.jsonl")}
+    workers = launch.make_workers(cfg, run)
+    with Queue(run / launch.QUEUE_FILE, max_attempts=cfg.workers.max_attempts) as q:
+        q.put(jobs)
+        try:
+            workers.wait(keys, desc="evaluate jobs")
+        finally:
+            workers.stop()
+        results = collect(q, keys, run, exported)
+    rows = summarize(cfg, results)
+    print(write_tables(run, cfg, rows))
+    print(f"run folder: {run}")
+    return rows
