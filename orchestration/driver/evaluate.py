@@ -180,7 +180,7 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
     with Queue(run / launch.QUEUE_FILE, max_attempts=cfg.workers.max_attempts) as q:
         q.put(jobs)
         try:
-            workers.wait(keys, desc="evaluate jobs")
+            workers.wait(keys, desc="evaluate jobs", students=cfg.students)
         finally:
             workers.stop()
         results = collect(q, keys, run, exported)

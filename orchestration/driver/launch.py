@@ -1,7 +1,8 @@
 """Local launchers: who runs the student workers while the driver waits on the queue.
 
 ``process`` (default): `seal worker` subprocesses, ``per_student`` for each student, started once
-and kept across rounds (each loads its model once). A worker that dies is restarted, up to
+and kept across rounds (each loads its model once); a student that leaves the set (roles=same:
+the previous teacher version) has its idle workers stopped. A worker that dies is restarted, up to
 ``restarts`` times per slot; its leased job runs out and is delivered again, so nothing is lost.
 Workers poll the queue's stop flag and also exit when the driver that started them is gone.
 
@@ -42,8 +43,11 @@ class InlineWorkers:
         self.cfg, self.run = cfg, run
         self.workers: dict[str, Worker] = {}
 
-    def wait(self, keys: set[str], desc: str) -> None:
-        for s in self.cfg.students:
+    def wait(self, keys: set[str], desc: str, students) -> None:
+        wanted = {s.model for s in students}
+        for model in [m for m in self.workers if m not in wanted]:
+            del self.workers[model]  # a teacher version that is no longer the student (roles=same)
+        for s in students:
             if s.model not in self.workers:  # loaded once, kept across rounds
                 self.workers[s.model] = Worker(s, cache=self.cfg.models_cache,
                                                judge_cache=self.run / "judge_cache.json")
@@ -58,16 +62,23 @@ class InlineWorkers:
 class ProcessWorkers:
     def __init__(self, cfg, run: Path):
         self.cfg, self.run = cfg, run
-        n = len(cfg.students) * cfg.workers.per_student
-        self.threads = cfg.workers.threads or max(1, (os.cpu_count() or 1) // n)
-        self.slots = [(s.model, i) for s in cfg.students for i in range(cfg.workers.per_student)]
+        self.slots: list[tuple[str, int]] = []
         self.procs: dict[tuple[str, int], subprocess.Popen] = {}
-        self.restarts: dict[tuple[str, int], int] = {slot: 0 for slot in self.slots}
+        self.restarts: dict[tuple[str, int], int] = {}
         (run / "logs").mkdir(exist_ok=True)
+
+    def _use(self, students) -> None:
+        """Serve ``students`` from now on: stop the workers of any other student (they are idle)."""
+        self.slots = [(s.model, i) for s in students for i in range(self.cfg.workers.per_student)]
+        self.threads = self.cfg.workers.threads or max(1, (os.cpu_count() or 1) // len(self.slots))
+        for slot in [x for x in self.procs if x not in self.slots]:
+            self.procs.pop(slot).terminate()
+        for slot in self.slots:
+            self.restarts.setdefault(slot, 0)
 
     def _spawn(self, slot: tuple[str, int]) -> subprocess.Popen:
         student, i = slot
-        log = open(self.run / "logs" / f"worker-{student.replace('/', '_')}-{i}.log", "a")
+        log = open(self.run / "logs" / f"worker-{student.strip('/').replace('/', '_')}-{i}.log", "a")
         cmd = [sys.executable, "-m", "orchestration.driver.cli", "worker", f"run_dir={self.run}",
                f"student={student}", "until=stopped", f"threads={self.threads}", f"parent_pid={os.getpid()}"]
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -86,7 +97,8 @@ class ProcessWorkers:
                 tqdm.write(f"worker {slot[1]} of {slot[0]} exited (code {proc.returncode}); restarting it")
             self.procs[slot] = self._spawn(slot)
 
-    def wait(self, keys: set[str], desc: str) -> None:
+    def wait(self, keys: set[str], desc: str, students) -> None:
+        self._use(students)
         with Queue(self.run / QUEUE_FILE, max_attempts=self.cfg.workers.max_attempts) as q:
             q.set_flag(STOP_FLAG, "0")
             bar = tqdm(total=len(keys), desc=desc, unit="job")
@@ -151,6 +163,10 @@ def run_worker(cmd: WorkerCommand) -> int:
     schema = {"train": TrainConfig, "evaluate": EvaluateConfig}[json.loads(manifest.read_text())["command"]]
     cfg, _ = load_config(schema, cfg_path)
     by_name = {s.model: s for s in cfg.students}
+    if getattr(cfg, "roles", "split") == "same":  # the student is a teacher version: v0 or checkpoints/v{n}
+        from dataclasses import replace
+
+        by_name = {cmd.student: replace(cfg.students[0], model=cmd.student)}
     if cmd.student not in by_name:
         raise ConfigError(f"student={cmd.student!r} is not a student of this run; choose one of {sorted(by_name)}")
     student = by_name[cmd.student]

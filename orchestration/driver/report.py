@@ -21,20 +21,20 @@ def _pooled(results: list[StudentResult]) -> dict:
     return {"accuracy": sum(scores) / len(scores) if scores else None, "n_questions": len(scores)}
 
 
-def heldout_scores(cfg, wanted, results: dict[str, StudentResult]) -> dict:
-    """student -> pooled accuracy of the teacher's held-out edits (missing: dead or stale jobs)."""
+def heldout_scores(students, wanted, results: dict[str, StudentResult]) -> dict:
+    """student label -> pooled accuracy of the teacher's held-out edits (missing: dead or stale jobs)."""
     out = {}
-    for s in cfg.students:
+    for label, s in students:
         keys = [f"{w[0]}@{s.model}" for w in wanted if w[2] == "heldout"]
         got = [results[k] for k in keys if k in results]
-        out[s.model] = {**_pooled(got), "n_edits": len(got), "n_missing": len(keys) - len(got)}
+        out[label] = {**_pooled(got), "n_edits": len(got), "n_missing": len(keys) - len(got)}
     return out
 
 
-def reference_scores(cfg, heldout, results: dict[str, StudentResult]) -> dict:
-    """student -> {base, passage}: the unadapted student, and the student trained on each passage."""
-    return {s.model: {cond: _pooled([results[k] for c in heldout if (k := f"{cond}/{c.context_id}@{s.model}")
-                                     in results]) for cond in ("base", "passage")} for s in cfg.students}
+def reference_scores(students, heldout, results: dict[str, StudentResult]) -> dict:
+    """student label -> {base, passage}: the unadapted student, and the student trained on each passage."""
+    return {label: {cond: _pooled([results[k] for c in heldout if (k := f"{cond}/{c.context_id}@{s.model}")
+                                   in results]) for cond in ("base", "passage")} for label, s in students}
 
 
 def job_counts(q: Queue, keys: set[str], n_results: int) -> dict:
@@ -62,29 +62,29 @@ def _fmt(x: float | None) -> str:
     return "   n/a" if x is None else f"{x:6.3f}"
 
 
-def table_header(cfg) -> str:
-    cols = "".join(f" {s.model[:18]:>18}" for s in cfg.students)
+def table_header(labels: list[str]) -> str:
+    cols = "".join(f" {name[-18:]:>18}" for name in labels)
     return f"{'round':>5} {'teacher':>7}{cols} {'scored':>6} {'rewarded':>8} {'mean gain':>9} {'dead':>4} {'wall s':>7}"
 
 
-def table_line(cfg, row: dict) -> str:
-    cols = "".join(f" {_fmt(row['heldout'][s.model]['accuracy']):>18}" for s in cfg.students)
+def table_line(labels: list[str], row: dict) -> str:
+    cols = "".join(f" {_fmt(row['heldout'][name]['accuracy']):>18}" for name in labels)
     rw = row.get("rewards") or {}
     return (f"{row['round']:>5} {'v' + str(row['teacher_version']):>7}{cols} {rw.get('scored', ''):>6} "
             f"{rw.get('rewarded', ''):>8} {_fmt(rw.get('mean_gain')) if rw else '':>9} {row['jobs']['dead']:>4} "
             f"{row['wall_s']:>7}")
 
 
-def final_table(cfg, rows: list[dict]) -> str:
+def final_table(cfg, labels: list[str], rows: list[dict]) -> str:
     """Held-out accuracy per student: base, passage, teacher v0, teacher v_last, with question counts."""
     first, last = rows[0], rows[-1]
     lines = [f"\nHeld-out accuracy ({cfg.students[0].grader} grader, mean over questions; n = questions behind each figure)",
              f"{'student':<24} {'base':>12} {'passage':>12} {'teacher v0':>12} {'teacher v' + str(last['teacher_version']):>12}"]
-    for s in cfg.students:
-        ref, cells = first["reference"][s.model], []
-        for cell in (ref["base"], ref["passage"], first["heldout"][s.model], last["heldout"][s.model]):
+    for name in labels:
+        ref, cells = first["reference"][name], []
+        for cell in (ref["base"], ref["passage"], first["heldout"][name], last["heldout"][name]):
             cells.append(f"{_fmt(cell['accuracy']).strip()} (n={cell['n_questions']})")
-        lines.append(f"{s.model:<24} " + " ".join(f"{c:>12}" for c in cells))
+        lines.append(f"{name[-24:]:<24} " + " ".join(f"{c:>12}" for c in cells))
     if cfg.heldout.source == "demo":
         lines.append("This is a demonstration on the built-in fictional set with tiny models, not a benchmark.")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ round is not retrained, and a step with a metrics row is skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import time
@@ -34,6 +35,10 @@ from orchestration.driver import launch, report
 from student.config import StudentConfig
 from student.worker import job_kind
 from teacher.config import TeacherConfig
+
+
+ROLES = ("split", "same")
+SAME = "same-model"  # the label of the one student of roles=same, in metrics and tables
 
 
 def _default_students() -> list[StudentConfig]:
@@ -77,6 +82,10 @@ class TrainConfig:
     """Config of `seal train` (configs/demo.yaml)."""
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    roles: str = "split"
+    """'split': the students are fixed checkpoints the teacher never changes. 'same': SEAL as published,
+    one model in both roles: the student of each step is the teacher's current version, adapted and
+    scored with the settings of ``students[0]`` (its ``model`` is ignored; other students too)."""
     students: list[StudentConfig] = field(default_factory=_default_students)
     """Student models that score every edit (each has its own workers and baselines)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -104,6 +113,8 @@ def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> Non
     names = [s.model for s in cfg.students]
     if not names or len(set(names)) != len(names):
         raise ConfigError(f"students={names}: give one or more distinct student models")
+    if cfg.roles not in ROLES:
+        raise ConfigError(f"roles={cfg.roles!r}: use one of {list(ROLES)}")
     for key in ("rounds", "contexts_per_round", "edits_per_context"):
         if getattr(cfg, key) < (0 if key == "rounds" else 1):
             raise ConfigError(f"{key}={getattr(cfg, key)} is out of range; use a positive number")
@@ -149,6 +160,20 @@ def teacher_at(cfg: TrainConfig, run: Path, step: int) -> tuple[int, str]:
         if json.loads((ckpt / f"v{v}" / "manifest.json").read_text())["round"] < step and v > best[0]:
             best = (v, str(ckpt / f"v{v}"))
     return best
+
+
+def students_at(cfg: TrainConfig, model: str) -> list[tuple[str, StudentConfig]]:
+    """(label, student config) of the students that score a step whose teacher is ``model``.
+
+    With roles=same the student is the teacher's current version: its model (and so its job kind,
+    workers and baselines) changes with every version, while its label stays ``same-model``."""
+    if cfg.roles == "same":
+        return [(SAME, dataclasses.replace(cfg.students[0], model=model))]
+    return [(s.model, s) for s in cfg.students]
+
+
+def labels(cfg: TrainConfig) -> list[str]:
+    return [SAME] if cfg.roles == "same" else [s.model for s in cfg.students]
 
 
 def version_of_round(run: Path, r: int) -> dict | None:
@@ -213,9 +238,9 @@ def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str
 
 
 # ----- step 2: jobs -----------------------------------------------------------------------------
-def step_jobs(cfg: TrainConfig, r: int, version: int, wanted, heldout: list[Context]) -> list[Job]:
+def step_jobs(students, r: int, version: int, wanted, heldout: list[Context]) -> list[Job]:
     jobs = []
-    for s in cfg.students:
+    for _, s in students:
         kind = job_kind(s.model)
         if r == 0:  # reference conditions on the held-out set, once per run
             for c in heldout:
@@ -237,17 +262,17 @@ def with_edit_text(jobs: list[Job], edits: dict[str, SelfEdit]) -> list[Job]:
 
 
 # ----- step 4: rewards and the ReST^EM update ----------------------------------------------------
-def reward_round(cfg: TrainConfig, wanted, results: dict[str, StudentResult]) -> tuple[list[str], dict]:
+def reward_round(cfg: TrainConfig, students, wanted, results: dict[str, StudentResult]) -> tuple[list[str], dict]:
     """(rewarded edit ids, reward statistics) of a round's training edits."""
     train = [w for w in wanted if w[2] == "train"]
     per: dict[str, dict[str, float]] = {}
     for edit_id, _, _, _ in train:
-        for s in cfg.students:
+        for _, s in students:
             res = results.get(f"{edit_id}@{s.model}")
             if res is not None:
                 per.setdefault(edit_id, {})[s.model] = res.score - res.baseline_score
     meta = {w[0]: (w[1].context_id, w[3]) for w in train}
-    gains, incomplete = R.edit_gains(per, [s.model for s in cfg.students], meta, cfg.reward.aggregate)
+    gains, incomplete = R.edit_gains(per, [s.model for _, s in students], meta, cfg.reward.aggregate)
     ids = R.rewarded(cfg.reward, gains)
     stats = {"rule": cfg.reward.rule, "edits": len(train), "scored": len(gains), "incomplete": len(incomplete),
              "rewarded": len(ids), "mean_gain": sum(g.gain for g in gains) / len(gains) if gains else None,
@@ -299,8 +324,9 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
     from orchestration.core.catalog import cache_dir, checksum
 
     root = cache_dir(cfg.models_cache)
+    fixed = cfg.students if cfg.roles == "split" else []  # roles=same: the students are the teacher's versions
     models = {"teacher": checksum(cfg.teacher.model, root), **{f"student:{s.model}": checksum(s.model, root)
-                                                                 for s in cfg.students}}
+                                                                 for s in fixed}}
     seeds = {"generation": cfg.teacher.generation.seed, "sft": cfg.teacher.sft.seed,
              **{f"student:{s.model}": s.train.seed for s in cfg.students}}
     run = open_run("train", cfg.run_dir, resolved, extra={"models": models, "seeds": seeds})
@@ -310,28 +336,33 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
     logger = report.open_logger(cfg.logger, run)
     workers = launch.make_workers(cfg, run)
     queue = Queue(run / launch.QUEUE_FILE, max_attempts=cfg.workers.max_attempts)
-    print(report.table_header(cfg))
+    if cfg.roles == "same" and (len(cfg.students) > 1 or cfg.students[0].model != cfg.teacher.model):
+        print(f"roles=same: the student is the teacher's current version, adapted with the settings of "
+              f"students[0]; the student models {[s.model for s in cfg.students]} are ignored")
+    print(report.table_header(labels(cfg)))
     for row in rows:
-        print(report.table_line(cfg, row))
+        print(report.table_line(labels(cfg), row))
     try:
         for r in range(len(rows), cfg.rounds + 1):
             t0 = time.perf_counter()
             version, model = teacher_at(cfg, run, r)
             ctxs = train[r * cfg.contexts_per_round:(r + 1) * cfg.contexts_per_round] if r < cfg.rounds else []
+            students = students_at(cfg, model)
             wanted = wanted_edits(cfg, r, version, ctxs, heldout)
             generate_edits(cfg, run, r, version, model, wanted, edits)
-            jobs = with_edit_text(step_jobs(cfg, r, version, wanted, heldout), edits)
+            jobs = with_edit_text(step_jobs(students, r, version, wanted, heldout), edits)
             queue.put(jobs)
             keys = {j.key for j in jobs}
-            workers.wait(keys, desc=f"round {r} jobs")
+            workers.wait(keys, desc=f"round {r} jobs", students=[s for _, s in students])
             results = collect(queue, keys, run, exported)
             row = {"round": r, "teacher_version": version, "contexts": [c.context_id for c in ctxs],
-                   "heldout": report.heldout_scores(cfg, wanted, results),
+                   "students": {label: s.model for label, s in students},
+                   "heldout": report.heldout_scores(students, wanted, results),
                    "jobs": report.job_counts(queue, keys, len(results))}
             if r == 0:
-                row["reference"] = report.reference_scores(cfg, heldout, results)
+                row["reference"] = report.reference_scores(students, heldout, results)
             if r < cfg.rounds:
-                ids, stats = reward_round(cfg, wanted, results)
+                ids, stats = reward_round(cfg, students, wanted, results)
                 manifest = update_teacher(cfg, run, r, version, model, ids, stats, edits)
                 row["rewards"] = stats
                 row["new_version"] = manifest["version"] if manifest else None
@@ -342,10 +373,10 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
             append_jsonl(run / "metrics.jsonl", json.dumps(row, sort_keys=True))
             rows.append(row)
             logger(row)
-            print(report.table_line(cfg, row))
+            print(report.table_line(labels(cfg), row))
     finally:
         workers.stop()
         queue.close()
-    print(report.final_table(cfg, rows))
+    print(report.final_table(cfg, labels(cfg), rows))
     print(f"run folder: {run}")
     return rows

@@ -108,6 +108,8 @@ def test_inline_run_then_resume(tmp_path, tiny_chat_model, tiny_model):
     assert manifest["parent_version"] == 0 and manifest["round"] == 0
     assert all(e["prompt"] and e["template"] == "implications" for e in edits)
     assert rows[1]["heldout"][tiny_model]["n_questions"] > 0 and "reference" in rows[0]
+    # roles=split: the student never follows the teacher's versions
+    assert [r["students"] for r in rows] == [{tiny_model: tiny_model}] * 2
 
     before = (run / "results.jsonl").read_text()
     again = run_train(cfg, resolved)  # resume of a finished run: nothing redone
@@ -239,3 +241,19 @@ def test_a_round_without_rewarded_edits_keeps_the_teacher(tmp_path, capsys, tiny
     # v0's held-out edits and their results are reused, not generated or scored again
     assert rows[1]["heldout"] == rows[0]["heldout"]
     assert len(result_keys(run)) == len(set(result_keys(run))) == len(expected_keys(tiny_model)) - 2
+
+
+def test_same_roles_the_student_follows_the_teacher_version(tmp_path, capsys, tiny_chat_model, tiny_model):
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", roles="same")
+    run = tmp_path / "run"
+    cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
+    rows = run_train(cfg, resolved)
+    assert "are ignored" in capsys.readouterr().out  # the listed student is not the teacher
+    v1 = str(run / "checkpoints" / "v1")
+    assert [r["teacher_version"] for r in rows] == [0, 1]
+    assert [r["students"] for r in rows] == [{"same-model": tiny_chat_model}, {"same-model": v1}]
+    keys = result_keys(run)
+    assert all(k.endswith(f"@{tiny_chat_model}") for k in keys if not k.startswith("v1/"))
+    assert sorted(k for k in keys if k.endswith(f"@{v1}")) == sorted(
+        f"v1/heldout/{h.context_id}/0@{v1}" for h in load_contexts("demo", offset=20, limit=2))
+    assert rows[1]["heldout"]["same-model"]["n_questions"] > 0 and tiny_model not in json.dumps(rows)
