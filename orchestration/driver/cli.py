@@ -7,6 +7,8 @@
     seal worker run_dir=PATH student=NAME [key=value ...]
     seal generate CONFIG teacher.model=... data.source=... out=FILE
     seal evaluate CONFIG teacher.model=... [students=[...]] [seeds=[0,1]] [edits=FILE]
+    seal compare CONFIG [key=value ...]
+    seal report RUN_DIR
 """
 
 from __future__ import annotations
@@ -65,6 +67,24 @@ def _evaluate(args) -> None:
     run_evaluate(cfg, resolved)
 
 
+def _compare(args) -> None:
+    from orchestration.driver.compare import CompareConfig, run_compare
+
+    cfg, resolved = load_config(CompareConfig, args.config, args.overrides)
+    run_compare(cfg, resolved)
+
+
+def _report(args) -> None:
+    from pathlib import Path
+
+    from orchestration.driver.compare import write_report
+
+    run = Path(args.run_dir)
+    if not (run / "manifest.json").is_file():
+        raise ConfigError(f"{run} is not a run folder (no manifest.json); give a `seal compare` or `seal train` folder")
+    write_report(run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seal", description="Decoupled SEAL: teacher writes self-edits, students adapt.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -92,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("config", help="YAML config, e.g. configs/evaluate_demo.yaml")
     e.add_argument("overrides", nargs="*", help="e.g. teacher.model=runs/x/checkpoints/v2 seeds=[0,1]")
     e.set_defaults(func=_evaluate)
+    c = sub.add_parser("compare", help="same vs split roles on one budget, with the transfer matrix; report.md/.png")
+    c.add_argument("config", help="YAML config, e.g. configs/compare_roles.yaml")
+    c.add_argument("overrides", nargs="*", help="e.g. train.rounds=1 run_dir=runs/x")
+    c.set_defaults(func=_compare)
+    r = sub.add_parser("report", help="rebuild report.md and report.png from a compare or train run folder")
+    r.add_argument("run_dir")
+    r.set_defaults(func=_report)
     return p
 
 
