@@ -90,7 +90,7 @@ def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None
             st.discard()
             real, train_s = real + r_tokens, train_s + r_s
         else:
-            r = adapt_and_score(st, base, c, edit, condition="edits", completion=0, grader="f1", key=c.context_id)
+            r = adapt_and_score(st, base, [c], [edit], condition="edits", completion=0, grader="f1", key=c.context_id)
             real, train_s = real + r.train["real_tokens"], train_s + r.train["train_s"]
             scores += [v.score for v in r.verdicts]
     wall = time.perf_counter() - t0

@@ -69,7 +69,7 @@ def run_setting(name, setting, models, contexts, out: Path, done: set, students:
                     verdicts, score = base.get(ctx)[:2]
                     train = {}
                 else:
-                    r = adapt_and_score(student, base, ctx, restatement(ctx) if cond == "edits" else "",
+                    r = adapt_and_score(student, base, [ctx], [restatement(ctx) if cond == "edits" else ""],
                                         condition=cond, completion=0, grader="f1", key=key,
                                         append_passage=True if cond == "passage" else None)
                     verdicts, score, train = r.verdicts, r.score, {**r.train, **r.timings}

@@ -61,20 +61,26 @@ def base_result(student, baselines: Baselines, ctx: Context, grader: str, key: s
                          seed=student.cfg.train.seed, grader=grader, timings={"answer_s": round(answer_s, 3)})
 
 
-def adapt_and_score(student, baselines: Baselines, ctx: Context, edit: str, *, condition: str,
+def adapt_and_score(student, baselines: Baselines, ctxs: list[Context], edits: list[str], *, condition: str,
                     completion: int, grader: str, key: str, append_passage: bool | None = None) -> StudentResult:
-    """Train a fresh adapter on ``edit`` (split into sequences), score ``ctx`` with it, discard it."""
+    """Train one fresh adapter on the edits of ``ctxs`` (each split into sequences), score every
+    context's questions with it, discard it.
+
+    One context is the usual case. Several at once is the continued-pretraining setting (one
+    adaptation on the edits of n contexts, scored on all their questions); the result's
+    ``context_id`` is then the ids joined with '+', and its scores pool all the questions.
+    """
     train = student.cfg.train
-    _, baseline, _ = baselines.get(ctx)
-    seqs = edit_to_sequences(ctx.title, ctx.context, edit,
-                             append_passage=train.append_passage if append_passage is None else append_passage,
-                             max_sequences=train.max_sequences)
-    with student.adapted(list(seqs.sequences)) as stats:
+    append = train.append_passage if append_passage is None else append_passage
+    seqs = [edit_to_sequences(c.title, c.context, e, append_passage=append, max_sequences=train.max_sequences)
+            for c, e in zip(ctxs, edits, strict=True)]
+    base = [v.score for c in ctxs for v in baselines.get(c)[0]]
+    with student.adapted([x for s in seqs for x in s.sequences]) as stats:
         t0 = time.perf_counter()
-        verdicts, score = score_context(student, ctx, baselines.grade)
+        verdicts = tuple(v for c in ctxs for v in score_context(student, c, baselines.grade)[0])
         answer_s = time.perf_counter() - t0
-    info = {**stats.__dict__, "n_items": seqs.n_items, "n_dropped": seqs.n_dropped}
-    return StudentResult(key=key, student=student.cfg.model, context_id=ctx.context_id, condition=condition,
-                         completion=completion, score=score, baseline_score=baseline, verdicts=verdicts,
-                         seed=train.seed, grader=grader, train=info,
-                         timings={"train_s": round(stats.train_s, 3), "answer_s": round(answer_s, 3)})
+    info = {**stats.__dict__, "n_items": sum(s.n_items for s in seqs), "n_dropped": sum(s.n_dropped for s in seqs)}
+    return StudentResult(key=key, student=student.cfg.model, context_id="+".join(c.context_id for c in ctxs),
+                         condition=condition, completion=completion, score=sum(v.score for v in verdicts) / len(verdicts),
+                         baseline_score=sum(base) / len(base), verdicts=verdicts, seed=train.seed, grader=grader,
+                         train=info, timings={"train_s": round(stats.train_s, 3), "answer_s": round(answer_s, 3)})

@@ -13,7 +13,8 @@ counts twice.
 
 Job payload: {"context": context_to_json(ctx), "condition": "base" | "passage" | "edit" | "heldout",
 "edit": text ("" for base and passage), "edit_id": str | None, "sample": int, and optionally
-"seed": the adaptation seed}.
+"seed": the adaptation seed}. A multi-passage job has "contexts" and "edits" (lists) instead of
+"context" and "edit".
 """
 
 from __future__ import annotations
@@ -73,13 +74,17 @@ class Worker:
     def run_job(self, payload: dict, key: str) -> StudentResult:
         from student.scoring import adapt_and_score, base_result
 
-        ctx = context_from_json(payload["context"])
         cond = payload["condition"]
         if cond == "base":
+            ctx = context_from_json(payload["context"])
             return base_result(self.student, self.baselines, ctx, self.cfg.grader, key)
         # A job may pin the adaptation seed (`seal evaluate seeds=[...]`); else the config's.
         self.student.cfg.train.seed = payload.get("seed", self.seed)
-        return adapt_and_score(self.student, self.baselines, ctx, payload["edit"], condition=cond,
+        if "contexts" in payload:  # multi-passage: one adaptation on the edits of several contexts
+            ctxs, edits = [context_from_json(c) for c in payload["contexts"]], payload["edits"]
+        else:
+            ctxs, edits = [context_from_json(payload["context"])], [payload["edit"]]
+        return adapt_and_score(self.student, self.baselines, ctxs, edits, condition=cond,
                                completion=payload["sample"], grader=self.cfg.grader, key=key,
                                append_passage=True if cond == "passage" else None)
 

@@ -107,7 +107,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
         if cond == "base":
             row = base_result(student, baselines, ctx, cfg.student.grader, key)
         else:
-            row = adapt_and_score(student, baselines, ctx, edit, condition=cond, completion=i,
+            row = adapt_and_score(student, baselines, [ctx], [edit], condition=cond, completion=i,
                                   grader=cfg.student.grader, key=key,
                                   append_passage=True if cond == "passage" else None)
         append_jsonl(results_path, row.to_json())

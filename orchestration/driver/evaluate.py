@@ -58,6 +58,10 @@ class EvaluateConfig:
     """Adaptation seeds; each repeats every adaptation (mean and spread are reported)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Teacher edits per context: one greedy (default) or ``k`` sampled."""
+    multi_passage: int = 1
+    """Contexts per adaptation. 1: one adaptation per context. n > 1: the continued-pretraining
+    setting, one adaptation on the edits (or passages) of n contexts at once, scored on all their
+    questions (contexts are grouped in order; a last, smaller group is kept)."""
     bootstrap: int = 1000
     """Bootstrap resamples for the 95% intervals."""
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -76,6 +80,8 @@ def check(cfg: EvaluateConfig) -> None:
         raise ConfigError(f"conditions={cfg.conditions}: use a non-empty list of {list(CONDITIONS)}")
     if "file" in cfg.conditions and not cfg.edits:
         raise ConfigError("conditions includes 'file' but edits= is not set; pass edits=PATH to a SEAL-format file")
+    if cfg.multi_passage < 1:
+        raise ConfigError(f"multi_passage={cfg.multi_passage}: use 1 (one context per adaptation) or more")
     if not cfg.seeds:
         raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0]")
     if cfg.workers.mode not in launch.MODES:
@@ -84,25 +90,37 @@ def check(cfg: EvaluateConfig) -> None:
 
 def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[SelfEdit]],
                file_edits: dict[str, list[str]]) -> list[Job]:
-    """One job per (student, context, condition, edit, seed); base once per (student, context)."""
+    """One job per (student, group of contexts, condition, edit, seed); base once per (student, context).
+
+    A group is one context, or ``multi_passage`` of them trained together on their i-th edits."""
+    n = cfg.multi_passage
+    groups = [contexts[i:i + n] for i in range(0, len(contexts), n)]
     jobs = []
     for s in cfg.students:
         kind = job_kind(s.model)
-        for c in contexts:
-            def job(key, cond, edit="", sample=0, seed=None):
-                payload = {"context": context_to_json(c), "condition": cond, "edit": edit, "edit_id": None,
-                           "sample": sample, **({} if seed is None else {"seed": seed})}
-                return Job(f"{key}@{s.model}", kind, payload, teacher_version=0)
 
-            if "base" in cfg.conditions:
-                jobs.append(job(f"base/{c.context_id}", "base"))
+        def job(key, cond, group, edits, sample=0, seed=None):
+            payload = {"condition": cond, "edit_id": None, "sample": sample, **({} if seed is None else {"seed": seed})}
+            if n == 1:
+                payload |= {"context": context_to_json(group[0]), "edit": edits[0]}
+            else:
+                payload |= {"contexts": [context_to_json(c) for c in group], "edits": edits}
+            return Job(f"{key}@{s.model}", kind, payload, teacher_version=0)
+
+        if "base" in cfg.conditions:
+            jobs += [job(f"base/{c.context_id}", "base", [c], [""]) for c in contexts]
+        for group in groups:
+            gid = "+".join(c.context_id for c in group)
+            teacher = [teacher_edits.get(c.context_id, []) for c in group]
+            files = [file_edits.get(c.context_id, []) if "file" in cfg.conditions else [] for c in group]
             for seed in cfg.seeds:
                 if "passage" in cfg.conditions:
-                    jobs.append(job(f"s{seed}/passage/{c.context_id}", "passage", seed=seed))
-                for e in teacher_edits.get(c.context_id, []):
-                    jobs.append(job(f"s{seed}/{e.edit_id}", "teacher", e.text, e.sample, seed))
-                for i, text in enumerate(file_edits.get(c.context_id, []) if "file" in cfg.conditions else []):
-                    jobs.append(job(f"s{seed}/file/{c.context_id}/{i}", "file", text, i, seed))
+                    jobs.append(job(f"s{seed}/passage/{gid}", "passage", group, [""] * len(group), seed=seed))
+                for i in range(min(map(len, teacher))):  # the i-th edit of every context in the group
+                    jobs.append(job(f"s{seed}/teacher/{gid}/{i}", "teacher", group, [t[i].text for t in teacher],
+                                    i, seed))
+                for i in range(min(map(len, files))):
+                    jobs.append(job(f"s{seed}/file/{gid}/{i}", "file", group, [f[i] for f in files], i, seed))
     return jobs
 
 
@@ -171,7 +189,7 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
         wanted = [(f"v{version}/heldout/{c.context_id}/{i}", c, "heldout", i) for c in contexts for i in range(k)]
         generate_edits(cfg, run, 0, version, cfg.teacher.model, wanted, edits)
     by_ctx: dict[str, list[SelfEdit]] = {}
-    for e in edits.values():
+    for e in sorted(edits.values(), key=lambda e: e.sample):
         by_ctx.setdefault(e.context_id, []).append(e)
     jobs = build_jobs(cfg, contexts, by_ctx, file_edits)
     keys = {j.key for j in jobs}

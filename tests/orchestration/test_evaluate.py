@@ -43,6 +43,25 @@ def test_evaluate_two_students_all_conditions_two_seeds(tmp_path, tiny_model, ti
         assert len(list(csv.DictReader(f))) == 8
 
 
+def test_multi_passage_one_adaptation_on_several_contexts(tmp_path, tiny_model, tiny_chat_model):
+    ctxs = load_contexts("demo", offset=20, limit=3)
+    student = {"model": tiny_model, "threads": 1, "answer": {"max_new_tokens": 4}, "lora": {"r": 4, "alpha": 8},
+               "train": {"epochs": 1, "dtype": "fp32"}}
+    overrides = [f"teacher.model={tiny_chat_model}", "teacher.threads=1", "teacher.generation.max_new_tokens=8",
+                 "teacher.generation.dtype=fp32", f"students=[{json.dumps(student)}]", "data.limit=3",
+                 "multi_passage=2", "workers.mode=inline", f"run_dir={tmp_path / 'run'}", "bootstrap=100"]
+    cfg, resolved = load_config(EvaluateConfig, ROOT / "configs" / "evaluate_demo.yaml", overrides)
+    rows = run_evaluate(cfg, resolved)
+    results = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    trained = [r for r in results if r["condition"] != "base"]
+    # groups [c0, c1] and [c2], for passage and teacher: 4 adaptations, the first on two contexts at once
+    assert sorted(r["context_id"] for r in trained) == sorted(
+        [f"{ctxs[0].context_id}+{ctxs[1].context_id}"] * 2 + [ctxs[2].context_id] * 2)
+    pair = next(r for r in trained if "+" in r["context_id"])
+    assert len(pair["verdicts"]) == len(ctxs[0].questions) + len(ctxs[1].questions)
+    assert all(r["n_questions"] == sum(len(c.questions) for c in ctxs) for r in rows)
+
+
 def test_bootstrap_interval():
     scores = [0.0, 1.0] * 20
     lo, hi = bootstrap_ci(scores, resamples=500)

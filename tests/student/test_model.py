@@ -26,7 +26,7 @@ def test_adapt_and_score_smoke(tiny_model, ctx):
     st = Student(tiny_cfg(tiny_model))
     assert st.chat is False
     base = Baselines(st, make_grader("f1"))
-    r = adapt_and_score(st, base, ctx, "A fact.\nAnother fact.", condition="edits", completion=0, grader="f1", key="k")
+    r = adapt_and_score(st, base, [ctx], ["A fact.\nAnother fact."], condition="edits", completion=0, grader="f1", key="k")
     assert r.condition == "edits" and r.key == "k" and len(r.verdicts) == len(ctx.questions)
     assert 0.0 <= r.score <= 1.0 and r.baseline_score == base.get(ctx)[1]
     assert r.train["sequences"] == 3 and r.train["n_items"] == 2  # 2 items + passage
