@@ -126,7 +126,8 @@ def build_figure(curves_by_arm: dict[str, list[dict]], grader: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    rounds = sorted({r for curves in curves_by_arm.values() for c in curves for r in c["rounds"]})
     for arm, curves in curves_by_arm.items():
         for c in curves:
             lo = [a - ci[0] for a, ci in zip(c["accuracy"], c["ci"])]
@@ -136,8 +137,10 @@ def build_figure(curves_by_arm: dict[str, list[dict]], grader: str):
                         label=f"{arm} / {student} (n={max(c['n'])} q.)")
     ax.set_title("Held-out accuracy by ReST^EM round: same vs split roles")
     ax.set_xlabel("ReST^EM round (teacher version after that many updates)")
-    ax.set_ylabel(f"held-out accuracy ({grader}, mean over questions)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(f"held-out accuracy ({grader}, 0-1, mean over questions)")
+    ax.set_xticks(rounds)
+    # below the axes: the lines of a small run often overlap wherever the legend would sit
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
