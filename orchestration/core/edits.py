@@ -31,3 +31,13 @@ def read_edits(path: str) -> tuple[dict, dict[str, list[str]]]:
             raise ContextDataError(f"{path}: record {i}: field 'completions' must be a list of strings")
         out.setdefault(context_id(rec["title"], rec["context"]), []).extend(comps)
     return header, out
+
+
+def edits_for(contexts, path: str) -> dict[str, list[str]]:
+    """context_id -> completions of ``path`` for ``contexts``; every context must have some."""
+    edits = read_edits(path)[1]
+    missing = [c.title for c in contexts if c.context_id not in edits]
+    if missing:
+        raise ContextDataError(f"edits file {path} has no completions for {len(missing)} context(s), e.g. "
+                               f"'{missing[0]}'; write one for these contexts with `seal generate` (same data.*)")
+    return edits

@@ -15,7 +15,7 @@ from typing import Optional
 
 from orchestration.core.config import ConfigError, DataConfig
 from orchestration.core.contexts import load_contexts
-from orchestration.core.edits import read_edits
+from orchestration.core.edits import edits_for
 from orchestration.core.records import StudentResult
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl
 from student.config import StudentConfig
@@ -80,11 +80,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
     check(cfg)
     d = cfg.data
     contexts = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
-    edits = read_edits(cfg.edits)[1] if "edits" in cfg.conditions else {}
-    missing = [c.title for c in contexts if "edits" in cfg.conditions and c.context_id not in edits]
-    if missing:
-        raise ConfigError(f"edits file {cfg.edits} has no completions for {len(missing)} context(s), "
-                          f"e.g. '{missing[0]}'; regenerate it for data.source={d.source}")
+    edits = edits_for(contexts, cfg.edits) if "edits" in cfg.conditions else {}
     run = open_run("adapt", cfg.run_dir, resolved)
     results_path = run / "results.jsonl"
     done = {r.key: r for r in map(StudentResult.from_json, read_jsonl(results_path))}

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from orchestration.core import catalog
@@ -32,18 +33,21 @@ def _models(args) -> None:
         print(f"{name}: {catalog.materialize(name, root)}")
 
 
-def _adapt(args) -> None:
-    from orchestration.driver.adapt import AdaptConfig, run_adapt
+# command -> (module, config dataclass, function taking (cfg, resolved)); imported only when run
+CONFIG_COMMANDS = {
+    "adapt": ("orchestration.driver.adapt", "AdaptConfig", "run_adapt"),
+    "train": ("orchestration.driver.train", "TrainConfig", "run_train"),
+    "generate": ("orchestration.driver.generate", "GenerateConfig", "run_generate"),
+    "evaluate": ("orchestration.driver.evaluate", "EvaluateConfig", "run_evaluate"),
+    "compare": ("orchestration.driver.compare", "CompareConfig", "run_compare"),
+}
 
-    cfg, resolved = load_config(AdaptConfig, args.config, args.overrides)
-    run_adapt(cfg, resolved)
 
-
-def _train(args) -> None:
-    from orchestration.driver.train import TrainConfig, run_train
-
-    cfg, resolved = load_config(TrainConfig, args.config, args.overrides)
-    run_train(cfg, resolved)
+def _config_command(args) -> None:
+    module, schema, run = CONFIG_COMMANDS[args.command]
+    mod = importlib.import_module(module)
+    cfg, resolved = load_config(getattr(mod, schema), args.config, args.overrides)
+    getattr(mod, run)(cfg, resolved)
 
 
 def _worker(args) -> None:
@@ -51,27 +55,6 @@ def _worker(args) -> None:
 
     cmd, _ = load_config(WorkerCommand, None, args.overrides)
     run_worker(cmd)
-
-
-def _generate(args) -> None:
-    from orchestration.driver.generate import GenerateConfig, run_generate
-
-    cfg, _ = load_config(GenerateConfig, args.config, args.overrides)
-    run_generate(cfg)
-
-
-def _evaluate(args) -> None:
-    from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
-
-    cfg, resolved = load_config(EvaluateConfig, args.config, args.overrides)
-    run_evaluate(cfg, resolved)
-
-
-def _compare(args) -> None:
-    from orchestration.driver.compare import CompareConfig, run_compare
-
-    cfg, resolved = load_config(CompareConfig, args.config, args.overrides)
-    run_compare(cfg, resolved)
 
 
 def _report(args) -> None:
@@ -96,26 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("adapt", help="adapt a student on base / passage / edits conditions and score it")
     a.add_argument("config", help="YAML config, e.g. configs/adapt_demo.yaml")
     a.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.model=gemma3-270m run_dir=runs/x")
-    a.set_defaults(func=_adapt)
+    a.set_defaults(func=_config_command)
     t = sub.add_parser("train", help="ReST^EM rounds: the teacher writes edits, students score them, the teacher learns")
     t.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=1 run_dir=runs/x")
-    t.set_defaults(func=_train)
+    t.set_defaults(func=_config_command)
     w = sub.add_parser("worker", help="serve one student's adapt jobs from a run's queue")
     w.add_argument("overrides", nargs="*", help="run_dir=PATH student=NAME [threads=N until=drained|stopped]")
     w.set_defaults(func=_worker)
     g = sub.add_parser("generate", help="a teacher writes edits for a SEAL/SQuAD-schema file into a SEAL-format file")
     g.add_argument("config", help="YAML config, e.g. configs/generate_demo.yaml")
     g.add_argument("overrides", nargs="*", help="e.g. teacher.model=runs/x/checkpoints/v2 data.source=FILE out=edits.json")
-    g.set_defaults(func=_generate)
+    g.set_defaults(func=_config_command)
     e = sub.add_parser("evaluate", help="one teacher, many students: base / passage / teacher edits on a held-out set")
     e.add_argument("config", help="YAML config, e.g. configs/evaluate_demo.yaml")
     e.add_argument("overrides", nargs="*", help="e.g. teacher.model=runs/x/checkpoints/v2 seeds=[0,1]")
-    e.set_defaults(func=_evaluate)
+    e.set_defaults(func=_config_command)
     c = sub.add_parser("compare", help="same vs split roles on one budget, with the transfer matrix; report.md/.png")
     c.add_argument("config", help="YAML config, e.g. configs/compare_roles.yaml")
     c.add_argument("overrides", nargs="*", help="e.g. train.rounds=1 run_dir=runs/x")
-    c.set_defaults(func=_compare)
+    c.set_defaults(func=_config_command)
     r = sub.add_parser("report", help="rebuild report.md and report.png from a compare or train run folder")
     r.add_argument("run_dir")
     r.set_defaults(func=_report)

@@ -21,7 +21,7 @@ from typing import Optional
 
 from orchestration.core.config import ConfigError, DataConfig
 from orchestration.core.contexts import context_to_json, load_contexts
-from orchestration.core.edits import read_edits
+from orchestration.core.edits import edits_for
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
 from orchestration.core.runs import open_run, read_jsonl
@@ -176,11 +176,7 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
     check(cfg)
     d = cfg.data
     contexts = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
-    file_edits = read_edits(cfg.edits)[1] if "file" in cfg.conditions else {}
-    missing = [c.title for c in contexts if "file" in cfg.conditions and c.context_id not in file_edits]
-    if missing:
-        raise ConfigError(f"edits file {cfg.edits} has no completions for {len(missing)} context(s), "
-                          f"e.g. '{missing[0]}'; write one with `seal generate ... data.source={d.source}`")
+    file_edits = edits_for(contexts, cfg.edits) if "file" in cfg.conditions else {}
     run = open_run("evaluate", cfg.run_dir, resolved)
     version = teacher_version(cfg.teacher.model)
     edits = {e.edit_id: e for e in map(SelfEdit.from_json, read_jsonl(run / "edits.jsonl"))}

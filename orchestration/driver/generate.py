@@ -52,8 +52,8 @@ def teacher_version(model: str) -> int:
     return 0
 
 
-def run_generate(cfg: GenerateConfig) -> Path:
-    """Write ``cfg.out``; returns its path."""
+def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
+    """Write ``cfg.out``; returns its path. (``resolved`` is unused: the output's header is its record.)"""
     from teacher.generate import make_backend
     from teacher.prompts import render, template_text
 
