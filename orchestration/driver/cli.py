@@ -33,18 +33,29 @@ def _models(args) -> None:
         print(f"{name}: {catalog.materialize(name, root)}")
 
 
-# command -> (module, config dataclass, function taking (cfg, resolved)); imported only when run
+# command -> (module, config dataclass, function taking (cfg, resolved), help, example config,
+# example overrides); the module is imported only when its command runs
 CONFIG_COMMANDS = {
-    "adapt": ("orchestration.driver.adapt", "AdaptConfig", "run_adapt"),
-    "train": ("orchestration.driver.train", "TrainConfig", "run_train"),
-    "generate": ("orchestration.driver.generate", "GenerateConfig", "run_generate"),
-    "evaluate": ("orchestration.driver.evaluate", "EvaluateConfig", "run_evaluate"),
-    "compare": ("orchestration.driver.compare", "CompareConfig", "run_compare"),
+    "adapt": ("orchestration.driver.adapt", "AdaptConfig", "run_adapt",
+              "adapt a student on base / passage / edits conditions and score it", "configs/adapt_demo.yaml",
+              "student.model=gemma3-270m run_dir=runs/x"),
+    "train": ("orchestration.driver.train", "TrainConfig", "run_train",
+              "ReST^EM rounds: the teacher writes edits, students score them, the teacher learns",
+              "configs/demo.yaml", "rounds=1 run_dir=runs/x"),
+    "generate": ("orchestration.driver.generate", "GenerateConfig", "run_generate",
+                 "a teacher writes edits for a SEAL/SQuAD-schema file into a SEAL-format file",
+                 "configs/generate_demo.yaml", "teacher.model=runs/x/checkpoints/v2 data.source=FILE out=edits.json"),
+    "evaluate": ("orchestration.driver.evaluate", "EvaluateConfig", "run_evaluate",
+                 "one teacher, many students: base / passage / teacher edits on a held-out set",
+                 "configs/evaluate_demo.yaml", "teacher.model=runs/x/checkpoints/v2 seeds=[0,1]"),
+    "compare": ("orchestration.driver.compare", "CompareConfig", "run_compare",
+                "same vs split roles on one budget, with the transfer matrix; report.md/.png",
+                "configs/compare_roles.yaml", "train.rounds=1 run_dir=runs/x"),
 }
 
 
 def _config_command(args) -> None:
-    module, schema, run = CONFIG_COMMANDS[args.command]
+    module, schema, run = CONFIG_COMMANDS[args.command][:3]
     mod = importlib.import_module(module)
     cfg, resolved = load_config(getattr(mod, schema), args.config, args.overrides)
     getattr(mod, run)(cfg, resolved)
@@ -76,29 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("names", nargs="*", help="built-in names to fetch (default: all)")
     m.add_argument("--cache", default=None, help=f"model cache folder (default: ${catalog.CACHE_ENV} or the user cache dir)")
     m.set_defaults(func=_models)
-    a = sub.add_parser("adapt", help="adapt a student on base / passage / edits conditions and score it")
-    a.add_argument("config", help="YAML config, e.g. configs/adapt_demo.yaml")
-    a.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.model=gemma3-270m run_dir=runs/x")
-    a.set_defaults(func=_config_command)
-    t = sub.add_parser("train", help="ReST^EM rounds: the teacher writes edits, students score them, the teacher learns")
-    t.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=1 run_dir=runs/x")
-    t.set_defaults(func=_config_command)
+    for name, (_, _, _, doc, config, example) in CONFIG_COMMANDS.items():
+        c = sub.add_parser(name, help=doc)
+        c.add_argument("config", help=f"YAML config, e.g. {config}")
+        c.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+        c.set_defaults(func=_config_command)
     w = sub.add_parser("worker", help="serve one student's adapt jobs from a run's queue")
     w.add_argument("overrides", nargs="*", help="run_dir=PATH student=NAME [threads=N until=drained|stopped]")
     w.set_defaults(func=_worker)
-    g = sub.add_parser("generate", help="a teacher writes edits for a SEAL/SQuAD-schema file into a SEAL-format file")
-    g.add_argument("config", help="YAML config, e.g. configs/generate_demo.yaml")
-    g.add_argument("overrides", nargs="*", help="e.g. teacher.model=runs/x/checkpoints/v2 data.source=FILE out=edits.json")
-    g.set_defaults(func=_config_command)
-    e = sub.add_parser("evaluate", help="one teacher, many students: base / passage / teacher edits on a held-out set")
-    e.add_argument("config", help="YAML config, e.g. configs/evaluate_demo.yaml")
-    e.add_argument("overrides", nargs="*", help="e.g. teacher.model=runs/x/checkpoints/v2 seeds=[0,1]")
-    e.set_defaults(func=_config_command)
-    c = sub.add_parser("compare", help="same vs split roles on one budget, with the transfer matrix; report.md/.png")
-    c.add_argument("config", help="YAML config, e.g. configs/compare_roles.yaml")
-    c.add_argument("overrides", nargs="*", help="e.g. train.rounds=1 run_dir=runs/x")
-    c.set_defaults(func=_config_command)
     r = sub.add_parser("report", help="rebuild report.md and report.png from a compare or train run folder")
     r.add_argument("run_dir")
     r.set_defaults(func=_report)
