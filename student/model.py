@@ -159,14 +159,15 @@ class Student:
             labels = inp.masked_fill(mask == 0, -100)
             yield inp.to(self.device), mask.to(self.device), labels.to(self.device)
 
-    def train(self, sequences: list[str]) -> TrainStats:
+    def train(self, sequences: list[str], fresh: bool = True) -> TrainStats:
         """Attach a fresh adapter and train it on ``sequences`` per ``cfg.train`` and ``cfg.lora``;
-        it stays active until `discard`."""
+        it stays active until `discard` (or `merge_adapter`). ``fresh=False`` trains the adapter
+        already in place further (continual mode without merging)."""
         import torch
 
         train = self.cfg.train
         t0 = time.perf_counter()
-        model = self._fresh_adapter(self.cfg.lora, train.seed)
+        model = self._fresh_adapter(self.cfg.lora, train.seed) if fresh or self._peft is None else self._peft
         enc = self.tok(list(sequences), truncation=False)["input_ids"]
         truncated = sum(len(x) > train.max_length for x in enc)
         ids = [x[:train.max_length] for x in enc if x]
@@ -196,6 +197,15 @@ class Student:
         model.eval()
         final = sum(epoch_losses) / max(1, len(epoch_losses))
         return TrainStats(steps, len(ids), real, truncated, first, final, time.perf_counter() - t0, train.seed)
+
+    def merge_adapter(self) -> None:
+        """Fold the trained adapter into the base weights for good (continual mode, as the paper
+        did): later adaptations start from the adapted model, with a new adapter."""
+        if self._peft is None:
+            return
+        self.model = self._peft.merge_and_unload()
+        self._peft, self._lora_key, self._active = None, None, False
+        trim_cpu_memory()
 
     def discard(self) -> None:
         """Drop the trained adapter: back to the exact base model (B = 0 makes LoRA a no-op)."""

@@ -8,6 +8,7 @@
     seal generate CONFIG teacher.model=... data.source=... out=FILE
     seal evaluate CONFIG teacher.model=... [students=[...]] [seeds=[0,1]] [edits=FILE]
     seal compare CONFIG [key=value ...]
+    seal continual CONFIG [key=value ...]
     seal report RUN_DIR
 """
 
@@ -51,6 +52,9 @@ CONFIG_COMMANDS = {
     "compare": ("orchestration.driver.compare", "CompareConfig", "run_compare",
                 "same vs split roles on one budget, with the transfer matrix; report.md/.png",
                 "configs/compare_roles.yaml", "train.rounds=1 run_dir=runs/x"),
+    "continual": ("orchestration.driver.continual", "ContinualConfig", "run_continual",
+                  "adapt on contexts in sequence; accuracy on every context after each step (forgetting)",
+                  "configs/continual_demo.yaml", "merge=false edits=passage"),
 }
 
 

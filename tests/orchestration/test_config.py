@@ -5,12 +5,13 @@ import pytest
 from orchestration.core.config import ConfigError, load_config
 from orchestration.driver.adapt import AdaptConfig
 from orchestration.driver.compare import CompareConfig
+from orchestration.driver.continual import ContinualConfig
 from orchestration.driver.evaluate import EvaluateConfig
 from orchestration.driver.generate import GenerateConfig
 from orchestration.driver.train import TrainConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-SCHEMAS = {"adapt": AdaptConfig, "train": TrainConfig, "generate": GenerateConfig, "evaluate": EvaluateConfig, "compare": CompareConfig}
+SCHEMAS = {"adapt": AdaptConfig, "train": TrainConfig, "generate": GenerateConfig, "evaluate": EvaluateConfig, "compare": CompareConfig, "continual": ContinualConfig}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
