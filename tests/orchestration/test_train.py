@@ -257,3 +257,16 @@ def test_same_roles_the_student_follows_the_teacher_version(tmp_path, capsys, ti
     assert sorted(k for k in keys if k.endswith(f"@{v1}")) == sorted(
         f"v1/heldout/{h.context_id}/0@{v1}" for h in load_contexts("demo", offset=20, limit=2))
     assert rows[1]["heldout"]["same-model"]["n_questions"] > 0 and tiny_model not in json.dumps(rows)
+
+
+@pytest.mark.slow
+def test_seal_train_end_to_end_on_the_packaged_models(tmp_path):
+    """The default job's path on the real built-in models, shrunk: 1 round, 2 contexts x 2 edits."""
+    run = tmp_path / "run"
+    cfg, resolved = load_config(TrainConfig, ROOT / "configs" / "demo.yaml", [
+        "rounds=1", "contexts_per_round=2", "edits_per_context=2", "heldout.limit=2",
+        "teacher.generation.max_new_tokens=64", "reward.rule=threshold", "reward.delta=-1.0", f"run_dir={run}"])
+    rows = run_train(cfg, resolved)
+    assert [r["teacher_version"] for r in rows] == [0, 1] and rows[0]["rewards"]["rewarded"] == 4
+    assert rows[0]["jobs"]["dead"] == 0 and rows[1]["heldout"]["gemma3-270m"]["n_questions"] > 0
+    assert json.loads((run / "manifest.json").read_text())["models"]["teacher"]["kind"] == "builtin"
