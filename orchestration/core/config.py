@@ -33,6 +33,13 @@ class DataConfig:
     limit: Optional[int] = None
     """Use at most this many contexts (None = all)."""
 
+    def load(self):
+        """The contexts this config names (see `orchestration.core.contexts.load_contexts`)."""
+        from orchestration.core.contexts import load_contexts
+
+        return load_contexts(self.source, split=self.split, shuffle_seed=self.shuffle_seed, offset=self.offset,
+                             limit=self.limit)
+
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None):
     """Return (typed config object, resolved DictConfig)."""

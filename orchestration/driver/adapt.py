@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Optional
 
 from orchestration.core.config import ConfigError, DataConfig
-from orchestration.core.contexts import load_contexts
 from orchestration.core.edits import edits_for
 from orchestration.core.records import StudentResult
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl
@@ -79,7 +78,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
 
     check(cfg)
     d = cfg.data
-    contexts = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
+    contexts = d.load()
     edits = edits_for(contexts, cfg.edits) if "edits" in cfg.conditions else {}
     run = open_run("adapt", cfg.run_dir, resolved)
     results_path = run / "results.jsonl"

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Optional
 
 from orchestration.core.config import ConfigError, DataConfig
-from orchestration.core.contexts import load_contexts
 from orchestration.core.edits import edits_for
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl
 from student.config import StudentConfig
@@ -91,7 +90,7 @@ def run_continual(cfg: ContinualConfig, resolved) -> dict:
     from student.sequences import edit_to_sequences
 
     d = cfg.data
-    contexts = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
+    contexts = d.load()
     if len(contexts) < 2:
         raise ConfigError(f"data gives {len(contexts)} context(s); continual mode needs a sequence of 2 or more")
     run = open_run("continual", cfg.run_dir, resolved)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from orchestration.core.config import ConfigError, DataConfig
-from orchestration.core.contexts import context_to_json, load_contexts
+from orchestration.core.contexts import context_to_json
 from orchestration.core.edits import edits_for
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
@@ -175,7 +175,7 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
     """Run (or resume) `seal evaluate`; returns the summary rows (also in evaluate.csv/.md)."""
     check(cfg)
     d = cfg.data
-    contexts = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
+    contexts = d.load()
     file_edits = edits_for(contexts, cfg.edits) if "file" in cfg.conditions else {}
     run = open_run("evaluate", cfg.run_dir, resolved)
     version = teacher_version(cfg.teacher.model)

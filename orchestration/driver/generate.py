@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Optional
 
 from orchestration.core.config import ConfigError, DataConfig
-from orchestration.core.contexts import load_contexts
 from orchestration.core.edits import FORMAT
 from orchestration.core.models import trim_cpu_memory
 from orchestration.core.runs import append_jsonl, read_jsonl
@@ -46,10 +45,11 @@ class GenerateConfig:
 
 def teacher_version(model: str) -> int:
     """The version number of a checkpoints/v{n} folder (from its manifest); 0 for anything else."""
-    manifest = Path(model).expanduser() / "manifest.json"
-    if manifest.is_file():
-        return int(json.loads(manifest.read_text()).get("version", 0))
-    return 0
+    from teacher.versions import read_manifest
+
+    folder = Path(model).expanduser()
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    return int(manifest.get("version", 0)) if manifest else 0
 
 
 def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
@@ -65,7 +65,7 @@ def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     d = cfg.data
-    contexts = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
+    contexts = d.load()
     out = Path(cfg.out)
     partial = out.with_name(out.name + ".partial.jsonl")
     done = {r["context_id"]: r for r in map(json.loads, read_jsonl(partial))}

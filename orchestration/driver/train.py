@@ -26,7 +26,7 @@ from typing import Optional
 
 from orchestration.core import rewards as R
 from orchestration.core.config import ConfigError, DataConfig
-from orchestration.core.contexts import Context, context_to_json, load_contexts
+from orchestration.core.contexts import Context, context_to_json
 from orchestration.core.models import trim_cpu_memory
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
@@ -152,12 +152,12 @@ def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> Non
 def teacher_at(cfg: TrainConfig, run: Path, step: int) -> tuple[int, str]:
     """(version, model path) the teacher has at the start of ``step``: the newest version trained on
     the edits of an earlier round, or v0."""
-    from teacher.versions import list_versions
+    from teacher.versions import list_versions, read_manifest
 
     ckpt = run / "checkpoints"
     best = (0, cfg.teacher.model)
     for v in list_versions(ckpt):
-        if json.loads((ckpt / f"v{v}" / "manifest.json").read_text())["round"] < step and v > best[0]:
+        if read_manifest(ckpt / f"v{v}")["round"] < step and v > best[0]:
             best = (v, str(ckpt / f"v{v}"))
     return best
 
@@ -178,10 +178,10 @@ def labels(cfg: TrainConfig) -> list[str]:
 
 def version_of_round(run: Path, r: int) -> dict | None:
     """Manifest of the version trained on round ``r``'s edits, if it was saved."""
-    from teacher.versions import list_versions
+    from teacher.versions import list_versions, read_manifest
 
     for v in list_versions(run / "checkpoints"):
-        m = json.loads((run / "checkpoints" / f"v{v}" / "manifest.json").read_text())
+        m = read_manifest(run / "checkpoints" / f"v{v}")
         if m["round"] == r:
             return m
     return None
@@ -314,8 +314,8 @@ def collect(q: Queue, keys: set[str], run: Path, exported: set[str]) -> dict[str
 def run_train(cfg: TrainConfig, resolved) -> list[dict]:
     """Run (or resume) `seal train`; returns the metrics rows."""
     d, h = cfg.data, cfg.heldout
-    train = load_contexts(d.source, split=d.split, shuffle_seed=d.shuffle_seed, offset=d.offset, limit=d.limit)
-    heldout = load_contexts(h.source, split=h.split, shuffle_seed=h.shuffle_seed, offset=h.offset, limit=h.limit)
+    train = d.load()
+    heldout = h.load()
     check(cfg, train, heldout)
     if cfg.teacher.threads:
         import torch
