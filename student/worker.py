@@ -32,6 +32,26 @@ from orchestration.core.records import StudentResult
 from student.config import StudentConfig
 
 STOP_FLAG = "stop"  # the driver sets this flag to "1" to stop workers started with until="stopped"
+VERSION_FLAG = "teacher_version"  # the driver publishes the teacher's newest version here ...
+LAG_FLAG = "max_teacher_lag"  # ... and the staleness bound here (unset: no bound)
+REFERENCE = ("base", "passage")  # conditions that score no edit, so they are never stale
+
+
+def stale_reason(q: Queue, lease: Lease) -> str | None:
+    """Why a leased edit job is too stale to score, or None to score it.
+
+    An edit written by teacher version v may be scored while the teacher is at most
+    ``max_teacher_lag`` versions newer. The bound and the newest version are queue flags the driver
+    sets, so every launcher (local processes, inline, Ray) applies the same rule from the same
+    ledger, and the reason is recorded on the dropped job.
+    """
+    newest, lag = q.get_flag(VERSION_FLAG), q.get_flag(LAG_FLAG)
+    if newest is None or lag is None or lease.payload.get("condition") in REFERENCE:
+        return None
+    if int(newest) - lease.teacher_version > int(lag):
+        return (f"stale: edit of teacher v{lease.teacher_version} scored while the teacher is at v{newest}, "
+                f"beyond max_teacher_lag={lag}")
+    return None
 
 
 def job_kind(student: str) -> str:
@@ -112,6 +132,10 @@ class Worker:
                     if until == "drained" and q.unfinished([self.kind]) == 0:
                         break
                     time.sleep(poll_s)
+                    continue
+                reason = stale_reason(q, lease)
+                if reason is not None:
+                    q.drop([lease.key], reason)
                     continue
                 renewer = _Renewer(queue_path, lease, lease_s)
                 renewer.start()

@@ -26,6 +26,7 @@ from orchestration.core.queue import Queue
 from student.worker import STOP_FLAG, Worker
 
 MODES = ("process", "inline")
+LAUNCHERS = ("local", "ray")
 
 
 class WorkerError(RuntimeError):
@@ -126,9 +127,25 @@ class ProcessWorkers:
 
 
 def make_workers(cfg, run: Path):
+    if getattr(cfg, "launcher", "local") == "ray":
+        from orchestration.driver.ray_launch import RayWorkers
+
+        return RayWorkers(cfg, run)
     if cfg.workers.mode == "inline":
         return InlineWorkers(cfg, run)
     return ProcessWorkers(cfg, run)
+
+
+def teacher_backend(cfg, model: str):
+    """The teacher's generation backend for ``model``: in this process, or a Ray actor (launcher: ray).
+    Both have the interface of `teacher.generate.TransformersBackend`."""
+    if getattr(cfg, "launcher", "local") == "ray":
+        from orchestration.driver.ray_launch import RayTeacherBackend
+
+        return RayTeacherBackend(cfg, model)
+    from teacher.generate import make_backend
+
+    return make_backend(model, cfg.teacher, cache=cfg.models_cache)
 
 
 @dataclass

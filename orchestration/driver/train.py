@@ -12,6 +12,11 @@ Step r = 0 .. rounds, with teacher version v (v0 = the configured model):
 Every step is idempotent, so rerunning the command on the run folder resumes where it stopped:
 edits already written are reused, queued jobs are not redone, a version already saved for the
 round is not retrained, and a step with a metrics row is skipped.
+
+async_rounds: while the students score step r, a driver thread already writes round r+1's training
+edits with v (`Prefetch`), so the teacher does not idle; step r+1 then scores edits one version
+old. ``max_teacher_lag`` bounds that age: the driver publishes its newest version and the bound on
+the queue, and a worker drops a staler job with the reason recorded (`student.worker.stale_reason`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +38,9 @@ from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl
 from orchestration.driver import launch, report
+from orchestration.driver.ray_launch import RayConfig
 from student.config import StudentConfig
-from student.worker import job_kind
+from student.worker import LAG_FLAG, VERSION_FLAG, job_kind
 from teacher.config import TeacherConfig
 
 
@@ -101,6 +108,16 @@ class TrainConfig:
     reward: R.RewardConfig = field(default_factory=R.RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    launcher: str = "local"
+    """'local': student workers on this machine (``workers.mode``); 'ray': Ray actors on a cluster
+    (``ray``), leasing through the driver, which keeps the queue file."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    async_rounds: bool = False
+    """Generate round r+1's edits while the students still score round r (one step off-policy);
+    needs workers outside the driver (workers.mode=process, or launcher=ray)."""
+    max_teacher_lag: int = 1
+    """Staleness bound: an edit may be scored while the teacher is at most this many versions newer
+    than the version that wrote it; staler jobs are dropped with the reason recorded."""
     logger: str = "none"
     """Also send metrics to 'tensorboard' or 'wandb' (optional extras; 'none' by default)."""
     run_dir: Optional[str] = None
@@ -118,6 +135,15 @@ def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> Non
     for key in ("rounds", "contexts_per_round", "edits_per_context"):
         if getattr(cfg, key) < (0 if key == "rounds" else 1):
             raise ConfigError(f"{key}={getattr(cfg, key)} is out of range; use a positive number")
+    if cfg.launcher not in launch.LAUNCHERS:
+        raise ConfigError(f"launcher={cfg.launcher!r}: use one of {list(launch.LAUNCHERS)}")
+    if cfg.launcher == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("launcher=ray needs the ray package: pip install -e '.[dist]' (or set launcher=local)")
+    if cfg.max_teacher_lag < 0:
+        raise ConfigError(f"max_teacher_lag={cfg.max_teacher_lag} is out of range; use 0 or more")
+    if cfg.async_rounds and cfg.launcher == "local" and cfg.workers.mode == "inline":
+        raise ConfigError("async_rounds=true needs workers outside the driver: set workers.mode=process "
+                          "(or launcher=ray), or async_rounds=false")
     if cfg.workers.mode not in launch.MODES:
         raise ConfigError(f"workers.mode={cfg.workers.mode!r}: use one of {list(launch.MODES)}")
     if cfg.logger not in report.LOGGERS:
@@ -199,14 +225,13 @@ def wanted_edits(cfg: TrainConfig, r: int, version: int, ctxs: list[Context], he
 def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str, wanted, edits: dict) -> None:
     """Write the missing edits of ``wanted`` to edits.jsonl, one generate call per purpose and chunk
     of contexts (a crash loses at most the chunk in progress)."""
-    from teacher.generate import make_backend
     from teacher.prompts import render
 
     missing = [w for w in wanted if w[0] not in edits]
     if not missing:
         return
     gen = cfg.teacher.generation
-    backend = make_backend(model, cfg.teacher, cache=cfg.models_cache)
+    backend = launch.teacher_backend(cfg, model)
     try:
         for purpose in ("heldout", "train"):
             todo = [w for w in missing if w[2] == purpose]
@@ -256,9 +281,33 @@ def step_jobs(students, r: int, version: int, wanted, heldout: list[Context]) ->
 
 
 def with_edit_text(jobs: list[Job], edits: dict[str, SelfEdit]) -> list[Job]:
-    return [j if j.payload["edit_id"] is None else
-            Job(j.key, j.kind, {**j.payload, "edit": edits[j.payload["edit_id"]].text}, j.teacher_version, j.round)
-            for j in jobs]
+    """Fill in each job's edit text and the version that wrote it (async rounds: an older one)."""
+    out = []
+    for j in jobs:
+        e = edits.get(j.payload["edit_id"]) if j.payload["edit_id"] is not None else None
+        out.append(j if e is None else Job(j.key, j.kind, {**j.payload, "edit": e.text}, e.teacher_version, j.round))
+    return out
+
+
+class Prefetch(threading.Thread):
+    """async_rounds: writes round r+1's training edits with the current teacher version while the
+    students score round r (one step off-policy, as verl and OpenRLHF do). Edits are appended to
+    edits.jsonl as they come, so a crash loses at most a chunk; the next step reuses them by id."""
+
+    def __init__(self, *args):
+        super().__init__(daemon=True, name="prefetch-edits")
+        self.args, self.error = args, None
+
+    def run(self) -> None:
+        try:
+            generate_edits(*self.args)
+        except BaseException as e:  # re-raised in the driver thread by finish()
+            self.error = e
+
+    def finish(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 # ----- step 4: rewards and the ReST^EM update ----------------------------------------------------
@@ -299,6 +348,11 @@ def update_teacher(cfg: TrainConfig, run: Path, r: int, version: int, model: str
 
 
 # ----- the loop ---------------------------------------------------------------------------------
+def contexts_of(cfg: TrainConfig, train: list[Context], r: int) -> list[Context]:
+    """Training contexts of round ``r`` (none for the final, evaluation-only step)."""
+    return train[r * cfg.contexts_per_round:(r + 1) * cfg.contexts_per_round] if r < cfg.rounds else []
+
+
 def collect(q: Queue, keys: set[str], run: Path, exported: set[str]) -> dict[str, StudentResult]:
     """Results of ``keys`` from the queue; new ones are appended to results.jsonl."""
     out = {}
@@ -342,20 +396,26 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
     print(report.table_header(labels(cfg)))
     for row in rows:
         print(report.table_line(labels(cfg), row))
+    queue.set_flag(LAG_FLAG, str(cfg.max_teacher_lag))
+    ahead: Prefetch | None = None
     try:
         for r in range(len(rows), cfg.rounds + 1):
             t0 = time.perf_counter()
             version, model = teacher_at(cfg, run, r)
-            ctxs = train[r * cfg.contexts_per_round:(r + 1) * cfg.contexts_per_round] if r < cfg.rounds else []
+            queue.set_flag(VERSION_FLAG, str(version))
             students = students_at(cfg, model)
-            wanted = wanted_edits(cfg, r, version, ctxs, heldout)
+            wanted = wanted_edits(cfg, r, version, contexts_of(cfg, train, r), heldout)
             generate_edits(cfg, run, r, version, model, wanted, edits)
             jobs = with_edit_text(step_jobs(students, r, version, wanted, heldout), edits)
             queue.put(jobs)
             keys = {j.key for j in jobs}
+            if cfg.async_rounds and r + 1 < cfg.rounds:
+                nxt = wanted_edits(cfg, r + 1, version, contexts_of(cfg, train, r + 1), [])
+                ahead = Prefetch(cfg, run, r + 1, version, model, nxt, edits)
+                ahead.start()
             workers.wait(keys, desc=f"round {r} jobs", students=[s for _, s in students])
             results = collect(queue, keys, run, exported)
-            row = {"round": r, "teacher_version": version, "contexts": [c.context_id for c in ctxs],
+            row = {"round": r, "teacher_version": version, "contexts": [c.context_id for c in contexts_of(cfg, train, r)],
                    "students": {label: s.model for label, s in students},
                    "heldout": report.heldout_scores(students, wanted, results),
                    "jobs": report.job_counts(queue, keys, len(results))}
@@ -364,17 +424,24 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
             if r < cfg.rounds:
                 ids, stats = reward_round(cfg, students, wanted, results)
                 manifest = update_teacher(cfg, run, r, version, model, ids, stats, edits)
+                if manifest is not None:
+                    queue.set_flag(VERSION_FLAG, str(manifest["version"]))
                 row["rewards"] = stats
                 row["new_version"] = manifest["version"] if manifest else None
                 row["sft"] = manifest["sft"] if manifest else None
                 if manifest is None:
                     print(f"round {r}: no rewarded edit among {stats['scored']} scored; the teacher stays v{version}")
+            if ahead is not None:
+                ahead.finish()
+                ahead = None
             row["wall_s"] = round(time.perf_counter() - t0, 1)
             append_jsonl(run / "metrics.jsonl", json.dumps(row, sort_keys=True))
             rows.append(row)
             logger(row)
             print(report.table_line(labels(cfg), row))
     finally:
+        if ahead is not None:  # an error elsewhere: let the edits in flight land before leaving
+            ahead.join()
         workers.stop()
         queue.close()
     print(report.final_table(cfg, labels(cfg), rows))

@@ -270,3 +270,52 @@ def test_seal_train_end_to_end_on_the_packaged_models(tmp_path):
     assert [r["teacher_version"] for r in rows] == [0, 1] and rows[0]["rewards"]["rewarded"] == 4
     assert rows[0]["jobs"]["dead"] == 0 and rows[1]["heldout"]["gemma3-270m"]["n_questions"] > 0
     assert json.loads((run / "manifest.json").read_text())["models"]["teacher"]["kind"] == "builtin"
+
+
+def test_staleness_bound_drops_old_edits_with_the_reason(tmp_path, tiny_chat_model, tiny_model):
+    """The local launcher applies max_teacher_lag from the queue flags the driver publishes: an edit
+    of v0 is scored at v1 (lag 1) but dropped at v2, with the reason; reference jobs never go stale."""
+    from orchestration.core.contexts import context_to_json
+    from orchestration.driver import launch
+    from student.worker import LAG_FLAG, VERSION_FLAG
+
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", rounds=0)
+    cfg, _ = load_config(TrainConfig, cfg_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    ctx = load_contexts("demo", limit=1)[0]
+    payload = {"context": context_to_json(ctx), "edit": "A fact.", "edit_id": "e", "sample": 0}
+    kind = f"adapt/{tiny_model}"
+    jobs = [Job("old", kind, {**payload, "condition": "edit"}, teacher_version=0),
+            Job("fresh", kind, {**payload, "condition": "edit"}, teacher_version=1),
+            Job("base", kind, {**payload, "condition": "base"}, teacher_version=0)]
+    with Queue(run / launch.QUEUE_FILE) as q:
+        q.put(jobs)
+        q.set_flag(VERSION_FLAG, "2")
+        q.set_flag(LAG_FLAG, "1")
+    launch.make_workers(cfg, run).wait({j.key for j in jobs}, "test", cfg.students)
+    with Queue(run / launch.QUEUE_FILE) as q:
+        states = {j["key"]: (j["state"], j["last_error"]) for j in q.jobs()}
+        assert set(q.results()) == {"fresh", "base"}
+    assert states["old"][0] == "stale" and "max_teacher_lag=1" in states["old"][1]
+    assert states["fresh"][0] == states["base"][0] == "done"
+
+
+def test_async_rounds_prefetch_the_next_rounds_edits(tmp_path, tiny_chat_model, tiny_model):
+    """async_rounds: round 1's training edits are written by v0 while round 0 is scored, then scored
+    one version late (within max_teacher_lag=1); the run completes with every key exactly once."""
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "process", rounds=2,
+                            async_rounds=True, data={"source": "demo", "limit": 4})
+    cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={tmp_path / 'run'}"])
+    rows = run_train(cfg, resolved)
+    run = tmp_path / "run"
+    edits = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
+    r1 = [e for e in edits if e["round"] == 1 and e["purpose"] == "train"]
+    assert len(r1) == 4 and {e["teacher_version"] for e in r1} == {0}
+    assert [r["new_version"] for r in rows[:2]] == [1, 2]
+    keys = result_keys(run)
+    assert len(keys) == len(set(keys))
+    scored_r1 = [k for k in keys if k.startswith("r1/")]
+    assert len(scored_r1) == 4 and rows[1]["jobs"]["stale"] == 0
+    with Queue(run / "queue.sqlite") as q:
+        assert {j["teacher_version"] for j in q.jobs() if j["key"].startswith("r1/")} == {0}
