@@ -16,7 +16,8 @@ class GenerationSettings:
     """Sampling of self-edits. Recorded with every edit."""
 
     backend: str = "transformers"
-    """'transformers' (CPU default; batched sampling in one process). 'vllm' arrives with the GPU work."""
+    """'transformers' (CPU default; batched sampling in one process) or 'vllm' (a ``vllm.LLM`` engine in
+    this process; needs a CUDA GPU and ``pip install -e '.[gpu]'``)."""
     temperature: float = 1.0
     """Sampling temperature for training edits (held-out edits are greedy unless ``eval.sampled``)."""
     top_p: float = 0.95
@@ -28,7 +29,17 @@ class GenerationSettings:
     seed: int = 0
     """Base seed; each generate call is seeded from it, the round and the batch, and records its seed."""
     dtype: str = "auto"
-    """'auto' (bf16 where the hardware has fast bf16), 'bf16' or 'fp32'."""
+    """'auto' (bf16 where the hardware has fast bf16; with vllm: vLLM's own choice from the checkpoint),
+    'bf16' or 'fp32'."""
+    gpu_memory_utilization: float = 0.85
+    """vllm only: fraction of the whole GPU's memory the engine takes for weights and KV cache, in (0, 1].
+    Lower it when student workers share the GPU (their models and engines need the rest)."""
+    max_model_len: Optional[int] = None
+    """vllm only: longest prompt + edit, in tokens, the engine must hold; None = the model's own limit.
+    Set it when the KV cache for the model's full context does not fit in ``gpu_memory_utilization``."""
+    enforce_eager: bool = False
+    """vllm only: skip CUDA graph capture (starts faster, decodes slower). The driver builds one engine
+    per teacher version and step, so on small models the capture can cost more than it saves."""
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Generation backends: rendered prompts in, n sampled self-edits per prompt out.
 
 The interface is deliberately small (``generate(prompts, n, greedy=, seed=)`` and ``close()``, plus
-the ``tokenizer`` and ``chat`` attributes callers need to render prompts with `teacher.prompts`), so a
-vLLM backend can slot in later without touching callers.
+the ``tokenizer`` and ``chat`` attributes callers need to render prompts with `teacher.prompts`); the
+vLLM backend (`teacher.vllm_backend`, ``generation.backend: vllm``) has the same one.
 
 The transformers backend departs from a plain loop over prompts in three ways, all for throughput
 on a small CPU: every (prompt, sample) pair is flattened into one list and generated in batches of
@@ -186,6 +186,7 @@ def make_backend(model: str, cfg: TeacherConfig, cache: str | None = None):
     if name == "transformers":
         return TransformersBackend(model, cfg, cache)
     if name == "vllm":
-        raise NotImplementedError("teacher.generation.backend=vllm: the vLLM backend is not built yet "
-                                  "(it arrives with the GPU work); use teacher.generation.backend=transformers")
+        from teacher.vllm_backend import VLLMBackend  # imports vllm only when chosen
+
+        return VLLMBackend(model, cfg, cache)
     raise ValueError(f"teacher.generation.backend must be one of {', '.join(BACKENDS)}, got {name!r}")

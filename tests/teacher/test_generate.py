@@ -95,7 +95,6 @@ def test_batch_seeds_do_not_collide():
 
 
 @pytest.mark.parametrize("backend_name, error, needle", [
-    ("vllm", NotImplementedError, "not built yet"),
     ("hf", ValueError, "teacher.generation.backend must be one of transformers, vllm"),
 ])
 def test_make_backend_errors(tiny_model, backend_name, error, needle):
