@@ -66,7 +66,7 @@ def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, make_grader, score_context
-    from student.sequences import edit_to_sequences
+    from orchestration.core.domains.sequences import edit_to_sequences
 
     cfg = StudentConfig(model=MODEL, attn_implementation=attn)
     for k, v in train.items():
@@ -90,7 +90,7 @@ def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None
             st.discard()
             real, train_s = real + r_tokens, train_s + r_s
         else:
-            r = adapt_and_score(st, base, [c], [edit], condition="edits", completion=0, grader="f1", key=c.context_id)
+            r = adapt_and_score(st, base, [c], [edit], condition="edits", completion=0, key=c.context_id)
             real, train_s = real + r.train["real_tokens"], train_s + r.train["train_s"]
             scores += [v.score for v in r.verdicts]
     wall = time.perf_counter() - t0

@@ -70,8 +70,7 @@ def run_setting(name, setting, models, contexts, out: Path, done: set, students:
                     train = {}
                 else:
                     r = adapt_and_score(student, base, [ctx], [restatement(ctx) if cond == "edits" else ""],
-                                        condition=cond, completion=0, grader="f1", key=key,
-                                        append_passage=True if cond == "passage" else None)
+                                        condition=cond, completion=0, key=key)
                     verdicts, score, train = r.verdicts, r.score, {**r.train, **r.timings}
                 row = {"key": key, "setting": name, "params": setting, "model": model, "context_id": ctx.context_id,
                        "condition": cond, "f1": score,

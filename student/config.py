@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from orchestration.core.domains.arc import ArcSettings
+
 
 @dataclass
 class LoraSettings:
@@ -68,6 +70,34 @@ def _default_examples() -> list[Example]:
 
 
 @dataclass
+class VLLMSettings:
+    """The vLLM engine that answers when ``answer.backend: vllm``: one ``vllm.LLM`` per worker holding the
+    base model, with each trained adapter served as a runtime LoRA (see `student.vllm_answer`)."""
+
+    gpu_memory_utilization: float = 0.3
+    """Fraction of the whole GPU's memory the engine takes for its copy of the base weights and its KV
+    cache, in (0, 1]. Low by default: the worker's PEFT copy of the model trains on the same GPU."""
+    max_loras: int = 1
+    """Adapters the engine holds on the GPU at once (a worker answers with one adapter at a time)."""
+    max_lora_rank: Optional[int] = None
+    """Largest adapter rank the engine accepts; None = ``student.lora.r``. vLLM accepts only some
+    ranks (8, 16, 32, 64, ...); set the next one up for another ``lora.r``."""
+    max_model_len: Optional[int] = 2048
+    """Longest prompt + answer in tokens (few-shot prompt and one question: far below 2048). Bounding
+    it keeps the KV cache small; None = the model's own limit."""
+    dtype: str = "auto"
+    """Engine dtype in vLLM's names: 'auto' (vLLM's choice from the checkpoint), 'bfloat16', 'float16'
+    or 'float32'."""
+    enforce_eager: bool = False
+    """Skip CUDA graph capture (starts faster, decodes slower)."""
+    keep_adapters: int = 4
+    """Saved adapter folders kept on disk; beyond this the least recently used is deleted."""
+    adapter_dir: Optional[str] = None
+    """Where saved adapters go: each worker makes its own subfolder here (removed when it closes its
+    engine); None = the system's temporary folder."""
+
+
+@dataclass
 class AnswerSettings:
     """How the student answers a question about the passage, without the passage in the prompt."""
 
@@ -81,6 +111,11 @@ class AnswerSettings:
     examples: list[Example] = field(default_factory=_default_examples)
     """Few-shot question/answer pairs shown before the question (chat models: as earlier turns).
     They set the answer format; they carry no knowledge of the contexts."""
+    backend: str = "transformers"
+    """'transformers' (answer with the PEFT model in this process; CPU default) or 'vllm' (save the
+    trained adapter and answer through a vLLM engine with it as a runtime LoRA; needs a CUDA GPU and
+    ``pip install -e '.[gpu]'``). Training is PEFT either way."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
 
 
 @dataclass
@@ -125,3 +160,5 @@ class StudentConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     answer: AnswerSettings = field(default_factory=AnswerSettings)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    arc: ArcSettings = field(default_factory=ArcSettings)
+    """How ARC edits are run (domain 'arc' only): edit limits, the default_ttt recipe, prediction views."""

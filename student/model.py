@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+from orchestration.core.domains.spec import TrainSpec
 from orchestration.core.models import autocast_dtype, load_model, trim_cpu_memory, uses_chat
 from student.config import LoraSettings, StudentConfig, TrainSettings
 
@@ -26,6 +27,7 @@ class TrainStats:
     sequences: int
     real_tokens: int  # non-pad tokens trained on, summed over epochs
     truncated: int  # sequences cut to max_length
+    too_long: int  # (prompt, target) pairs longer than max_length, left out (a cut target teaches a wrong answer)
     first_loss: float
     final_loss: float  # mean loss of the last epoch
     train_s: float  # wall seconds
@@ -52,6 +54,16 @@ class Student:
         self._lora_key = None
         self._active = False  # is a trained adapter in effect?
         self._stop_ids: list[int] | None = None
+        # answer.backend=vllm: training stays PEFT here; answers come from a vLLM engine that serves
+        # each trained adapter as a runtime LoRA (saved after training, see student.vllm_answer).
+        self._vllm, self._adapter_dir = None, None
+        if cfg.answer.backend == "vllm":
+            from orchestration.core import catalog
+            from student.vllm_answer import VLLMAnswerer
+
+            self._vllm = VLLMAnswerer(catalog.resolve(cfg.model, catalog.cache_dir(cache)), cfg.answer,
+                                      lora_rank=cfg.lora.r, add_special_tokens=not self.chat,
+                                      trust_remote_code=cfg.trust_remote_code)
 
     # ----- prompting and answering -------------------------------------------------------
     def prompt(self, question: str) -> str:
@@ -88,25 +100,63 @@ class Student:
             self._stop_ids = sorted({*eos, self.tok.eos_token_id, *newline} - {None})
         return self._stop_ids
 
-    def answer(self, questions: list[str]) -> list[str]:
+    def raw_prompt(self, text: str) -> str:
+        """A domain's whole prompt, as the model is prompted: one user turn for chat models."""
+        if self.chat:
+            return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                add_generation_prompt=True)
+        return text
+
+    def answer(self, questions: list[str], max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers, batched; each cut at its first newline (or EOS). Without the passage."""
+        prompts = [self.prompt(q) for q in questions]
+        if self._vllm is not None:
+            return self._vllm.answer(prompts, self._adapter_dir if self._active else None, max_new_tokens=max_new_tokens)
+        return [t.split("\n", 1)[0].strip() for t in
+                self._generate(prompts, max_new_tokens or self.cfg.answer.max_new_tokens, self.stop_ids(), None)]
+
+    def complete(self, texts: list[str], max_new_tokens: int, stop: str) -> list[str]:
+        """Greedy continuations of raw prompts, each cut at its first ``stop`` string (or EOS)."""
+        if self._vllm is not None:
+            return self._vllm.answer([self.raw_prompt(t) for t in texts], self._adapter_dir if self._active else None,
+                                     max_new_tokens=max_new_tokens, stop=stop)
+        eos = self.model.generation_config.eos_token_id
+        eos = sorted({*([eos] if isinstance(eos, int) else list(eos or [])), self.tok.eos_token_id} - {None})
+        outs = self._generate([self.raw_prompt(t) for t in texts], max_new_tokens, eos, [stop])
+        return [t.split(stop, 1)[0] for t in outs]
+
+    def respond(self, queries, decode) -> list[str]:
+        """Answers to a domain's queries (`orchestration.core.domains.spec`), per its decode rule;
+        queries with the same token budget are batched together."""
+        out: list[str | None] = [None] * len(queries)
+        for budget in sorted({q.max_new_tokens for q in queries}):
+            idx = [i for i, q in enumerate(queries) if q.max_new_tokens == budget]
+            texts = [queries[i].text for i in idx]
+            if decode.style == "question":
+                got = self.answer(texts, budget)
+            else:
+                got = self.complete(texts, budget, "\n\n" if decode.stop == "blank" else "\n")
+            for i, a in zip(idx, got):
+                out[i] = a
+        return out
+
+    def _generate(self, prompts: list[str], max_new_tokens: int, eos_ids: list[int],
+                  stop_strings: list[str] | None) -> list[str]:
         import torch
 
         lm = self._peft if self._peft is not None else self.model
         # Between adaptations the wrapper holds a zeroed adapter: bypass it rather than pay for it.
         bypass = self._peft.disable_adapter() if self._peft is not None and not self._active else nullcontext()
-        cfg, out = self.cfg.answer, []
+        extra = {"stop_strings": stop_strings, "tokenizer": self.tok} if stop_strings else {}
+        bs, out = self.cfg.answer.batch_size, []
         with bypass:
-            for i in range(0, len(questions), cfg.batch_size):
-                prompts = [self.prompt(q) for q in questions[i:i + cfg.batch_size]]
-                enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.chat)
+            for i in range(0, len(prompts), bs):
+                enc = self.tok(prompts[i:i + bs], return_tensors="pt", padding=True, add_special_tokens=not self.chat)
                 enc = enc.to(self.device)
                 with torch.inference_mode(), self._autocast():
-                    gen = lm.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tok.pad_token_id, eos_token_id=self.stop_ids())
-                for row in gen[:, enc["input_ids"].shape[1]:]:
-                    text = self.tok.decode(row, skip_special_tokens=True)
-                    out.append(text.split("\n", 1)[0].strip())
+                    gen = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tok.pad_token_id, eos_token_id=eos_ids, **extra)
+                out += [self.tok.decode(row, skip_special_tokens=True) for row in gen[:, enc["input_ids"].shape[1]:]]
         return out
 
     # ----- adaptation ----------------------------------------------------------------------
@@ -135,8 +185,9 @@ class Student:
                 module.reset_lora_parameters("default", True)
         return self._peft
 
-    def _batches(self, ids: list[list[int]], train: TrainSettings, rng: random.Random):
-        """One epoch of right-padded batches; labels are -100 on pads so they carry no loss.
+    def _batches(self, ids: list[list[int]], labels: list[list[int]], train: TrainSettings, rng: random.Random):
+        """One epoch of right-padded batches; labels are -100 on pads (and on prompt tokens a spec
+        puts no loss on) so they carry no loss.
 
         Sequences are sorted by length, cut into batches of ``batch_size``, and the batch order is
         shuffled: a long passage is not padded against short edit items (padding is compute
@@ -153,35 +204,60 @@ class Student:
             width = max(map(len, rows))
             inp = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, seq in enumerate(rows):
+            lab = torch.full((len(rows), width), -100, dtype=torch.long)
+            for r, (j, seq) in enumerate(zip(group, rows)):
                 inp[r, :len(seq)] = torch.tensor(seq)
                 mask[r, :len(seq)] = 1
-            labels = inp.masked_fill(mask == 0, -100)
-            yield inp.to(self.device), mask.to(self.device), labels.to(self.device)
+                lab[r, :len(seq)] = torch.tensor(labels[j])
+            yield inp.to(self.device), mask.to(self.device), lab.to(self.device)
 
-    def train(self, sequences: list[str], fresh: bool = True) -> TrainStats:
-        """Attach a fresh adapter and train it on ``sequences`` per ``cfg.train`` and ``cfg.lora``;
-        it stays active until `discard` (or `merge_adapter`). ``fresh=False`` trains the adapter
-        already in place further (continual mode without merging)."""
+    def _encode(self, spec: TrainSpec, max_length: int) -> tuple[list[list[int]], list[list[int]], int, int]:
+        """(input ids, labels, sequences truncated, pairs left out) of a spec's training data.
+
+        Sequences carry loss on every token and are cut to ``max_length``. A pair is its prompt
+        rendered like a raw query, then its target; the prompt's labels are -100 unless
+        ``prompt_loss``. A pair over ``max_length`` is left out rather than cut."""
+        enc = self.tok(list(spec.sequences), truncation=False)["input_ids"] if spec.sequences else []
+        truncated = sum(len(x) > max_length for x in enc)
+        ids = [x[:max_length] for x in enc if x]
+        labels = [list(x) for x in ids]
+        too_long = 0
+        for prompt, target in spec.pairs:
+            p = self.tok(self.raw_prompt(prompt), add_special_tokens=not self.chat)["input_ids"]
+            t = self.tok(target, add_special_tokens=False)["input_ids"]
+            if len(p) + len(t) > max_length:
+                too_long += 1
+                continue
+            ids.append(p + t)
+            labels.append((p if spec.prompt_loss else [-100] * len(p)) + t)
+        return ids, labels, truncated, too_long
+
+    def train(self, spec: TrainSpec | list[str], fresh: bool = True) -> TrainStats:
+        """Attach a fresh adapter and train it on ``spec`` (or plain sequences) per ``cfg.train``
+        and ``cfg.lora`` (a spec may override the learning rate and epochs); it stays active until
+        `discard` (or `merge_adapter`). ``fresh=False`` trains the adapter already in place further
+        (continual mode without merging)."""
         import torch
 
+        if not isinstance(spec, TrainSpec):
+            spec = TrainSpec(sequences=tuple(spec))
         train = self.cfg.train
+        lr = spec.learning_rate if spec.learning_rate is not None else train.learning_rate
+        epochs = spec.epochs if spec.epochs is not None else train.epochs
         t0 = time.perf_counter()
         model = self._fresh_adapter(self.cfg.lora, train.seed) if fresh or self._peft is None else self._peft
-        enc = self.tok(list(sequences), truncation=False)["input_ids"]
-        truncated = sum(len(x) > train.max_length for x in enc)
-        ids = [x[:train.max_length] for x in enc if x]
+        ids, labels, truncated, too_long = self._encode(spec, train.max_length)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
         rng = random.Random(train.seed)
         model.train()
         steps, real, first, epoch_losses = 0, 0, float("nan"), []
         self._active = True
-        for _ in range(train.epochs):
+        for _ in range(epochs if ids else 0):
             epoch_losses = []
-            for inp, mask, labels in self._batches(ids, train, rng):
+            for inp, mask, labels_t in self._batches(ids, labels, train, rng):
                 with self._autocast():
-                    loss = model(input_ids=inp, attention_mask=mask, labels=labels).loss
+                    loss = model(input_ids=inp, attention_mask=mask, labels=labels_t).loss
                 loss.backward()
                 if steps == 0:
                     first = loss.item()
@@ -195,14 +271,19 @@ class Student:
             if train.max_steps and steps >= train.max_steps:
                 break
         model.eval()
+        if self._vllm is not None:
+            self._adapter_dir = self._vllm.save_adapter(model)
         final = sum(epoch_losses) / max(1, len(epoch_losses))
-        return TrainStats(steps, len(ids), real, truncated, first, final, time.perf_counter() - t0, train.seed)
+        return TrainStats(steps, len(ids), real, truncated, too_long, first, final, time.perf_counter() - t0, train.seed)
 
     def merge_adapter(self) -> None:
         """Fold the trained adapter into the base weights for good (continual mode, as the paper
         did): later adaptations start from the adapted model, with a new adapter."""
         if self._peft is None:
             return
+        if self._vllm is not None:
+            raise ValueError("merging adapters needs student.answer.backend=transformers: the vLLM engine "
+                             "keeps serving the unmerged base weights")
         self.model = self._peft.merge_and_unload()
         self._peft, self._lora_key, self._active = None, None, False
         trim_cpu_memory()
@@ -211,7 +292,7 @@ class Student:
         """Drop the trained adapter: back to the exact base model (B = 0 makes LoRA a no-op)."""
         from peft.tuners.lora import LoraLayer
 
-        self._active = False
+        self._active, self._adapter_dir = False, None
         if self._peft is None:
             return
         for module in self._peft.modules():
@@ -220,9 +301,9 @@ class Student:
         trim_cpu_memory()
 
     @contextmanager
-    def adapted(self, sequences: list[str]):
-        """``with student.adapted(seqs) as stats: student.answer(...)``; discarded on exit."""
+    def adapted(self, spec: TrainSpec | list[str]):
+        """``with student.adapted(spec) as stats: student.answer(...)``; discarded on exit."""
         try:
-            yield self.train(sequences)
+            yield self.train(spec)
         finally:
             self.discard()

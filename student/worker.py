@@ -11,7 +11,8 @@ runs out. A job that raises is nacked with the exception as its reason; the queu
 its limit, then dead-letters it. Results are acked under the job key, so a re-delivered job never
 counts twice.
 
-Job payload: {"context": context_to_json(ctx), "condition": "base" | "passage" | "edit" | "heldout",
+Job payload: {"domain": "knowledge" (default) | "arc", "context": the domain's to_json(ctx),
+"condition": "base" | "passage" | "default_ttt" | "edit" | "heldout",
 "edit": text ("" for base and passage), "edit_id": str | None, "sample": int, and optionally
 "seed": the adaptation seed}. A multi-passage job has "contexts" and "edits" (lists) instead of
 "context" and "edit".
@@ -82,31 +83,41 @@ class Worker:
     def __init__(self, cfg: StudentConfig, *, cache: str | None = None, worker_id: str | None = None,
                  judge_cache: str | Path | None = None):
         from student.model import Student
-        from student.scoring import Baselines, make_grader
+        from student.scoring import make_grader
 
         self.cfg = cfg
         self.seed = cfg.train.seed  # the config's seed; a job may override it for its adaptation
         self.kind = job_kind(cfg.model)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{cfg.model}"
         self.student = Student(cfg, cache=cache)
-        self.baselines = Baselines(self.student, make_grader(cfg.grader, cfg.judge, judge_cache))
+        self.grade = make_grader(cfg.grader, cfg.judge, judge_cache)
+        self.baselines: dict = {}  # domain name -> its Baselines
+
+    def baselines_of(self, domain: str):
+        """This student's baseline cache in ``domain`` (one per domain, so ids never collide)."""
+        from orchestration.core import domains
+        from student.scoring import Baselines
+
+        if domain not in self.baselines:
+            self.baselines[domain] = Baselines(self.student, self.grade, domains.get(domain))
+        return self.baselines[domain]
 
     def run_job(self, payload: dict, key: str) -> StudentResult:
         from student.scoring import adapt_and_score, base_result
 
+        baselines = self.baselines_of(payload.get("domain", "knowledge"))
+        load = baselines.domain.from_json
         cond = payload["condition"]
         if cond == "base":
-            ctx = context_from_json(payload["context"])
-            return base_result(self.student, self.baselines, ctx, self.cfg.grader, key)
+            return base_result(self.student, baselines, load(payload["context"]), key)
         # A job may pin the adaptation seed (`seal evaluate seeds=[...]`); else the config's.
         self.student.cfg.train.seed = payload.get("seed", self.seed)
         if "contexts" in payload:  # multi-passage: one adaptation on the edits of several contexts
-            ctxs, edits = [context_from_json(c) for c in payload["contexts"]], payload["edits"]
+            ctxs, edits = [load(c) for c in payload["contexts"]], payload["edits"]
         else:
-            ctxs, edits = [context_from_json(payload["context"])], [payload["edit"]]
-        return adapt_and_score(self.student, self.baselines, ctxs, edits, condition=cond,
-                               completion=payload["sample"], grader=self.cfg.grader, key=key,
-                               append_passage=True if cond == "passage" else None)
+            ctxs, edits = [load(payload["context"])], [payload["edit"]]
+        return adapt_and_score(self.student, baselines, ctxs, edits, condition=cond, completion=payload["sample"],
+                               key=key)
 
     def serve(self, queue_path: str | Path, *, lease_s: float, until: str = "drained", poll_s: float = 0.5,
               parent_pid: int | None = None, max_jobs: int | None = None, max_attempts: int = 3) -> int:

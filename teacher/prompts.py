@@ -1,4 +1,4 @@
-"""Self-edit prompts for the knowledge domain: the instruction the teacher reads before writing an edit.
+"""Self-edit prompts: the instruction the teacher reads before writing an edit.
 
 The variants follow SEAL's knowledge-incorporation prompts (implications, longer implications,
 rewrites, self-QA), written in our own words. A template is one plain string with ``{title}`` and
@@ -48,6 +48,22 @@ TEMPLATES: dict[str, str] = {
         + "Questions and answers:\n"
     ),
 }
+
+# ARC (domain 'arc'): {title} is the task id and {context} its demonstrations and test input as
+# text (`orchestration.core.arc.ttt.format_prompt`). The edit is a JSON object, parsed strictly by
+# the student (`orchestration.core.arc.schema`). The example shows the format only; its values are
+# not a recommendation.
+TEMPLATES["arc-config"] = (
+    "Below is a puzzle: grids of digits, where each input grid is turned into its output grid by one "
+    "rule. A small model will be fine-tuned on these examples before it solves the last input. "
+    "Choose how to train it: which data augmentations to use, whether to train on all tokens or only "
+    "on the output grids, the learning rate and the number of epochs. Answer with one JSON object "
+    "and nothing else, with exactly these keys, for example:\n"
+    '{{"use_basic_augmentations": false, "use_size_augmentations": false, "use_chain_augmentations": '
+    'false, "use_repeat_augmentations": false, "strategy": "train_using_all_tokens", '
+    '"learning_rate": 0.0001, "num_train_epochs": 1}}\n\n'
+    "Puzzle {title}:\n{context}\n\nTraining configuration (JSON):\n"
+)
 
 _FIELDS = {"title", "context"}
 

@@ -22,23 +22,39 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which contexts to use."""
 
+    domain: str = "knowledge"
+    """'knowledge' (passages and questions) or 'arc' (few-shot grid tasks); see orchestration.core.domains."""
     source: str = "demo"
-    """'demo' (the built-in fictional set), a SEAL/SQuAD-schema JSON file, or a hub dataset id."""
+    """knowledge: 'demo' (the built-in fictional set), a SEAL/SQuAD-schema JSON file, or a hub dataset
+    id. arc: 'synthetic' (our own easy tasks) or a Kaggle-format challenges JSON file."""
+    solutions: Optional[str] = None
+    """arc: the solutions file of ``source`` (default: the ``*solutions*`` file beside it, if any)."""
     split: str = "validation"
     """Split, for hub datasets only."""
     shuffle_seed: Optional[int] = None
-    """Shuffle the whole list with random.Random(seed) first; 42 gives the standard SQuAD subset."""
+    """Shuffle the whole list with random.Random(seed) first; 42 gives the standard SQuAD subset.
+    (arc 'synthetic': the seed the tasks are generated with.)"""
     offset: int = 0
     """Skip this many contexts (after shuffling)."""
     limit: Optional[int] = None
     """Use at most this many contexts (None = all)."""
+    ids: Optional[list[str]] = None
+    """Keep only these contexts, in this order, after offset/limit: context ids (knowledge) or task
+    ids (arc)."""
 
     def load(self):
-        """The contexts this config names (see `orchestration.core.contexts.load_contexts`)."""
-        from orchestration.core.contexts import load_contexts
+        """The contexts this config names, loaded by its domain."""
+        from orchestration.core import domains
 
-        return load_contexts(self.source, split=self.split, shuffle_seed=self.shuffle_seed, offset=self.offset,
-                             limit=self.limit)
+        out = domains.get(self.domain).load(self)
+        if self.ids:
+            by_id = {c.context_id: c for c in out} | {c.title: c for c in out if self.domain == "arc"}
+            missing = [i for i in self.ids if i not in by_id]
+            if missing:
+                raise ConfigError(f"data.ids: {missing} are not among the {len(out)} contexts of "
+                                  f"source={self.source} (after offset/limit); check the ids or widen the slice")
+            out = [by_id[i] for i in self.ids]
+        return out
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None):

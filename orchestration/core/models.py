@@ -109,3 +109,32 @@ def uses_chat(tokenizer, override: bool | None, key: str = "student.chat") -> bo
             raise ValueError(f"{key}=true but this tokenizer has no chat template; set {key}: false")
         return override
     return bool(getattr(tokenizer, "chat_template", None))
+
+
+def vllm_problem(has_vllm: bool, has_cuda: bool, what: str) -> str | None:
+    """Why ``what=vllm`` cannot run here (None: it can). ``what`` is the config field that chose vllm."""
+    fix = f"or set {what}=transformers to run on the CPU"
+    if not has_vllm:
+        return (f"{what}=vllm needs the vllm package, which is not installed: on a machine with a CUDA GPU "
+                f"run `pip install -e '.[gpu]'`, {fix}")
+    if not has_cuda:
+        return f"{what}=vllm needs a CUDA GPU, and torch sees none on this machine: run on a GPU machine, {fix}"
+    return None
+
+
+def require_vllm(what: str):
+    """The vllm module, or a `ConfigError` that names the field ``what`` and how to fix it."""
+    try:
+        import vllm
+    except ModuleNotFoundError as e:
+        if e.name != "vllm":  # vllm is there but broken: its own error says more than ours would
+            raise
+        vllm = None
+    import torch
+
+    problem = vllm_problem(vllm is not None, torch.cuda.is_available(), what)
+    if problem:
+        from orchestration.core.config import ConfigError
+
+        raise ConfigError(problem)
+    return vllm

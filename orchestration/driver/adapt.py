@@ -100,11 +100,9 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
             grade = make_grader(cfg.student.grader, cfg.student.judge, run / "judge_cache.json")
             baselines = Baselines(student, grade)
         if cond == "base":
-            row = base_result(student, baselines, ctx, cfg.student.grader, key)
+            row = base_result(student, baselines, ctx, key)
         else:
-            row = adapt_and_score(student, baselines, [ctx], [edit], condition=cond, completion=i,
-                                  grader=cfg.student.grader, key=key,
-                                  append_passage=True if cond == "passage" else None)
+            row = adapt_and_score(student, baselines, [ctx], [edit], condition=cond, completion=i, key=key)
         append_jsonl(results_path, row.to_json())
         done[key] = row
     summary = summarize([done[j[0]] for j in jobs], cfg.student.model, d.source)

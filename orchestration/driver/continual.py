@@ -87,7 +87,7 @@ def heatmap(matrix: list[list[float]], row_labels: list[str], col_labels: list[s
 def run_continual(cfg: ContinualConfig, resolved) -> dict:
     from student.model import Student
     from student.scoring import make_grader, score_context
-    from student.sequences import edit_to_sequences
+    from orchestration.core.domains.sequences import edit_to_sequences
 
     d = cfg.data
     contexts = d.load()

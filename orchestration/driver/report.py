@@ -31,10 +31,11 @@ def heldout_scores(students, wanted, results: dict[str, StudentResult]) -> dict:
     return out
 
 
-def reference_scores(students, heldout, results: dict[str, StudentResult]) -> dict:
-    """student label -> {base, passage}: the unadapted student, and the student trained on each passage."""
+def reference_scores(students, heldout, results: dict[str, StudentResult], conditions=("base", "passage")) -> dict:
+    """student label -> {condition: score} for the domain's reference conditions: the unadapted
+    student, and the domain's fixed recipe (knowledge: trained on each passage; ARC: default_ttt)."""
     return {label: {cond: _pooled([results[k] for c in heldout if (k := f"{cond}/{c.context_id}@{s.model}")
-                                   in results]) for cond in ("base", "passage")} for label, s in students}
+                                   in results]) for cond in conditions} for label, s in students}
 
 
 def job_counts(q: Queue, keys: set[str], n_results: int) -> dict:
@@ -76,17 +77,22 @@ def table_line(labels: list[str], row: dict) -> str:
 
 
 def final_table(cfg, labels: list[str], rows: list[dict]) -> str:
-    """Held-out accuracy per student: base, passage, teacher v0, teacher v_last, with question counts."""
+    """Held-out accuracy per student: the reference conditions, teacher v0 and teacher v_last, with counts."""
+    from orchestration.core import domains
+
+    domain = domains.get(cfg.data.domain)
     first, last = rows[0], rows[-1]
-    lines = [f"\nHeld-out accuracy ({cfg.students[0].grader} grader, mean over questions; n = questions behind each figure)",
-             f"{'student':<24} {'base':>12} {'passage':>12} {'teacher v0':>12} {'teacher v' + str(last['teacher_version']):>12}"]
+    grader = domain.GRADER or cfg.students[0].grader
+    head = [*domain.REFERENCE, "teacher v0", f"teacher v{last['teacher_version']}"]
+    lines = [f"\nHeld-out accuracy ({grader} grader, mean over questions; n = questions behind each figure)",
+             f"{'student':<24} " + " ".join(f"{h:>12}" for h in head)]
     for name in labels:
         ref, cells = first["reference"][name], []
-        for cell in (ref["base"], ref["passage"], first["heldout"][name], last["heldout"][name]):
+        for cell in (*(ref[c] for c in domain.REFERENCE), first["heldout"][name], last["heldout"][name]):
             cells.append(f"{_fmt(cell['accuracy']).strip()} (n={cell['n_questions']})")
         lines.append(f"{name[-24:]:<24} " + " ".join(f"{c:>12}" for c in cells))
-    if cfg.heldout.source == "demo":
-        lines.append("This is a demonstration on the built-in fictional set with tiny models, not a benchmark.")
+    if cfg.heldout.source in ("demo", "synthetic"):
+        lines.append("This is a demonstration on built-in data written for it, with tiny models, not a benchmark.")
     return "\n".join(lines)
 
 

@@ -32,7 +32,8 @@ from typing import Optional
 
 from orchestration.core import rewards as R
 from orchestration.core.config import ConfigError, DataConfig
-from orchestration.core.contexts import Context, context_to_json
+from orchestration.core import domains
+from orchestration.core.contexts import Context
 from orchestration.core.models import trim_cpu_memory
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
@@ -135,6 +136,9 @@ def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> Non
     for key in ("rounds", "contexts_per_round", "edits_per_context"):
         if getattr(cfg, key) < (0 if key == "rounds" else 1):
             raise ConfigError(f"{key}={getattr(cfg, key)} is out of range; use a positive number")
+    if cfg.data.domain != cfg.heldout.domain:
+        raise ConfigError(f"data.domain={cfg.data.domain!r} but heldout.domain={cfg.heldout.domain!r}; "
+                          f"train and evaluate in one domain")
     if cfg.launcher not in launch.LAUNCHERS:
         raise ConfigError(f"launcher={cfg.launcher!r}: use one of {list(launch.LAUNCHERS)}")
     if cfg.launcher == "ray" and importlib.util.find_spec("ray") is None:
@@ -154,9 +158,17 @@ def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> Non
     from teacher.generate import BACKENDS
     from teacher.prompts import template_text
 
-    if cfg.teacher.generation.backend != "transformers":
-        raise ConfigError(f"teacher.generation.backend={cfg.teacher.generation.backend!r}: only 'transformers' is "
-                          f"built so far (known: {list(BACKENDS)}); the vLLM backend arrives with the GPU work")
+    from orchestration.core.models import require_vllm
+
+    if cfg.teacher.generation.backend not in BACKENDS:
+        raise ConfigError(f"teacher.generation.backend={cfg.teacher.generation.backend!r}: use one of {list(BACKENDS)}")
+    if cfg.teacher.generation.backend == "vllm":
+        require_vllm("teacher.generation.backend")
+    for i, s in enumerate(cfg.students):
+        if s.answer.backend not in ("transformers", "vllm"):
+            raise ConfigError(f"students.{i}.answer.backend={s.answer.backend!r}: use 'transformers' or 'vllm'")
+        if s.answer.backend == "vllm":
+            require_vllm(f"students.{i}.answer.backend")
     try:
         R.check(cfg.reward)
         template_text(cfg.teacher.prompt, cfg.teacher.templates)
@@ -230,6 +242,7 @@ def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str
     missing = [w for w in wanted if w[0] not in edits]
     if not missing:
         return
+    domain = domains.get(cfg.data.domain)
     gen = cfg.teacher.generation
     backend = launch.teacher_backend(cfg, model)
     try:
@@ -242,7 +255,7 @@ def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str
             for start in range(0, len(ctx_ids), per_chunk):
                 chunk = [w for w in todo if w[1].context_id in set(ctx_ids[start:start + per_chunk])]
                 ctxs = list({w[1].context_id: w[1] for w in chunk}.values())
-                prompts = [render(cfg.teacher.prompt, cfg.teacher.templates, c.title, c.context, backend.tokenizer,
+                prompts = [render(cfg.teacher.prompt, cfg.teacher.templates, *domain.prompt_fields(c), backend.tokenizer,
                                   backend.chat) for c in ctxs]
                 seed = gen.seed + 1000 * r + start + (500 if purpose == "heldout" else 0)
                 outs = backend.generate(prompts, n, greedy=greedy, seed=seed)
@@ -263,19 +276,20 @@ def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str
 
 
 # ----- step 2: jobs -----------------------------------------------------------------------------
-def step_jobs(students, r: int, version: int, wanted, heldout: list[Context]) -> list[Job]:
+def step_jobs(cfg: TrainConfig, students, r: int, version: int, wanted, heldout: list[Context]) -> list[Job]:
+    domain = domains.get(cfg.data.domain)
+    base = {"domain": domain.NAME, "edit": "", "edit_id": None, "sample": 0}
     jobs = []
     for _, s in students:
         kind = job_kind(s.model)
         if r == 0:  # reference conditions on the held-out set, once per run
             for c in heldout:
-                for cond in ("base", "passage"):
+                for cond in domain.REFERENCE:
                     jobs.append(Job(f"{cond}/{c.context_id}@{s.model}", kind, {
-                        "context": context_to_json(c), "condition": cond, "edit": "", "edit_id": None,
-                        "sample": 0}, teacher_version=version, round=r))
+                        **base, "context": domain.to_json(c), "condition": cond}, teacher_version=version, round=r))
         for edit_id, c, purpose, i in wanted:
             jobs.append(Job(f"{edit_id}@{s.model}", kind, {
-                "context": context_to_json(c), "condition": "heldout" if purpose == "heldout" else "edit",
+                **base, "context": domain.to_json(c), "condition": "heldout" if purpose == "heldout" else "edit",
                 "edit": None, "edit_id": edit_id, "sample": i}, teacher_version=version, round=r))
     return jobs
 
@@ -406,7 +420,7 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
             students = students_at(cfg, model)
             wanted = wanted_edits(cfg, r, version, contexts_of(cfg, train, r), heldout)
             generate_edits(cfg, run, r, version, model, wanted, edits)
-            jobs = with_edit_text(step_jobs(students, r, version, wanted, heldout), edits)
+            jobs = with_edit_text(step_jobs(cfg, students, r, version, wanted, heldout), edits)
             queue.put(jobs)
             keys = {j.key for j in jobs}
             if cfg.async_rounds and r + 1 < cfg.rounds:
@@ -420,7 +434,8 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
                    "heldout": report.heldout_scores(students, wanted, results),
                    "jobs": report.job_counts(queue, keys, len(results))}
             if r == 0:
-                row["reference"] = report.reference_scores(students, heldout, results)
+                row["reference"] = report.reference_scores(students, heldout, results,
+                                                           domains.get(cfg.data.domain).REFERENCE)
             if r < cfg.rounds:
                 ids, stats = reward_round(cfg, students, wanted, results)
                 manifest = update_teacher(cfg, run, r, version, model, ids, stats, edits)

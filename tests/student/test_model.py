@@ -26,7 +26,7 @@ def test_adapt_and_score_smoke(tiny_model, ctx):
     st = Student(tiny_cfg(tiny_model))
     assert st.chat is False
     base = Baselines(st, make_grader("f1"))
-    r = adapt_and_score(st, base, [ctx], ["A fact.\nAnother fact."], condition="edits", completion=0, grader="f1", key="k")
+    r = adapt_and_score(st, base, [ctx], ["A fact.\nAnother fact."], condition="edits", completion=0, key="k")
     assert r.condition == "edits" and r.key == "k" and len(r.verdicts) == len(ctx.questions)
     assert 0.0 <= r.score <= 1.0 and r.baseline_score == base.get(ctx)[1]
     assert r.train["sequences"] == 3 and r.train["n_items"] == 2  # 2 items + passage
@@ -62,12 +62,30 @@ def test_padding_carries_no_loss(tiny_model):
     import random
 
     st.cfg.train.batch_size = 2
-    batches = list(st._batches(ids, st.cfg.train, random.Random(0)))
+    batches = list(st._batches(ids, [list(x) for x in ids], st.cfg.train, random.Random(0)))
     inp, mask, labels = batches[0]
     assert inp.shape == (2, 5)  # padded to the longest in the batch, not to a fixed length
     assert (labels[mask == 0] == -100).all() and (labels[mask == 1] != -100).all()
     assert int(mask.sum()) == 7
     assert torch.equal(labels[mask == 1], inp[mask == 1])
+
+
+def test_pairs_put_loss_on_the_target_only_unless_prompt_loss(tiny_chat_model):
+    """A (prompt, target) pair is rendered like a raw query (chat template here); its prompt tokens
+    carry no loss unless the spec asks for it; a pair over max_length is left out and counted."""
+    from orchestration.core.domains.spec import TrainSpec
+
+    st = Student(tiny_cfg(tiny_chat_model, max_length=64))
+    spec = TrainSpec(pairs=(("input:\n01\noutput:\n", "10\n\n"), ("x " * 200, "1")))
+    ids, labels, _, too_long = st._encode(spec, 64)
+    prompt = st.tok(st.raw_prompt("input:\n01\noutput:\n"), add_special_tokens=False)["input_ids"]
+    assert too_long == 1 and len(ids) == 1 and ids[0][:len(prompt)] == prompt
+    assert labels[0][:len(prompt)] == [-100] * len(prompt) and labels[0][len(prompt):] == ids[0][len(prompt):]
+    ids2, labels2, _, _ = st._encode(TrainSpec(pairs=spec.pairs[:1], prompt_loss=True), 64)
+    assert labels2 == ids2
+    stats = st.train(TrainSpec(pairs=spec.pairs, learning_rate=1e-2, epochs=2))
+    assert stats.steps == 2 and stats.too_long == 1
+    st.discard()
 
 
 def test_truncation_is_counted(tiny_model):

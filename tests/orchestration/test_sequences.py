@@ -1,4 +1,4 @@
-from student.sequences import edit_to_sequences, split_items
+from orchestration.core.domains.sequences import edit_to_sequences, split_items
 
 
 def test_lines_and_list_markers():

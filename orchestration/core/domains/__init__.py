@@ -1,0 +1,33 @@
+"""Domains: everything that differs between SEAL's tasks, behind one small module interface.
+
+A domain module provides:
+
+- ``NAME``; ``REFERENCE``: the two reference conditions every student is scored under once
+  (unadapted, and the domain's fixed recipe: 'passage' or 'default_ttt'); ``DEFAULT_PROMPT``: the
+  teacher template that fits it; ``DECODE``: a `spec.Decode`.
+- ``load(data) -> list[context]`` for a `orchestration.core.config.DataConfig`; every context has
+  ``context_id`` and ``title``. ``to_json(ctx)`` / ``from_json(raw)``: contexts travel in job payloads.
+- ``prompt_fields(ctx) -> (title, text)``: what the teacher's template gets as {title} and {context}.
+- ``train_spec(ctx, edit, condition, student_cfg) -> spec.TrainSpec``: the training an edit asks for
+  (``edit`` is the teacher's text; the reference conditions pass "").
+- ``queries(ctx, student_cfg) -> list[spec.Query]`` and ``score(ctx, queries, answers, grade)
+  -> list[QuestionVerdict]``: prediction and the evaluation tau, with the context removed where the
+  domain requires it.
+
+``student_cfg`` is a `student.config.StudentConfig`, read by attribute (this layer does not import
+the student). A third domain is one more module and one more entry in ``DOMAINS``.
+"""
+
+from __future__ import annotations
+
+from orchestration.core.domains import arc, knowledge
+
+DOMAINS = {"knowledge": knowledge, "arc": arc}
+
+
+def get(name: str):
+    if name not in DOMAINS:
+        from orchestration.core.config import ConfigError
+
+        raise ConfigError(f"data.domain={name!r} is unknown; use one of {sorted(DOMAINS)}")
+    return DOMAINS[name]
