@@ -14,8 +14,10 @@ def test_packages_import_without_torch():
     code = ("import sys, teacher, student, orchestration, orchestration.core.catalog, orchestration.core.contexts, "
             "orchestration.core.queue, orchestration.core.rewards, orchestration.driver.train, orchestration.driver.launch, "
             "student.worker, teacher.prompts, teacher.generate, teacher.rest_em, teacher.versions, "
-            "orchestration.driver.cli, orchestration.driver.adapt, student.scoring, student.model, student.judge\n"
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules]\n"
+            "orchestration.driver.cli, orchestration.driver.adapt, student.scoring, student.model, student.judge, "
+            "orchestration.driver.ray_launch, orchestration.driver.ray_models, orchestration.core.domains, "
+            "teacher.vllm_backend, student.vllm_answer\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'ray', 'vllm') if m in sys.modules]\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

@@ -1,9 +1,51 @@
-"""Ray launcher (launcher: ray). Placeholder: the settings only; the launcher is being written."""
+"""Ray launcher (launcher: ray): student workers and teacher generation as Ray actors.
+
+The durable ledger stays with the driver; actors never open the queue file. A dispatcher thread in
+the driver leases a job for each idle student actor (worker id ``host:pid:student``, as local
+workers), applies the staleness bound with `student.worker.stale_reason` (the rule every launcher
+uses), calls the actor's ``run_job``, renews the lease every ``lease_s / 3`` while the call runs,
+and acks the returned result under the job key. Hence:
+- a job that raises in the actor is nacked with "Type: message" (retried, then dead-lettered), as
+  with local workers;
+- an actor that dies (killed, out of memory, node lost) fails its call with a Ray system error. The
+  driver nacks that delivery at once as "worker died: ..." instead of waiting for the lease to run
+  out: only the driver acks, and a failed call can never return a result, so the job cannot count
+  twice. Ray restarts the actor (up to ``max_restarts``); the driver leases it work again once it
+  has reloaded its model. One death more and the run stops with `WorkerError` (resumable);
+- if the driver dies, the leases run out and the resumed run delivers the jobs again.
+The dispatcher runs from the first `wait` to `stop`, not only inside `wait`: leases stay renewed
+while the driver generates edits or trains the teacher, and rounds may overlap (async_rounds).
+
+Model files (`ray_models`): built-in names and hub ids are resolved by each node; a folder only
+the driver has travels through Ray's object store or ``shared_path``. Actors never read the
+driver's run folder; an LLM judge caches verdicts in a temp file of the actor (or
+``judge.cache_path``). Torch threads per student actor: ``workers.threads``, else its CPU share.
+
+A local cluster (no ``address``) binds every port to loopback unless ``node_ip`` opens it up.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
+
+from tqdm import tqdm
+
+from orchestration.core.queue import Lease, Queue
+from orchestration.driver.ray_models import local_model, ship, terminate
+
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps a loopback node address
+SLOW_START_S = 120.0  # seconds an actor may take to start before the console says what it waits for
+STOP_GRACE_S = 30.0  # seconds `stop` lets running jobs finish before their leases are left to run out
 
 
 @dataclass
@@ -11,23 +53,359 @@ class RayConfig:
     """Ray cluster and actor resources (used when launcher: ray)."""
 
     address: Optional[str] = None
-    """Cluster to join ('auto', 'ray://host:10001', ...); None starts a local cluster in the driver."""
+    """Cluster to join ('auto', 'ray://host:10001', ...); None starts a local cluster in the driver.
+    Every node needs this package installed (the same version as the driver)."""
     num_cpus: Optional[int] = None
     """CPUs of a local cluster started by the driver (None: all of this machine's)."""
+    node_ip: str = "127.0.0.1"
+    """Address a local cluster started by the driver binds to. Loopback (default): no port is
+    reachable from the network and no other node can join. Another address: Ray listens on every
+    interface, and nodes can join with `ray start --address`."""
     worker_cpus: float = 1.0
     """CPUs requested by each student worker actor."""
     worker_gpus: float = 0.0
-    """GPUs requested by each student worker actor (fractions share a GPU)."""
+    """GPUs requested by each student worker actor (fractions share a GPU; 0: Ray hides every GPU from
+    it, so it runs on CPU even on a GPU node)."""
     teacher_cpus: float = 1.0
-    """CPUs requested by the teacher generation actor."""
+    """CPUs requested by the teacher generation actor (it exists while the driver generates edits,
+    alongside the student actors: leave room for it)."""
     teacher_gpus: float = 0.0
-    """GPUs requested by the teacher generation actor."""
+    """GPUs requested by the teacher generation actor (0: it runs on CPU, as student actors with 0)."""
     max_restarts: int = 3
-    """Restarts of a worker actor after it dies (Ray restarts it; its leased job is delivered again)."""
+    """Restarts of an actor after it dies (Ray restarts it; a student's job is delivered again, a
+    teacher's generate call is retried). One death more stops the run (resumable)."""
     shared_path: Optional[str] = None
-    """A folder every node sees (NFS, ...): teacher versions are copied there for remote actors.
+    """A folder every node sees (NFS, ...): local model folders are copied there for the actors.
     None: they travel through Ray's object store."""
     dashboard: bool = False
     """Start Ray's dashboard with a local cluster (bound to dashboard_host)."""
     dashboard_host: str = "127.0.0.1"
     """Interface the dashboard of a local cluster binds to (loopback unless you open it up)."""
+
+
+def init_ray(rc: RayConfig) -> None:
+    """Join ``rc.address``, or start a local cluster bound to ``rc.node_ip``; nothing if Ray is up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if rc.address:
+        ray.init(address=rc.address)
+        return
+    if ipaddress.ip_address(rc.node_ip).is_loopback:
+        # Ray swaps a loopback node address for this machine's routable one (so that other nodes
+        # could join) and its servers then listen on every interface. Its single-machine mode, the
+        # default on macOS and Windows, keeps loopback: the flag is read when ray is imported, the
+        # variable by the processes the cluster starts.
+        from ray._private import ray_constants
+
+        os.environ[LOCAL_ONLY_ENV] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=rc.num_cpus, include_dashboard=rc.dashboard, dashboard_host=rc.dashboard_host,
+             _node_ip_address=rc.node_ip)
+
+
+def check_resources(cfg) -> None:
+    """Refuse actors a local cluster can never place together: the student actors hold their
+    resources between rounds, and the teacher's actor would wait for them forever. (A cluster
+    joined by address may grow, so it is not checked.)"""
+    import ray
+
+    from orchestration.core.config import ConfigError
+
+    rc = cfg.ray
+    if rc.address:
+        return
+    n = (1 if getattr(cfg, "roles", "split") == "same" else len(cfg.students)) * cfg.workers.per_student
+    have = ray.cluster_resources()
+    for res, per, teacher in (("CPU", rc.worker_cpus, rc.teacher_cpus), ("GPU", rc.worker_gpus, rc.teacher_gpus)):
+        if n * per + teacher > have.get(res, 0) + 1e-9:
+            raise ConfigError(f"launcher=ray: {n} student actor(s) x ray.worker_{res.lower()}s={per} + the teacher's "
+                              f"ray.teacher_{res.lower()}s={teacher} need more than the {have.get(res, 0):g} {res}s of "
+                              f"the local Ray cluster; lower them (fractions are fine), workers.per_student, or "
+                              f"raise ray.num_cpus")
+
+
+def note_slow_start(what: str, since: float, cpus: float, gpus: float) -> None:
+    import ray
+
+    tqdm.write(f"{what} still starting after {time.monotonic() - since:.0f} s: loading its model, or waiting for "
+               f"{cpus:g} CPU / {gpus:g} GPU (free in the cluster now: {ray.available_resources()})")
+
+
+# ----- actors -----------------------------------------------------------------------------------
+class StudentActor:
+    """One student model in a Ray actor: `student.worker.Worker` without its queue loop."""
+
+    def __init__(self, cfg, spec: dict, cache: Optional[str], threads: int):
+        import atexit
+
+        from student.worker import Worker
+
+        self.name = cfg.model  # the driver's name for the student: worker ids and results carry it
+        self.path = local_model(spec)
+        judge = Path(tempfile.gettempdir()) / f"seal-judge-{os.getpid()}.json"
+        atexit.register(judge.unlink, missing_ok=True)
+        self.worker = Worker(dataclasses.replace(cfg, model=self.path, threads=threads), cache=cache,
+                             worker_id=f"{socket.gethostname()}:{os.getpid()}:{cfg.model}", judge_cache=judge)
+
+    def ready(self) -> dict:
+        return {"worker": self.worker.worker_id, "model_path": self.path}
+
+    def run_job(self, payload: dict, key: str) -> dict:
+        """The job's `StudentResult` as a JSON dict (what the queue stores)."""
+        result = json.loads(self.worker.run_job(payload, key).to_json())
+        result["student"] = self.name  # not the unpacked folder this actor happened to load
+        return result
+
+
+class TeacherActor:
+    """The teacher's generation backend in a Ray actor; generations come back as plain dicts."""
+
+    def __init__(self, cfg, spec: dict, cache: Optional[str]):
+        from teacher.generate import make_backend
+
+        self.backend = make_backend(local_model(spec), cfg, cache=cache)
+
+    def ready(self) -> bool:
+        return True
+
+    def generate(self, prompts: list[str], n: int, greedy: bool, seed: int) -> list[list[dict]]:
+        out = self.backend.generate(prompts, n, greedy=greedy, seed=seed)
+        return [[dataclasses.asdict(g) for g in row] for row in out]
+
+
+def student_actor(rc: RayConfig, student, spec: dict, cache: Optional[str], threads: int):
+    """Start a `StudentActor` with the resources and restart policy of ``rc``."""
+    import ray
+
+    # max_task_retries=0: a job lost with its actor goes back through the queue, never behind its back.
+    cls = ray.remote(num_cpus=rc.worker_cpus, num_gpus=rc.worker_gpus, max_restarts=rc.max_restarts,
+                     max_task_retries=0)(StudentActor)
+    return cls.remote(student, spec, cache, threads)
+
+
+class RayTeacherBackend:
+    """`teacher.generate.TransformersBackend`'s interface, generating in a Ray actor. The tokenizer
+    (to render prompts) is loaded here: the driver has the teacher's files anyway, it trains them."""
+
+    def __init__(self, cfg, model: str):
+        import ray
+        from transformers import AutoTokenizer
+
+        from orchestration.core.catalog import cache_dir, resolve
+        from orchestration.core.models import uses_chat
+
+        init_ray(cfg.ray)
+        folder = Path(model).expanduser()  # a version folder holds its tokenizer (adapter ones too)
+        path = str(folder) if folder.is_dir() else resolve(model, cache_dir(cfg.models_cache))
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.teacher.trust_remote_code)
+        self.chat = uses_chat(self.tokenizer, cfg.teacher.chat, "teacher.chat")
+        rc = cfg.ray
+        # Generation is seeded, so a call lost with its actor is simply retried on the restarted one.
+        cls = ray.remote(num_cpus=rc.teacher_cpus, num_gpus=rc.teacher_gpus, max_restarts=rc.max_restarts,
+                         max_task_retries=rc.max_restarts)(TeacherActor)
+        self.actor = cls.remote(cfg.teacher, ship(model, rc), cfg.models_cache)
+        ready, since = self.actor.ready.remote(), time.monotonic()
+        while not ray.wait([ready], timeout=SLOW_START_S)[0]:
+            note_slow_start("the teacher's Ray actor", since, rc.teacher_cpus, rc.teacher_gpus)
+        ray.get(ready)  # raises what stopped it from loading
+
+    def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0):
+        import ray
+
+        from teacher.generate import Generation
+
+        rows = ray.get(self.actor.generate.remote(prompts, n, greedy, seed))
+        return [[Generation(**g) for g in row] for row in rows]
+
+    def close(self) -> None:
+        """Stop the actor, freeing its resources for the next version's."""
+        if self.actor is not None:
+            terminate(self.actor)
+            self.actor = None
+
+
+# ----- student workers ----------------------------------------------------------------------------
+@dataclass
+class Slot:
+    """One student actor as the dispatcher sees it."""
+
+    student: Any  # StudentConfig, with the driver's model name
+    index: int  # among this student's actors
+    actor: Any
+    starting: Any = None  # ref of actor.ready() while the actor (re)loads; no job is leased to it then
+    worker: str = ""  # its worker id once ready (host:pid:student; a restart changes the pid)
+    task: Any = None  # ref of the running run_job call
+    lease: Optional[Lease] = None
+    renewed: float = 0.0  # time.monotonic() of the last renewal
+    since: float = 0.0  # time.monotonic() when it began (re)starting
+    noted: bool = False  # has the console been told that this start is slow?
+    deaths: int = 0
+
+
+class RayWorkers:
+    """``workers.per_student`` student actors per student, fed from the run's queue by the driver."""
+
+    def __init__(self, cfg, run: Path):
+        init_ray(cfg.ray)
+        check_resources(cfg)
+        self.cfg, self.run = cfg, run
+        self.students: list = []  # set by `wait`, read by the dispatcher (a plain rebinding: atomic)
+        self.slots: list[Slot] = []
+        self.specs: dict[str, dict] = {}  # student model -> `ship` spec (a shipped folder is put once)
+        self.error: Optional[BaseException] = None
+        self.halt = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def wait(self, keys: set[str], desc: str, students) -> None:
+        from orchestration.driver.launch import QUEUE_FILE, open_jobs
+
+        self.students = list(students)
+        if self.thread is None or not self.thread.is_alive():
+            self.halt.clear()
+            self.error = None
+            self.thread = threading.Thread(target=self._dispatch, name="ray-dispatch", daemon=True)
+            self.thread.start()
+        with Queue(self.run / QUEUE_FILE, max_attempts=self.cfg.workers.max_attempts) as q:
+            bar = tqdm(total=len(keys), desc=desc, unit="job")
+            try:
+                while (left := open_jobs(q, keys)) > 0:
+                    bar.update(len(keys) - left - bar.n)
+                    if self.error is not None:
+                        raise self.error
+                    time.sleep(self.cfg.workers.poll_s)
+                bar.update(len(keys) - bar.n)
+            finally:
+                bar.close()
+
+    def stop(self) -> None:
+        import ray
+
+        self.halt.set()
+        if self.thread is not None:
+            self.thread.join(STOP_GRACE_S + 10)
+        for slot in self.slots:
+            if slot.task is None:
+                terminate(slot.actor)
+            else:  # still running a job after the grace period: stopped at once, its lease runs out
+                ray.kill(slot.actor, no_restart=True)
+        self.slots.clear()
+
+    # The dispatcher: one loop, in its own thread (SQLite connections are per thread).
+    def _dispatch(self) -> None:
+        import ray
+
+        from orchestration.driver.launch import QUEUE_FILE
+
+        w = self.cfg.workers
+        try:
+            with Queue(self.run / QUEUE_FILE, max_attempts=w.max_attempts) as q:
+                deadline = None
+                while True:
+                    if self.halt.is_set():  # stop: lease nothing more, let running jobs finish a while
+                        deadline = deadline or time.monotonic() + STOP_GRACE_S
+                        if all(s.task is None for s in self.slots) or time.monotonic() > deadline:
+                            return
+                    else:
+                        self._use(self.students)
+                        self._lease(q)
+                    refs = [r for s in self.slots for r in (s.starting, s.task) if r is not None]
+                    if not refs:
+                        time.sleep(w.poll_s)
+                        continue
+                    ray.wait(refs, num_returns=1, timeout=w.poll_s)
+                    done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+                    for slot in list(self.slots):
+                        if slot.starting in done:
+                            self._started(slot)
+                        if slot.task in done:
+                            self._finished(q, slot)
+                    self._tend(q)
+        except BaseException as e:  # raised to the driver by `wait`; leases still held run out
+            self.error = e
+
+    def _use(self, students) -> None:
+        """Start the actors of ``students``; stop idle actors of anyone else (roles=same: the
+        teacher's previous version), letting a busy one finish its job first."""
+        wanted = {s.model: s for s in students}
+        for slot in [s for s in self.slots if s.student.model not in wanted and s.task is None]:
+            terminate(slot.actor)
+            self.slots.remove(slot)
+        for model in [m for m in self.specs if m not in wanted]:
+            del self.specs[model]  # frees its copy in the object store once its actors are gone
+        have = {(s.student.model, s.index) for s in self.slots}
+        for model, student in wanted.items():
+            for i in range(self.cfg.workers.per_student):
+                if (model, i) not in have:
+                    if model not in self.specs:
+                        self.specs[model] = ship(model, self.cfg.ray)
+                    threads = self.cfg.workers.threads or max(1, int(self.cfg.ray.worker_cpus))
+                    actor = student_actor(self.cfg.ray, student, self.specs[model], self.cfg.models_cache, threads)
+                    self.slots.append(Slot(student, i, actor, starting=actor.ready.remote(), since=time.monotonic()))
+
+    def _lease(self, q: Queue) -> None:
+        from student.worker import job_kind, stale_reason
+
+        wanted = {s.model for s in self.students}
+        for slot in self.slots:
+            if slot.starting is not None or slot.task is not None or slot.student.model not in wanted:
+                continue
+            while (lease := q.lease(slot.worker, [job_kind(slot.student.model)], self.cfg.workers.lease_s)):
+                reason = stale_reason(q, lease)
+                if reason is None:
+                    slot.lease, slot.renewed = lease, time.monotonic()
+                    slot.task = slot.actor.run_job.remote(lease.payload, lease.key)
+                    break
+                q.drop([lease.key], reason)
+
+    def _started(self, slot: Slot) -> None:
+        import ray
+        from ray.exceptions import ActorUnavailableError, RayError
+
+        try:
+            slot.worker = ray.get(slot.starting)["worker"]
+            slot.starting = None
+        except ActorUnavailableError:  # Ray is restarting it: ask again (no new death)
+            slot.starting = slot.actor.ready.remote()
+        except RayError as e:  # it died while loading, or for good: try again, within the limit
+            self._died(slot, e)
+
+    def _finished(self, q: Queue, slot: Slot) -> None:
+        import ray
+        from ray.exceptions import RayError, RayTaskError
+
+        lease, task = slot.lease, slot.task
+        slot.task = slot.lease = None
+        try:
+            q.ack(lease, ray.get(task))
+        except RayTaskError as e:  # the job raised, not the actor: record why, as a local worker does
+            cause = e.cause if e.cause is not None else e
+            q.nack(lease, f"{type(cause).__name__}: {cause}")
+        except RayError as e:  # the actor is gone and the call with it: deliver the job again now
+            q.nack(lease, f"worker died: {type(e).__name__} (worker {slot.worker})")
+            self._died(slot, e)
+
+    def _died(self, slot: Slot, e: BaseException) -> None:
+        from orchestration.driver.launch import WorkerError
+
+        slot.deaths += 1
+        if slot.deaths > self.cfg.ray.max_restarts:
+            raise WorkerError(f"Ray actor {slot.index} of student {slot.student.model} died {slot.deaths} times "
+                              f"(ray.max_restarts={self.cfg.ray.max_restarts}); last error: {str(e)[:2000]}\n"
+                              f"Fix the cause and rerun the same command to resume") from e
+        tqdm.write(f"Ray actor {slot.index} of {slot.student.model} died ({type(e).__name__}); "
+                   f"waiting for Ray to restart it")
+        slot.starting, slot.since, slot.noted = slot.actor.ready.remote(), time.monotonic(), False  # once reloaded
+
+    def _tend(self, q: Queue) -> None:
+        """Renew the leases of running jobs; say once when an actor is slow to start."""
+        lease_s = self.cfg.workers.lease_s
+        for slot in self.slots:
+            if slot.starting is not None and not slot.noted and time.monotonic() - slot.since > SLOW_START_S:
+                note_slow_start(f"Ray actor {slot.index} of {slot.student.model}", slot.since,
+                                self.cfg.ray.worker_cpus, self.cfg.ray.worker_gpus)
+                slot.noted = True
+            if slot.lease is not None and time.monotonic() - slot.renewed > lease_s / 3:
+                q.renew(slot.lease, lease_s)  # False: lost to a new delivery; our ack cannot count twice
+                slot.renewed = time.monotonic()
