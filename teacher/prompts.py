@@ -59,9 +59,9 @@ TEMPLATES["arc-config"] = (
     "Choose how to train it: which data augmentations to use, whether to train on all tokens or only "
     "on the output grids, the learning rate and the number of epochs. Answer with one JSON object "
     "and nothing else, with exactly these keys, for example:\n"
-    '{{"use_basic_augmentations": false, "use_size_augmentations": false, "use_chain_augmentations": '
+    '{{"use_basic_augmentations": true, "use_size_augmentations": false, "use_chain_augmentations": '
     'false, "use_repeat_augmentations": false, "strategy": "train_using_all_tokens", '
-    '"learning_rate": 0.0001, "num_train_epochs": 1}}\n\n'
+    '"learning_rate": 0.001, "num_train_epochs": 2}}\n\n'
     "Puzzle {title}:\n{context}\n\nTraining configuration (JSON):\n"
 )
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from orchestration.core.config import ConfigError, DataConfig
-from orchestration.core.contexts import context_to_json
+from orchestration.core import domains
 from orchestration.core.edits import edits_for
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
@@ -33,7 +33,6 @@ from student.config import StudentConfig
 from student.worker import job_kind
 from teacher.config import TeacherConfig
 
-CONDITIONS = ("base", "passage", "teacher", "file")
 
 
 def _default_students() -> list[StudentConfig]:
@@ -71,13 +70,21 @@ class EvaluateConfig:
     """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
 
 
+def conditions_of(cfg: EvaluateConfig) -> list[str]:
+    """The conditions of the config's domain: base, its fixed recipe (knowledge: 'passage'; ARC:
+    'default_ttt'), the teacher's edits, and edits from a file."""
+    return [*domains.get(cfg.data.domain).REFERENCE, "teacher", "file"]
+
+
 def check(cfg: EvaluateConfig) -> None:
     names = [s.model for s in cfg.students]
     if not names or len(set(names)) != len(names):
         raise ConfigError(f"students={names}: give one or more distinct student models")
-    bad = [c for c in cfg.conditions if c not in CONDITIONS]
+    known = conditions_of(cfg)
+    bad = [c for c in cfg.conditions if c not in known]
     if bad or not cfg.conditions:
-        raise ConfigError(f"conditions={cfg.conditions}: use a non-empty list of {list(CONDITIONS)}")
+        raise ConfigError(f"conditions={cfg.conditions}: use a non-empty list of {known} "
+                          f"(data.domain={cfg.data.domain!r})")
     if "file" in cfg.conditions and not cfg.edits:
         raise ConfigError("conditions includes 'file' but edits= is not set; pass edits=PATH to a SEAL-format file")
     if cfg.multi_passage < 1:
@@ -94,17 +101,20 @@ def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[Self
 
     A group is one context, or ``multi_passage`` of them trained together on their i-th edits."""
     n = cfg.multi_passage
+    domain = domains.get(cfg.data.domain)
+    recipe = domain.REFERENCE[1]
     groups = [contexts[i:i + n] for i in range(0, len(contexts), n)]
     jobs = []
     for s in cfg.students:
         kind = job_kind(s.model)
 
         def job(key, cond, group, edits, sample=0, seed=None):
-            payload = {"condition": cond, "edit_id": None, "sample": sample, **({} if seed is None else {"seed": seed})}
+            payload = {"domain": domain.NAME, "condition": cond, "edit_id": None, "sample": sample,
+                       **({} if seed is None else {"seed": seed})}
             if n == 1:
-                payload |= {"context": context_to_json(group[0]), "edit": edits[0]}
+                payload |= {"context": domain.to_json(group[0]), "edit": edits[0]}
             else:
-                payload |= {"contexts": [context_to_json(c) for c in group], "edits": edits}
+                payload |= {"contexts": [domain.to_json(c) for c in group], "edits": edits}
             return Job(f"{key}@{s.model}", kind, payload, teacher_version=0)
 
         if "base" in cfg.conditions:
@@ -114,8 +124,8 @@ def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[Self
             teacher = [teacher_edits.get(c.context_id, []) for c in group]
             files = [file_edits.get(c.context_id, []) if "file" in cfg.conditions else [] for c in group]
             for seed in cfg.seeds:
-                if "passage" in cfg.conditions:
-                    jobs.append(job(f"s{seed}/passage/{gid}", "passage", group, [""] * len(group), seed=seed))
+                if recipe in cfg.conditions:
+                    jobs.append(job(f"s{seed}/{recipe}/{gid}", recipe, group, [""] * len(group), seed=seed))
                 for i in range(min(map(len, teacher))):  # the i-th edit of every context in the group
                     jobs.append(job(f"s{seed}/teacher/{gid}/{i}", "teacher", group, [t[i].text for t in teacher],
                                     i, seed))
@@ -155,7 +165,8 @@ def write_tables(run: Path, cfg: EvaluateConfig, rows: list[dict]) -> str:
         w.writeheader()
         w.writerows(rows)
     conds = [c for c in cfg.conditions if any(r["condition"] == c for r in rows)]
-    lines = [f"Held-out accuracy ({cfg.students[0].grader} grader) with teacher `{cfg.teacher.model}` "
+    grader = domains.get(cfg.data.domain).GRADER or cfg.students[0].grader
+    lines = [f"Held-out accuracy ({grader} grader) with teacher `{cfg.teacher.model}` "
              f"(version {teacher_version(cfg.teacher.model)}) on `{cfg.data.source}`; "
              f"mean over {len(cfg.seeds)} seed(s) ± spread, [95% bootstrap interval], n = questions",
              "", "| student | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]

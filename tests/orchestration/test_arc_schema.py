@@ -107,3 +107,11 @@ def test_budget(n, epochs, batch, max_steps, ok):
         with pytest.raises(EditError) as e:
             check_budget(n, epochs, batch, max_steps)
         assert e.value.reason == "budget"
+
+
+def test_unknown_keys_can_be_ignored_with_a_note():
+    edit, notes = parse_edit(js(batch_size=8, num_epochs=2), EditLimits(unknown_keys="ignore"))
+    assert edit == parse_edit(js(), EditLimits())[0]
+    assert notes == ("ignored unknown keys ['batch_size', 'num_epochs']",)
+    with pytest.raises(ValueError, match="unknown_keys"):
+        parse_edit(js(), EditLimits(unknown_keys="drop"))

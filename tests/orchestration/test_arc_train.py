@@ -61,3 +61,41 @@ def test_a_valid_edit_trains_and_votes(tiny_chat_model):
     bad = adapt_and_score(st, base, [task], ['{"learning_rate": __import__("os")}'], condition="edit", completion=1,
                           key="k2")
     assert bad.score == 0.0 and bad.train["invalid"].startswith("bad_json")
+
+
+def test_seal_evaluate_and_compare_accept_the_arc_domain(tmp_path, tiny_chat_model, tiny_model):
+    """The same drivers, unchanged, with data.domain=arc: evaluate's conditions are the domain's."""
+    import yaml
+
+    from orchestration.core.config import ConfigError
+    from orchestration.driver.compare import CompareConfig, run_compare
+    from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
+
+    arc_data = {"domain": "arc", "source": "synthetic", "offset": 0, "limit": 1}
+    ev = {"teacher": {"model": tiny_chat_model, "threads": 1, "prompt": "arc-config",
+                      "generation": {"max_new_tokens": 8, "batch_size": 8, "dtype": "fp32"}},
+          "students": [arc_student(tiny_model)], "data": arc_data,
+          "conditions": ["base", "default_ttt", "teacher"], "workers": {"mode": "inline"}}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(ev))
+    cfg, resolved = load_config(EvaluateConfig, tmp_path / "e.yaml", [f"run_dir={tmp_path / 'ev'}"])
+    rows = run_evaluate(cfg, resolved)
+    assert {r["condition"] for r in rows} == {"base", "default_ttt", "teacher"}
+    assert "pass@2 grader" in (tmp_path / "ev" / "evaluate.md").read_text()
+    bad, _ = load_config(EvaluateConfig, tmp_path / "e.yaml", ["conditions=[base,passage]", f"run_dir={tmp_path / 'x'}"])
+    try:
+        run_evaluate(bad, _)
+        raise AssertionError("passage is not an ARC condition")
+    except ConfigError as e:
+        assert "default_ttt" in str(e)
+
+    train = yaml.safe_load(write_config(tmp_path / "t.yaml", tiny_chat_model, tiny_model, "inline",
+                                        data={**arc_data, "limit": 1},
+                                        heldout={**arc_data, "offset": 1, "limit": 1},
+                                        students=[arc_student(tiny_model)], contexts_per_round=1,
+                                        edits_per_context=1).read_text())
+    train["teacher"]["prompt"] = "arc-config"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"train": train, "arms": ["same", "split"], "transfer": False}))
+    cfg, resolved = load_config(CompareConfig, tmp_path / "c.yaml", [f"run_dir={tmp_path / 'cmp'}"])
+    run = run_compare(cfg, resolved)
+    assert "pass@2" in (run / "report.md").read_text() or (run / "report.png").is_file()
+    assert sorted(d.name for d in run.iterdir() if (d / "metrics.jsonl").is_file())[0] == "same"

@@ -59,6 +59,9 @@ class EditLimits:
     out_of_range: str = "clip"
     """'clip' a learning rate or epoch count out of range to the nearest bound (and note it), or
     'reject' the edit with reason 'out_of_range'."""
+    unknown_keys: str = "reject"
+    """'reject' an edit with keys outside the schema (reason 'unknown_keys'), or 'ignore' them (and
+    note it): small teachers tend to append made-up keys to an otherwise valid edit."""
     max_steps: int = 200
     """Optimizer-step budget of one adaptation, ceil(examples / batch) * epochs; 0 = no budget."""
 
@@ -124,9 +127,14 @@ def edit_from_object(obj: dict, limits: EditLimits) -> tuple[ArcEdit, tuple[str,
     missing = [k for k in KEYS if k not in obj]
     if missing:
         raise EditError("missing_keys", f"missing {missing}")
+    if limits.unknown_keys not in ("reject", "ignore"):
+        raise ValueError(f"unknown_keys={limits.unknown_keys!r}; use 'reject' or 'ignore'")
+    notes: list[str] = []
     unknown = sorted(k for k in obj if k not in KEYS)
-    if unknown:
+    if unknown and limits.unknown_keys == "reject":
         raise EditError("unknown_keys", f"unknown {unknown}; the keys are {list(KEYS)}")
+    if unknown:
+        notes.append(f"ignored unknown keys {unknown}")
     for k in BOOL_KEYS:
         if type(obj[k]) is not bool:  # not 0/1, not "true"
             raise EditError("bad_type", f"{k} must be true or false, got {obj[k]!r:.40}")
@@ -145,7 +153,6 @@ def edit_from_object(obj: dict, limits: EditLimits) -> tuple[ArcEdit, tuple[str,
         lr = math.inf
     if not math.isfinite(lr):
         raise EditError("non_finite", f"learning_rate is {lr}")
-    notes: list[str] = []
     lr = _in_range("learning_rate", lr, limits.learning_rate_min, limits.learning_rate_max, limits, notes)
     epochs = _in_range("num_train_epochs", epochs, 1, limits.max_epochs, limits, notes)
     edit = ArcEdit(*(obj[k] for k in BOOL_KEYS), strategy=obj["strategy"], learning_rate=float(lr),
