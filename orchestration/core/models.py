@@ -55,7 +55,8 @@ def _contiguous_input(module, args):
 
 def load_model(model: str, *, cache: str | None = None, trust_remote_code: bool = False, dtype=None,
                attn_implementation: str | None = None):
-    """Return (model, tokenizer) in eval mode; weights in ``dtype`` (default fp32).
+    """Return (model, tokenizer) in eval mode; weights in ``dtype`` (default fp32), on the GPU if
+    torch sees one.
 
     The tokenizer pads on the left, for batched generation.
     """
@@ -67,6 +68,8 @@ def load_model(model: str, *, cache: str | None = None, trust_remote_code: bool 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
                                               trust_remote_code=trust_remote_code, **kwargs)
+    if torch.cuda.is_available():  # a GPU machine: train and generate there (CPU stays the default here)
+        lm.to("cuda")
     lm.eval()
     # At the first generation step the LM head gets the last position sliced out of the prompt's
     # hidden states, (batch, 1, hidden) with a batch stride of the whole prompt. Once the head's
