@@ -105,6 +105,11 @@ class Student:
 
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
 
+    def eos_ids(self) -> list[int]:
+        """The model's end-of-sequence token ids (generation config and tokenizer)."""
+        eos = self.model.generation_config.eos_token_id
+        return sorted({*([eos] if isinstance(eos, int) else list(eos or [])), self.tok.eos_token_id} - {None})
+
     def stop_ids(self) -> list[int]:
         """Token ids that end an answer: EOS, and every token whose text holds a newline.
 
@@ -114,11 +119,9 @@ class Student:
         one token and no stop is missed. Computed once per student (1.4 s for gemma3's vocabulary).
         """
         if self._stop_ids is None:
-            eos = self.model.generation_config.eos_token_id
-            eos = [eos] if isinstance(eos, int) else list(eos or [])
             texts = self.tok.batch_decode([[i] for i in range(len(self.tok))])
             newline = [i for i, t in enumerate(texts) if "\n" in t]
-            self._stop_ids = sorted({*eos, self.tok.eos_token_id, *newline} - {None})
+            self._stop_ids = sorted({*self.eos_ids(), *newline})
         return self._stop_ids
 
     def raw_prompt(self, text: str) -> str:
@@ -141,9 +144,7 @@ class Student:
         if self._vllm is not None:
             return self._vllm.answer([self.raw_prompt(t) for t in texts], self._adapter_dir if self._active else None,
                                      max_new_tokens=max_new_tokens, stop=stop)
-        eos = self.model.generation_config.eos_token_id
-        eos = sorted({*([eos] if isinstance(eos, int) else list(eos or [])), self.tok.eos_token_id} - {None})
-        outs = self._generate([self.raw_prompt(t) for t in texts], max_new_tokens, eos, [stop])
+        outs = self._generate([self.raw_prompt(t) for t in texts], max_new_tokens, self.eos_ids(), [stop])
         return [t.split(stop, 1)[0] for t in outs]
 
     def respond(self, queries, decode) -> list[str]:

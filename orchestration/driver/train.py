@@ -298,7 +298,7 @@ def with_edit_text(jobs: list[Job], edits: dict[str, SelfEdit]) -> list[Job]:
     """Fill in each job's edit text and the version that wrote it (async rounds: an older one)."""
     out = []
     for j in jobs:
-        e = edits.get(j.payload["edit_id"]) if j.payload["edit_id"] is not None else None
+        e = edits[j.payload["edit_id"]] if j.payload["edit_id"] is not None else None
         out.append(j if e is None else Job(j.key, j.kind, {**j.payload, "edit": e.text}, e.teacher_version, j.round))
     return out
 
@@ -418,7 +418,8 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
             version, model = teacher_at(cfg, run, r)
             queue.set_flag(VERSION_FLAG, str(version))
             students = students_at(cfg, model)
-            wanted = wanted_edits(cfg, r, version, contexts_of(cfg, train, r), heldout)
+            ctxs = contexts_of(cfg, train, r)
+            wanted = wanted_edits(cfg, r, version, ctxs, heldout)
             generate_edits(cfg, run, r, version, model, wanted, edits)
             jobs = with_edit_text(step_jobs(cfg, students, r, version, wanted, heldout), edits)
             queue.put(jobs)
@@ -429,7 +430,7 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
                 ahead.start()
             workers.wait(keys, desc=f"round {r} jobs", students=[s for _, s in students])
             results = collect(queue, keys, run, exported)
-            row = {"round": r, "teacher_version": version, "contexts": [c.context_id for c in contexts_of(cfg, train, r)],
+            row = {"round": r, "teacher_version": version, "contexts": [c.context_id for c in ctxs],
                    "students": {label: s.model for label, s in students},
                    "heldout": report.heldout_scores(students, wanted, results),
                    "jobs": report.job_counts(queue, keys, len(results))}
