@@ -7,8 +7,9 @@ Both token F1 and containment are computed from the same answers. Rows go to
 ``--out/rows.jsonl`` as they finish; rerunning skips them.
 
 Stage 1 crosses learning rate with a per-edit step budget; stage 2 varies the rank and the
-appended passage around the stage-1 winner (best mean edits F1 over the students, ties to fewer
-steps). Choose on F1.
+appended passage around the stage-1 winner (best mean edits F1 over the students); stage 3 varies
+the LoRA target modules and a higher learning rate around the same winner. Choose on F1. A row is
+reused only if its setting's parameters are unchanged (a different stage-1 winner re-runs stages 2-3).
 
     python bench/sweep_recipe.py --offset 0 --limit 20          # stages 1 and 2
     python bench/sweep_recipe.py --offset 20 --limit 40 --only S2 # confirm one setting
@@ -38,6 +39,20 @@ def stage2(win: dict) -> dict:
     }
 
 
+def stage3(win: dict) -> dict:
+    return {
+        "S6": {**win, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        "S7": {**win, "targets": ["gate_proj", "up_proj", "down_proj"]},
+        "S8": {**win, "learning_rate": 2e-3},
+    }
+
+
+def row_key(setting: dict, model: str, context_id: str, cond: str) -> str:
+    """Base rows do not depend on the recipe; the others are keyed by the setting's parameters."""
+    recipe = "-" if cond == "base" else json.dumps(setting, sort_keys=True)
+    return f"{recipe}|{model}|{context_id}|{cond}"
+
+
 def apply(student, setting: dict) -> None:
     t, lo = student.cfg.train, student.cfg.lora
     t.learning_rate, t.epochs = setting["learning_rate"], setting["epochs"]
@@ -62,7 +77,7 @@ def run_setting(name, setting, models, contexts, out: Path, done: set, students:
         apply(student, setting)
         for ctx in contexts:
             for cond in ("base", "passage", "edits"):
-                key = f"{'-' if cond == 'base' else name}|{model}|{ctx.context_id}|{cond}"
+                key = row_key(setting, model, ctx.context_id, cond)
                 if key in done:
                     continue
                 if cond == "base":
@@ -80,12 +95,13 @@ def run_setting(name, setting, models, contexts, out: Path, done: set, students:
                 done.add(key)
 
 
-def table(rows: list[dict]) -> dict:
-    """{setting: {model: {condition: {f1, contains, n_questions}}}}, micro-averaged over questions."""
+def table(rows: list[dict], settings: dict) -> dict:
+    """{setting: {model: {condition: {f1, contains, n_questions}}}}, micro-averaged over questions.
+    Only rows run with a setting's current parameters count."""
     acc: dict = {}
     bases = [r for r in rows if r["condition"] == "base"]
     for r in rows:
-        if r["condition"] == "base":
+        if r["condition"] == "base" or settings.get(r["setting"]) != r["params"]:
             continue
         for x in (r, *[b for b in bases if b["model"] == r["model"] and b["context_id"] == r["context_id"]]):
             cell = acc.setdefault(r["setting"], {}).setdefault(r["model"], {}).setdefault(
@@ -115,14 +131,14 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--limit", type=int, default=20)
-    ap.add_argument("--only", nargs="*", help="run just these settings (by name, from stage 1 or 2)")
+    ap.add_argument("--only", nargs="*", help="run just these settings (by name, from any stage)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "sweep"))
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "rows.jsonl"
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
-    done = {r["key"] for r in rows}
+    done = {row_key(r["params"], r["model"], r["context_id"], r["condition"]) for r in rows}
     contexts = squad_subset(args.offset, args.limit)
     students: dict = {}
     settings = dict(STAGE1)
@@ -132,12 +148,13 @@ def main() -> None:
                 run_setting(name, s, args.models, contexts, out, done, students)
     ids = {c.context_id for c in contexts}
     cur = lambda: [r for r in map(json.loads, rows_path.read_text().splitlines()) if r["context_id"] in ids]
-    win = winner(table(cur()), [n for n in STAGE1 if n in table(cur())])
-    settings.update(stage2(STAGE1[win]))
-    for name, s in stage2(STAGE1[win]).items():
-        if not args.only or name in args.only:
-            run_setting(name, s, args.models, contexts, out, done, students)
-    tab = table(cur())
+    win = winner(table(cur(), settings), [n for n in STAGE1 if n in table(cur(), settings)])
+    for stage in (stage2(STAGE1[win]), stage3(STAGE1[win])):
+        settings.update(stage)
+        for name, s in stage.items():
+            if not args.only or name in args.only:
+                run_setting(name, s, args.models, contexts, out, done, students)
+    tab = table(cur(), settings)
     print(json.dumps({"passages": [args.offset, args.offset + args.limit], "stage1_winner": win,
                       "settings": {n: settings[n] for n in tab}, "table": tab,
                       "best_by_edits_f1": winner(tab, list(tab))}, indent=1))
