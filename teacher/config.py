@@ -24,6 +24,11 @@ class GenerationSettings:
     """Nucleus sampling mass."""
     max_new_tokens: int = 192
     """Tokens per edit; an edit cut here is kept and marked ``finished: false``."""
+    constrain: bool = False
+    """Sample only edits in the domain's finite edit format (ARC's JSON choices; the knowledge domain
+    has none): each token is drawn from the teacher's distribution renormalised over the tokens that
+    keep the text on the way to a valid edit. For teachers too small to write the format unaided.
+    transformers backend only."""
     batch_size: int = 32
     """Sequences per generate() call: prompts x samples are flattened and batched together."""
     seed: int = 0

@@ -96,6 +96,55 @@ class NucleusSampler:
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
 
+class ChoiceConstraint:
+    """Logits processor that keeps every row on the way to one of a finite set of texts.
+
+    The texts' canonical tokenizations form a trie; at each step a row may only take a child of
+    the node its generated tokens (from column ``start``) lead to, and where a text is complete, a
+    stop token. Everything else is set to -inf before sampling, so `NucleusSampler` (or greedy)
+    draws from the teacher's own distribution renormalised over the allowed tokens. Rows that
+    already stopped are off the trie and left alone (generate() pads them).
+
+    Shapes: input_ids (rows, length so far), scores (rows, vocab); returns (rows, vocab).
+    """
+
+    END = -1  # trie key of "a text ends here"
+
+    def __init__(self, trie: dict, stops: list[int], start: int):
+        self.trie, self.stops, self.start = trie, stops, start
+
+    @staticmethod
+    def build(tokenizer, texts: list[str]) -> tuple[dict, int]:
+        """(trie, longest text in tokens)."""
+        trie: dict = {}
+        longest = 0
+        for text in texts:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            longest = max(longest, len(ids))
+            node = trie
+            for t in ids:
+                node = node.setdefault(t, {})
+            node[ChoiceConstraint.END] = {}
+        return trie, longest
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        allowed = torch.zeros_like(scores, dtype=torch.bool)
+        for r, row in enumerate(input_ids[:, self.start:].tolist()):
+            node = self.trie
+            for t in row:
+                node = node.get(t)
+                if node is None:
+                    break
+            if node is None:  # stopped: generate() overwrites the row with pads
+                allowed[r] = True
+                continue
+            nxt = [t for t in node if t != self.END] + (self.stops if self.END in node else [])
+            allowed[r, nxt] = True
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
 class TransformersBackend:
     """Batched sampling with ``model.generate`` in this process (the CPU default)."""
 
@@ -113,6 +162,7 @@ class TransformersBackend:
                                                   dtype=self.dtype)
         self.chat = uses_chat(self.tokenizer, cfg.chat, "teacher.chat")
         self.stops = stop_ids(self.model, self.tokenizer)
+        self._tries: dict = {}  # choices -> (trie, longest), see `ChoiceConstraint`
 
     def _autocast(self):
         import torch
@@ -132,22 +182,37 @@ class TransformersBackend:
             mask[r, width - len(seq):] = 1
         return inp.to(self.model.device), mask.to(self.model.device)
 
-    def _sampling(self, greedy: bool) -> dict:
-        """generate() arguments: plain greedy, or greedy over the one-hot rows of `NucleusSampler`."""
+    def _sampling(self, greedy: bool, constraint: ChoiceConstraint | None = None) -> dict:
+        """generate() arguments: plain greedy, or greedy over the one-hot rows of `NucleusSampler`;
+        a `ChoiceConstraint` masks the logits first."""
         from transformers import LogitsProcessorList
 
         g = self.cfg.generation
-        if greedy:
-            return {"do_sample": False}
-        if g.temperature <= 0:
-            raise ValueError(f"teacher.generation.temperature must be > 0 for sampling, got {g.temperature}; "
-                             f"greedy edits are asked for with greedy=True")
-        if not 0 < g.top_p <= 1:
-            raise ValueError(f"teacher.generation.top_p must be in (0, 1], got {g.top_p}")
-        return {"do_sample": False, "logits_processor": LogitsProcessorList([NucleusSampler(g.temperature, g.top_p)])}
+        procs = [constraint] if constraint is not None else []
+        if not greedy:
+            if g.temperature <= 0:
+                raise ValueError(f"teacher.generation.temperature must be > 0 for sampling, got {g.temperature}; "
+                                 f"greedy edits are asked for with greedy=True")
+            if not 0 < g.top_p <= 1:
+                raise ValueError(f"teacher.generation.top_p must be in (0, 1], got {g.top_p}")
+            procs.append(NucleusSampler(g.temperature, g.top_p))
+        return {"do_sample": False, **({"logits_processor": LogitsProcessorList(procs)} if procs else {})}
 
-    def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0) -> list[list[Generation]]:
-        """``n`` edits for each rendered prompt: one list of n Generations per prompt, in prompt order."""
+    def _trie(self, choices: list[str]) -> dict:
+        key = tuple(choices)
+        if key not in self._tries:
+            trie, longest = ChoiceConstraint.build(self.tokenizer, choices)
+            if longest + 1 > self.cfg.generation.max_new_tokens:
+                raise ValueError(f"teacher.generation.max_new_tokens={self.cfg.generation.max_new_tokens} is too few "
+                                 f"for the constrained edit format: its longest edit takes {longest} tokens plus "
+                                 f"the stop token; raise it to at least {longest + 1}")
+            self._tries = {key: trie}  # one format at a time
+        return self._tries[key]
+
+    def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0,
+                 choices: list[str] | None = None) -> list[list[Generation]]:
+        """``n`` edits for each rendered prompt: one list of n Generations per prompt, in prompt order.
+        With ``choices``, every edit is one of those texts (see `ChoiceConstraint`)."""
         import torch
         from tqdm import tqdm
 
@@ -160,11 +225,13 @@ class TransformersBackend:
         # Sorted by prompt length (stable: ties keep prompt order, a prompt's samples stay together).
         jobs = sorted(((i, s) for i in range(len(prompts)) for s in range(n)), key=lambda j: len(ids[j[0]]))
         batches = [jobs[k:k + g.batch_size] for k in range(0, len(jobs), g.batch_size)]
-        sampling = self._sampling(greedy)
+        trie = self._trie(choices) if choices is not None else None
         out: list[list] = [[None] * n for _ in prompts]  # filled in as batches finish
         stops = set(self.stops)
         for b, batch in enumerate(tqdm(batches, desc="teacher generate", unit="batch", disable=None)):
             inp, mask = self._left_pad([ids[i] for i, _ in batch])
+            constraint = ChoiceConstraint(trie, self.stops, inp.shape[1]) if trie is not None else None
+            sampling = self._sampling(greedy, constraint)
             torch.manual_seed(batch_seed(seed, b))
             with torch.inference_mode(), self._autocast():
                 gen = self.model.generate(input_ids=inp, attention_mask=mask, max_new_tokens=g.max_new_tokens,

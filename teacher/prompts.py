@@ -51,18 +51,31 @@ TEMPLATES: dict[str, str] = {
 
 # ARC (domain 'arc'): {title} is the task id and {context} its demonstrations and test input as
 # text (`orchestration.core.arc.ttt.format_prompt`). The edit is a JSON object, parsed strictly by
-# the student (`orchestration.core.arc.schema`). The example shows the format only; its values are
-# not a recommendation.
+# the student (`orchestration.core.arc.schema`). 'arc-config' shows one example of the format, for
+# teachers that write the JSON unaided; its values are not a recommendation, but a small teacher
+# copies them. 'arc-options' lists the keys and their ranges with no example: it is meant for
+# teacher.generation.constrain=true, where the decoder enforces the format and the prompt need
+# only say what the choices mean.
+_ARC_TASK = ("Below is a puzzle: grids of digits, where each input grid is turned into its output grid by "
+             "one rule. A small model will be fine-tuned on these examples before it solves the last input. ")
+_ARC_CUE = "Puzzle {title}:\n{context}\n\nTraining configuration (JSON):\n"
 TEMPLATES["arc-config"] = (
-    "Below is a puzzle: grids of digits, where each input grid is turned into its output grid by one "
-    "rule. A small model will be fine-tuned on these examples before it solves the last input. "
-    "Choose how to train it: which data augmentations to use, whether to train on all tokens or only "
-    "on the output grids, the learning rate and the number of epochs. Answer with one JSON object "
+    _ARC_TASK + "Choose how to train it: which data augmentations to use, whether to train on all tokens or "
+    "only on the output grids, the learning rate and the number of epochs. Answer with one JSON object "
     "and nothing else, with exactly these keys, for example:\n"
     '{{"use_basic_augmentations": true, "use_size_augmentations": false, "use_chain_augmentations": '
     'false, "use_repeat_augmentations": false, "strategy": "train_using_all_tokens", '
-    '"learning_rate": 0.001, "num_train_epochs": 2}}\n\n'
-    "Puzzle {title}:\n{context}\n\nTraining configuration (JSON):\n"
+    '"learning_rate": 0.001, "num_train_epochs": 2}}\n\n' + _ARC_CUE
+)
+TEMPLATES["arc-options"] = (
+    _ARC_TASK + "Choose how to train it, as one JSON object with these keys:\n"
+    "- use_basic_augmentations: true or false (also train on rotated, flipped and transposed copies)\n"
+    "- use_size_augmentations: true or false (also train on upscaled copies)\n"
+    "- use_chain_augmentations: true or false (rotations and flips followed by upscaling)\n"
+    "- use_repeat_augmentations: true or false (grids tiled twice)\n"
+    '- strategy: "train_using_all_tokens" or "train_using_output_tokens"\n'
+    "- learning_rate: from 0.0001 to 0.005\n"
+    "- num_train_epochs: from 1 to 10\n\n" + _ARC_CUE
 )
 
 _FIELDS = {"title", "context"}

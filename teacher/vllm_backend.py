@@ -141,7 +141,8 @@ class VLLMBackend:
         self.stops = stop_ids(SimpleNamespace(generation_config=_generation_config(path)), self.tokenizer)
         self.llm = vllm.LLM(**engine_kwargs(path, cfg))
 
-    def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0) -> list[list[Generation]]:
+    def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0,
+                 choices: list[str] | None = None) -> list[list[Generation]]:
         """``n`` edits for each rendered prompt: one list of n Generations per prompt, in prompt order.
 
         The same (prompts, n, seed) gives the same edits on the same GPU and vLLM version, up to the
@@ -149,6 +150,8 @@ class VLLMBackend:
         """
         from vllm import SamplingParams
 
+        if choices is not None:
+            raise ValueError("teacher.generation.constrain=true is implemented for the transformers backend only")
         ids = [tokenize_prompt(self.tokenizer, p, self.chat) for p in prompts]
         inputs, params = requests(ids, self.cfg.generation, n, greedy, seed, self.stops)
         if not inputs:

@@ -28,7 +28,7 @@ from orchestration.core.runs import open_run, read_jsonl
 from orchestration.core.stats import bootstrap_ci, spread
 from orchestration.driver import launch
 from orchestration.driver.generate import teacher_version
-from orchestration.driver.train import EvalConfig, WorkersConfig, collect, generate_edits
+from orchestration.driver.train import EvalConfig, WorkersConfig, check_backends, collect, generate_edits
 from student.config import StudentConfig
 from student.worker import job_kind
 from teacher.config import TeacherConfig
@@ -93,6 +93,7 @@ def check(cfg: EvaluateConfig) -> None:
         raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0]")
     if cfg.workers.mode not in launch.MODES:
         raise ConfigError(f"workers.mode={cfg.workers.mode!r}: use one of {list(launch.MODES)}")
+    check_backends(cfg, teacher="teacher" in cfg.conditions)
 
 
 def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[SelfEdit]],

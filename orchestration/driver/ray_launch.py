@@ -170,8 +170,9 @@ class TeacherActor:
     def ready(self) -> bool:
         return True
 
-    def generate(self, prompts: list[str], n: int, greedy: bool, seed: int) -> list[list[dict]]:
-        out = self.backend.generate(prompts, n, greedy=greedy, seed=seed)
+    def generate(self, prompts: list[str], n: int, greedy: bool, seed: int,
+                 choices: Optional[list[str]] = None) -> list[list[dict]]:
+        out = self.backend.generate(prompts, n, greedy=greedy, seed=seed, choices=choices)
         return [[dataclasses.asdict(g) for g in row] for row in out]
 
 
@@ -211,12 +212,13 @@ class RayTeacherBackend:
             note_slow_start("the teacher's Ray actor", since, rc.teacher_cpus, rc.teacher_gpus)
         ray.get(ready)  # raises what stopped it from loading
 
-    def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0):
+    def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0,
+                 choices: Optional[list[str]] = None):
         import ray
 
         from teacher.generate import Generation
 
-        rows = ray.get(self.actor.generate.remote(prompts, n, greedy, seed))
+        rows = ray.get(self.actor.generate.remote(prompts, n, greedy, seed, choices))
         return [[Generation(**g) for g in row] for row in rows]
 
     def close(self) -> None:

@@ -97,13 +97,18 @@ class TrainConfig:
     students: list[StudentConfig] = field(default_factory=_default_students)
     """Student models that score every edit (each has its own workers and baselines)."""
     data: DataConfig = field(default_factory=DataConfig)
-    """Training contexts; round r uses contexts [r * contexts_per_round, (r + 1) * contexts_per_round)."""
+    """Training contexts; round r uses contexts [r * contexts_per_round, (r + 1) * contexts_per_round),
+    or the first ``contexts_per_round`` in every round with ``reuse_contexts``."""
     heldout: DataConfig = field(default_factory=lambda: DataConfig(offset=20, limit=4))
     """Held-out contexts, evaluated after every round; must not overlap the training contexts used."""
     rounds: int = 2
     """ReST^EM rounds (teacher updates)."""
     contexts_per_round: int = 4
-    """Training contexts per round (disjoint across rounds; their ids are recorded in metrics.jsonl)."""
+    """Training contexts per round (disjoint across rounds unless ``reuse_contexts``; their ids are recorded
+    in metrics.jsonl)."""
+    reuse_contexts: bool = False
+    """Every round trains on the same first ``contexts_per_round`` contexts, with new edits (SEAL's ARC
+    setting: RL over the same 12 tasks). False: each round takes fresh contexts."""
     edits_per_context: int = 3
     """k: sampled edits per training context."""
     reward: R.RewardConfig = field(default_factory=R.RewardConfig)
@@ -125,6 +130,38 @@ class TrainConfig:
     """Run folder; default runs/train-<timestamp>. An existing folder with the same config resumes."""
     models_cache: Optional[str] = None
     """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
+
+
+def check_backends(cfg, teacher: bool) -> None:
+    """The students' answer backends and, with ``teacher``, the teacher's generation settings and
+    template (shared by `seal train` and `seal evaluate`): refused before any work."""
+    from teacher.generate import BACKENDS
+    from teacher.prompts import template_text
+
+    from orchestration.core.models import require_vllm
+
+    for i, s in enumerate(cfg.students):
+        if s.answer.backend not in ("transformers", "vllm"):
+            raise ConfigError(f"students.{i}.answer.backend={s.answer.backend!r}: use 'transformers' or 'vllm'")
+        if s.answer.backend == "vllm":
+            require_vllm(f"students.{i}.answer.backend")
+    if not teacher:
+        return
+    g = cfg.teacher.generation
+    if g.backend not in BACKENDS:
+        raise ConfigError(f"teacher.generation.backend={g.backend!r}: use one of {list(BACKENDS)}")
+    if g.constrain and domains.get(cfg.data.domain).edit_choices() is None:
+        raise ConfigError(f"teacher.generation.constrain=true, but data.domain={cfg.data.domain!r} has free-text "
+                          f"edits with no finite format to constrain to; set teacher.generation.constrain=false")
+    if g.constrain and g.backend != "transformers":
+        raise ConfigError("teacher.generation.constrain=true is implemented for the transformers backend only; "
+                          "set teacher.generation.backend=transformers or constrain=false")
+    if g.backend == "vllm":
+        require_vllm("teacher.generation.backend")
+    try:
+        template_text(cfg.teacher.prompt, cfg.teacher.templates)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> None:
@@ -155,29 +192,17 @@ def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> Non
     if cfg.logger != "none" and importlib.util.find_spec(cfg.logger) is None:
         raise ConfigError(f"logger={cfg.logger} needs the {cfg.logger} package: pip install -e '.[{cfg.logger}]' "
                           f"(or set logger=none)")
-    from teacher.generate import BACKENDS
-    from teacher.prompts import template_text
-
-    from orchestration.core.models import require_vllm
-
-    if cfg.teacher.generation.backend not in BACKENDS:
-        raise ConfigError(f"teacher.generation.backend={cfg.teacher.generation.backend!r}: use one of {list(BACKENDS)}")
-    if cfg.teacher.generation.backend == "vllm":
-        require_vllm("teacher.generation.backend")
-    for i, s in enumerate(cfg.students):
-        if s.answer.backend not in ("transformers", "vllm"):
-            raise ConfigError(f"students.{i}.answer.backend={s.answer.backend!r}: use 'transformers' or 'vllm'")
-        if s.answer.backend == "vllm":
-            require_vllm(f"students.{i}.answer.backend")
+    check_backends(cfg, teacher=True)
     try:
         R.check(cfg.reward)
-        template_text(cfg.teacher.prompt, cfg.teacher.templates)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    need = cfg.rounds * cfg.contexts_per_round
+    need = cfg.contexts_per_round * (1 if cfg.reuse_contexts else cfg.rounds)
     if len(train) < need:
-        raise ConfigError(f"{cfg.rounds} rounds x contexts_per_round={cfg.contexts_per_round} need {need} training "
-                          f"contexts, data gives {len(train)}; raise data.limit or lower contexts_per_round")
+        what = "" if cfg.reuse_contexts else f"{cfg.rounds} rounds x "
+        raise ConfigError(f"{what}contexts_per_round={cfg.contexts_per_round} need {need} training contexts, data "
+                          f"gives {len(train)}; raise data.limit or lower contexts_per_round"
+                          f"{'' if cfg.reuse_contexts else ' (or set reuse_contexts=true)'}")
     if not heldout:
         raise ConfigError("the held-out set is empty; set heldout.source/offset/limit")
     overlap = {c.context_id for c in train[:need]} & {c.context_id for c in heldout}
@@ -244,6 +269,7 @@ def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str
         return
     domain = domains.get(cfg.data.domain)
     gen = cfg.teacher.generation
+    choices = domain.edit_choices() if gen.constrain else None
     backend = launch.teacher_backend(cfg, model)
     try:
         for purpose in ("heldout", "train"):
@@ -258,9 +284,9 @@ def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str
                 prompts = [render(cfg.teacher.prompt, cfg.teacher.templates, *domain.prompt_fields(c), backend.tokenizer,
                                   backend.chat) for c in ctxs]
                 seed = gen.seed + 1000 * r + start + (500 if purpose == "heldout" else 0)
-                outs = backend.generate(prompts, n, greedy=greedy, seed=seed)
+                outs = backend.generate(prompts, n, greedy=greedy, seed=seed, choices=choices)
                 sampling = {"greedy": greedy, "temperature": gen.temperature, "top_p": gen.top_p,
-                            "max_new_tokens": gen.max_new_tokens, "seed": seed}
+                            "max_new_tokens": gen.max_new_tokens, "seed": seed, "constrain": gen.constrain}
                 by_ctx = {c.context_id: (p, o) for c, p, o in zip(ctxs, prompts, outs)}
                 for edit_id, c, _, i in chunk:
                     prompt, samples = by_ctx[c.context_id]
@@ -364,7 +390,10 @@ def update_teacher(cfg: TrainConfig, run: Path, r: int, version: int, model: str
 # ----- the loop ---------------------------------------------------------------------------------
 def contexts_of(cfg: TrainConfig, train: list[Context], r: int) -> list[Context]:
     """Training contexts of round ``r`` (none for the final, evaluation-only step)."""
-    return train[r * cfg.contexts_per_round:(r + 1) * cfg.contexts_per_round] if r < cfg.rounds else []
+    if r >= cfg.rounds:
+        return []
+    start = 0 if cfg.reuse_contexts else r * cfg.contexts_per_round
+    return train[start:start + cfg.contexts_per_round]
 
 
 def collect(q: Queue, keys: set[str], run: Path, exported: set[str]) -> dict[str, StudentResult]:

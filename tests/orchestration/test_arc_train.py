@@ -5,6 +5,9 @@ reason), and one adaptation of a valid edit end to end in the student."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from orchestration.core.arc.tasks import synthetic_tasks
 from orchestration.core.config import load_config
@@ -99,3 +102,24 @@ def test_seal_evaluate_and_compare_accept_the_arc_domain(tmp_path, tiny_chat_mod
     run = run_compare(cfg, resolved)
     assert "pass@2" in (run / "report.md").read_text() or (run / "report.png").is_file()
     assert sorted(d.name for d in run.iterdir() if (d / "metrics.jsonl").is_file())[0] == "same"
+
+
+def test_constrained_choices_are_every_valid_edit_once():
+    from orchestration.core.arc.schema import EditLimits, parse_edit
+
+    choices = arc.edit_choices()
+    assert len(choices) == len(set(choices)) == 2 ** 4 * 2 * len(arc.LEARNING_RATES) * len(arc.EPOCHS)
+    limits = EditLimits(out_of_range="reject", max_epochs=max(arc.EPOCHS))
+    edits = {parse_edit(c, limits) for c in choices}  # every choice parses, with nothing clipped
+    assert len(edits) == len(choices) and all(notes == () for _, notes in edits)
+
+
+def test_constrain_with_the_vllm_backend_is_refused(tmp_path):
+    from orchestration.core.config import ConfigError
+
+    root = Path(__file__).resolve().parents[2]
+    cfg, resolved = load_config(TrainConfig, root / "configs" / "arc_synthetic.yaml",
+                                ["teacher.generation.backend=vllm", f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="constrain=true is implemented for the transformers backend only"):
+        run_train(cfg, resolved)
+    assert not (tmp_path / "run").exists()

@@ -194,6 +194,7 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_the_round_goes_on(tmp_pat
     ("reward.rule=best", "reward.rule"),
     ("workers.mode=threads", "workers.mode"),
     ("edits_per_context=0", "edits_per_context"),
+    ("teacher.generation.constrain=true", "data.domain='knowledge' has free-text edits"),
 ])
 def test_bad_train_config_is_refused_before_any_work(tmp_path, override, needle):
     run = tmp_path / "run"
@@ -319,3 +320,13 @@ def test_async_rounds_prefetch_the_next_rounds_edits(tmp_path, tiny_chat_model, 
     assert len(scored_r1) == 4 and rows[1]["jobs"]["stale"] == 0
     with Queue(run / "queue.sqlite") as q:
         assert {j["teacher_version"] for j in q.jobs() if j["key"].startswith("r1/")} == {0}
+
+
+def test_rounds_take_fresh_contexts_unless_reused():
+    from orchestration.driver.train import contexts_of
+
+    cfg = TrainConfig(rounds=2, contexts_per_round=2)
+    train = list("abcdef")
+    assert [contexts_of(cfg, train, r) for r in range(3)] == [["a", "b"], ["c", "d"], []]
+    cfg.reuse_contexts = True  # SEAL's ARC: the same tasks every round; the final step trains nothing
+    assert [contexts_of(cfg, train, r) for r in range(3)] == [["a", "b"], ["a", "b"], []]

@@ -134,3 +134,45 @@ def test_nucleus_sampler_temperature():
     scores = torch.tensor([[0.0, 1.0]]).repeat(40_000, 1)
     freq = NucleusSampler(0.5, 1.0)(None, scores).argmax(-1).double().mean()  # P(1) = e^2 / (1 + e^2)
     assert abs(freq.item() - torch.tensor(2.0).exp().item() / (1 + torch.tensor(2.0).exp().item())) < 0.01
+
+
+# ----- constrained decoding (teacher.generation.constrain) ------------------------------------------
+CHOICES = ['{"a": true, "n": 1}', '{"a": true, "n": 10}', '{"a": false, "n": 2}', "lighthouse keeper"]
+
+
+def test_choice_constraint_masks_all_but_the_trie_children_and_stops_at_the_end():
+    import torch
+
+    from teacher.generate import ChoiceConstraint
+
+    trie = {5: {6: {ChoiceConstraint.END: {}}, 7: {8: {ChoiceConstraint.END: {}}}}, 9: {ChoiceConstraint.END: {}}}
+    c = ChoiceConstraint(trie, stops=[0], start=2)
+    prompt = [[3, 4]] * 4
+    rows = torch.tensor([p + g for p, g in zip(prompt, [[5, 7], [5, 6], [9, 0], [5, 5]])])  # mid, done, stopped, off
+    out = c(rows, torch.zeros(4, 12))
+    allowed = [set(torch.nonzero(r > float("-inf")).flatten().tolist()) for r in out]
+    assert allowed[0] == {8}  # only the child on the way to a choice
+    assert allowed[1] == {0}  # a complete choice: only a stop token
+    assert allowed[2] == set(range(12)) == allowed[3]  # off the trie (stopped): left alone
+    first = c(torch.tensor([[3, 4]]), torch.zeros(1, 12))
+    assert set(torch.nonzero(first[0] > float("-inf")).flatten().tolist()) == {5, 9}
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_constrained_edits_are_always_one_of_the_choices(tiny_model, tiny_chat_model, chat):
+    model = tiny_chat_model if chat else tiny_model
+    b = TransformersBackend(model, config(model, max_new_tokens=24, temperature=2.0))
+    prompts = [render("implications", {}, "T", p, b.tokenizer, b.chat) for p in PROMPTS]
+    out = b.generate(prompts, 6, seed=3, choices=CHOICES)
+    texts = [g.text for gens in out for g in gens]
+    assert set(texts) <= set(CHOICES) and all(g.finished for gens in out for g in gens)
+    assert len(set(texts)) >= 3  # sampled from the model's distribution over the choices, not one fixed pick
+    assert b.generate(prompts, 6, seed=3, choices=CHOICES) == out  # seeded
+    greedy = b.generate(prompts[:1], 1, greedy=True, choices=CHOICES)[0][0]
+    assert greedy.text in CHOICES and greedy.finished
+
+
+def test_constrained_format_longer_than_max_new_tokens_is_refused(tiny_model):
+    b = TransformersBackend(tiny_model, config(tiny_model, max_new_tokens=3))
+    with pytest.raises(ValueError, match="teacher.generation.max_new_tokens=3 is too few"):
+        b.generate(["x"], 1, greedy=True, choices=CHOICES)

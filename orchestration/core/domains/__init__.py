@@ -8,6 +8,8 @@ A domain module provides:
 - ``load(data) -> list[context]`` for a `orchestration.core.config.DataConfig`; every context has
   ``context_id`` and ``title``. ``to_json(ctx)`` / ``from_json(raw)``: contexts travel in job payloads.
 - ``prompt_fields(ctx) -> (title, text)``: what the teacher's template gets as {title} and {context}.
+- ``edit_choices() -> list[str] | None``: every valid edit text where the domain's edits form a
+  finite set (ARC's JSON choices), else None; ``teacher.generation.constrain`` samples among them.
 - ``train_spec(ctx, edit, condition, student_cfg) -> spec.TrainSpec``: the training an edit asks for
   (``edit`` is the teacher's text; the reference conditions pass "").
 - ``queries(ctx, student_cfg) -> list[spec.Query]`` and ``score(ctx, queries, answers, grade)

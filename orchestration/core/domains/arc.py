@@ -13,13 +13,16 @@ The reference condition 'default_ttt' runs the fixed edit ``default_edit``.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from orchestration.core.arc import augment, tasks, ttt
 from orchestration.core.arc.grids import encode, shape
-from orchestration.core.arc.schema import ArcEdit, EditError, EditLimits, check_budget, parse_edit
+from orchestration.core.arc.schema import (BOOL_KEYS, KEYS, STRATEGIES, ArcEdit, EditError, EditLimits, check_budget,
+                                           parse_edit)
 from orchestration.core.domains.spec import Decode, Query, TrainSpec
 from orchestration.core.records import QuestionVerdict
 
@@ -30,6 +33,20 @@ DECODE = Decode(style="raw", stop="blank")
 GRADER = "pass@2"
 SYNTHETIC = "synthetic"
 to_json, from_json = tasks.to_json, tasks.from_json
+LEARNING_RATES = (1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3)
+"""The learning rates a constrained teacher chooses among (``teacher.generation.constrain``)."""
+EPOCHS = tuple(range(1, 11))
+"""... and the epoch counts (the student's ``limits`` still clip or reject, and budget them)."""
+
+
+def edit_choices() -> list[str]:
+    """Every edit a constrained teacher may write: the schema's keys in order, each boolean and
+    strategy, `LEARNING_RATES` x `EPOCHS` (2^4 x 2 x 7 x 10 = 2,240 JSON strings)."""
+    out = []
+    for *flags, strategy, lr, epochs in itertools.product(*[(True, False)] * len(BOOL_KEYS), STRATEGIES,
+                                                          LEARNING_RATES, EPOCHS):
+        out.append(json.dumps(dict(zip(KEYS, (*flags, strategy, lr, epochs)))))
+    return out
 
 
 @dataclass

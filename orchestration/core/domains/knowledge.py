@@ -27,6 +27,11 @@ def load(data) -> list[Context]:
                          limit=data.limit)
 
 
+def edit_choices() -> None:
+    """Free text: there is no finite set of edits to constrain the teacher to."""
+    return None
+
+
 def prompt_fields(ctx: Context) -> tuple[str, str]:
     return ctx.title, ctx.context
 
