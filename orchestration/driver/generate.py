@@ -60,6 +60,9 @@ def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
     if cfg.edits_per_context < 1 or (not cfg.sample and cfg.edits_per_context != 1):
         raise ConfigError(f"edits_per_context={cfg.edits_per_context}: use 1 for greedy edits, or set "
                           f"sample=true for several sampled edits per context")
+    if cfg.teacher.generation.constrain:
+        raise ConfigError("teacher.generation.constrain=true: `seal generate` writes knowledge edits (free text, "
+                          "no finite format); set teacher.generation.constrain=false")
     try:
         template_text(cfg.teacher.prompt, cfg.teacher.templates)
     except ValueError as e:

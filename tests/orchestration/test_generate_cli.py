@@ -42,7 +42,8 @@ def test_generate_resumes_from_finished_chunks(tmp_path, tiny_chat_model):
     assert records[0]["completions"] == ["kept from an earlier run"] and len(records) == 2
 
 
-@pytest.mark.parametrize("override,needle", [("edits_per_context=3", "sample=true"), ("teacher.prompt=zzz", "zzz")])
+@pytest.mark.parametrize("override,needle", [("edits_per_context=3", "sample=true"), ("teacher.prompt=zzz", "zzz"),
+                                            ("teacher.generation.constrain=true", "constrain=false")])
 def test_generate_bad_config(tmp_path, capsys, override, needle):
     assert main(["generate", CONFIG, f"out={tmp_path / 'e.json'}", override]) == 2
     assert needle in capsys.readouterr().err
