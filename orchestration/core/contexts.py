@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from orchestration.core.runs import read_json
+
 DEMO = "demo"  # the built-in fictional set shipped with the package
 DEMO_FILE = "demo_contexts.json"
 
@@ -93,14 +95,8 @@ def _to_contexts(rows) -> list[Context]:
 
 def read_json_records(path: str | Path) -> list:
     """Read a JSON file, turning a missing file or bad JSON into a ContextDataError."""
-    p = Path(path)
-    if not p.is_file():
-        raise ContextDataError(f"data file {p} does not exist; set data.source to a SEAL/SQuAD JSON file, "
-                               f"'{DEMO}' for the built-in set, or a hub dataset id")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ContextDataError(f"{p}: not valid JSON ({e})") from e
+    return read_json(path, ContextDataError, f"data file {{path}} does not exist; set data.source to a SEAL/SQuAD "
+                                             f"JSON file, '{DEMO}' for the built-in set, or a hub dataset id")
 
 
 def demo_records() -> list[dict]:

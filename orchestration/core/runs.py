@@ -78,6 +78,18 @@ def append_jsonl(path: Path, line: str) -> None:
         os.fsync(f.fileno())
 
 
+def read_json(path: str | Path, error: type[Exception], missing: str):
+    """A JSON file's content; a missing file raises ``error`` ending with ``missing`` (the fix), bad
+    JSON raises ``error`` naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(missing.format(path=p))
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{p}: not valid JSON ({e})") from e
+
+
 def read_jsonl(path: Path) -> list[str]:
     """Complete lines of a JSONL file. A torn last line (a crash mid-write) is cut off the file,
     so that the next append starts on a clean line."""

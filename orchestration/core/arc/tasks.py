@@ -12,7 +12,6 @@ small model fine-tuned for a few steps solves some of them and rewards are not a
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from orchestration.core.arc.augment import FLIP_H, FLIP_V, ROT180, TRANSPOSE
 from orchestration.core.arc.grids import ArcDataError, Grid, to_grid
+from orchestration.core.runs import read_json
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,8 @@ def _objects(value: object, where: str) -> list[dict]:
 
 def _read_json(path: str | Path) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise ArcDataError(f"ARC file {p} does not exist; give a Kaggle ARC Prize 2024 *_challenges.json "
-                           f"(and optionally its *_solutions.json)")
-    try:
-        raw = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ArcDataError(f"{p}: not valid JSON ({e})") from e
+    raw = read_json(p, ArcDataError, "ARC file {path} does not exist; give a Kaggle ARC Prize 2024 *_challenges.json "
+                                     "(and optionally its *_solutions.json)")
     if not isinstance(raw, dict):
         raise ArcDataError(f"{p}: expected an object mapping task ids to tasks, got {type(raw).__name__}")
     return raw
