@@ -162,7 +162,7 @@ class TransformersBackend:
                                                   dtype=self.dtype)
         self.chat = uses_chat(self.tokenizer, cfg.chat, "teacher.chat")
         self.stops = stop_ids(self.model, self.tokenizer)
-        self._tries: dict = {}  # choices -> (trie, longest), see `ChoiceConstraint`
+        self._choice_trie: tuple | None = None  # (choices, trie) of the last constrained format
 
     def _autocast(self):
         import torch
@@ -200,14 +200,14 @@ class TransformersBackend:
 
     def _trie(self, choices: list[str]) -> dict:
         key = tuple(choices)
-        if key not in self._tries:
+        if self._choice_trie is None or self._choice_trie[0] != key:
             trie, longest = ChoiceConstraint.build(self.tokenizer, choices)
             if longest + 1 > self.cfg.generation.max_new_tokens:
                 raise ValueError(f"teacher.generation.max_new_tokens={self.cfg.generation.max_new_tokens} is too few "
                                  f"for the constrained edit format: its longest edit takes {longest} tokens plus "
                                  f"the stop token; raise it to at least {longest + 1}")
-            self._tries = {key: trie}  # one format at a time
-        return self._tries[key]
+            self._choice_trie = (key, trie)
+        return self._choice_trie[1]
 
     def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0,
                  choices: list[str] | None = None) -> list[list[Generation]]:
