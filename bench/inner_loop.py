@@ -14,7 +14,9 @@ machine noise between runs.
 real_tokens_per_s = non-pad tokens trained / training seconds; adaptations_per_min counts whole
 adaptations (train + score, plus the baseline re-score for reference). mfu = 4 x base parameters x
 default real_tokens_per_s / peak_flops (frozen base: forward + activation gradients), with peak_flops
-from a square matmul probe in the training dtype, measured in this run.
+from a square matmul probe in the training dtype, measured in this run. mfu_ceilings holds the same
+ratio for the default's own batches run through the frozen base alone (no adapter) and for the base's
+matmuls alone: bounds on what any LoRA recipe at these batch shapes can reach here.
 
     python bench/inner_loop.py [--contexts 6] [--reference-contexts 2]
 """
@@ -30,15 +32,20 @@ from _common import restatement, squad_subset
 MODEL = "smollm2-135m-instruct"
 
 
-def peak_flops(dtype, n: int = 2048, reps: int = 8) -> float:
+def peak_flops(dtype, n: int = 2048, reps: int = 8, rounds: int = 3) -> float:
+    """Best of ``rounds`` timings of ``reps`` square matmuls (the first ones on a cold core run slow,
+    and a low peak would flatter the MFU)."""
     import torch
 
     a = torch.randn(n, n).to(dtype)
     a @ a  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ a
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ a
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
+    return best
 
 
 def reference_train(st, seqs: list[str], epochs: int) -> tuple[int, float]:
@@ -60,6 +67,55 @@ def reference_train(st, seqs: list[str], epochs: int) -> tuple[int, float]:
     model.eval()
     st._active = True
     return real, time.perf_counter() - t0
+
+
+def ceilings(st, contexts) -> dict:
+    """Upper bounds for the default recipe's MFU on this machine, at its own batches (same edits,
+    batching and epochs): ``base_only`` runs forward + backward (to the input embeddings) through the
+    frozen base with the adapter disabled, so no LoRA work at all; ``matmul_only`` runs just the base's
+    linear layers' matmuls (forward and activation gradient) at those batches' shapes (pads included).
+    Real tokens per second of each; the gaps say where the default's time goes."""
+    import random
+
+    import torch
+    from orchestration.core.domains.sequences import edit_to_sequences
+    from orchestration.core.domains.spec import TrainSpec
+
+    batches = []
+    for c in contexts:
+        spec = TrainSpec(sequences=tuple(edit_to_sequences(c.title, c.context, restatement(c)).sequences))
+        ids, labels, *_ = st._encode(spec, st.cfg.train.max_length)
+        rng = random.Random(st.cfg.train.seed)
+        for _ in range(st.cfg.train.epochs):
+            batches += list(st._batches(ids, labels, st.cfg.train, rng))
+    real = sum(int(m.sum()) for _, m, _ in batches)
+    model = st._fresh_adapter(st.cfg.lora, st.cfg.train.seed)
+    embed = model.get_input_embeddings()
+    with model.disable_adapter():
+        t0 = time.perf_counter()
+        for inp, mask, lab in batches:
+            with st._autocast():
+                x = embed(inp).detach().requires_grad_()
+                loss = model(inputs_embeds=x, attention_mask=mask, labels=lab, use_cache=False).loss
+            loss.backward()
+        base_s = time.perf_counter() - t0
+    weights = [m.weight for name, m in st.model.named_modules()
+               if isinstance(m, torch.nn.Linear) and "lora_" not in name]
+    dtype = weights[0].dtype
+    mm_s = 0.0
+    with torch.no_grad():
+        for _, mask, _ in batches:
+            n = mask.numel()
+            ins = {d: torch.randn(n, d, dtype=dtype) for w in weights for d in w.shape}
+            t0 = time.perf_counter()
+            for w in weights:
+                ins[w.shape[1]] @ w.t()
+                ins[w.shape[0]] @ w
+            mm_s += time.perf_counter() - t0
+    st.discard()
+    return {"batches": len(batches), "real_tokens": real,
+            "base_only_real_tokens_per_s": round(real / base_s, 1),
+            "matmul_only_real_tokens_per_s": round(real / mm_s, 1)}
 
 
 def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None = None, **train) -> dict:
@@ -101,7 +157,7 @@ def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None
         out["accuracy"] = round(sum(scores) / len(scores), 4)
         out["n_questions"] = len(scores)
     params = sum(p.numel() for n, p in st.model.named_parameters() if "lora_" not in n)
-    return out, params, cfg
+    return out, params, st
 
 
 def main() -> None:
@@ -119,16 +175,20 @@ def main() -> None:
     ref, _, _ = run_setting("reference", contexts[: args.reference_contexts], epochs=1, attn="sdpa",
                             batch_size=1, dtype="fp32")
     naive, _, _ = run_setting("naive", contexts, batch_size=1, dtype="fp32")
-    default, params, cfg = run_setting("default", contexts)
-    dtype = autocast_dtype(cfg.train.dtype) or torch.float32
+    default, params, st = run_setting("default", contexts)
+    ceiling = ceilings(st, contexts)
+    dtype = autocast_dtype(st.cfg.train.dtype) or torch.float32
     peak = peak_flops(dtype)
+    mfu = lambda tok_s: round(4 * params * tok_s / peak, 3)
     print(json.dumps({
         "model": MODEL, "base_parameters": params, "threads": torch.get_num_threads(),
         "settings": {"reference": ref, "naive": naive, "default": default},
         "speedup_vs_reference": round(default["real_tokens_per_s"] / ref["real_tokens_per_s"], 2),
         "speedup_vs_naive": round(default["real_tokens_per_s"] / naive["real_tokens_per_s"], 2),
         "accuracy_default_minus_naive": round(default["accuracy"] - naive["accuracy"], 4),
-        "mfu": round(4 * params * default["real_tokens_per_s"] / peak, 3),
+        "mfu": mfu(default["real_tokens_per_s"]),
+        "mfu_ceilings": {"base_only": mfu(ceiling["base_only_real_tokens_per_s"]),
+                         "matmul_only": mfu(ceiling["matmul_only_real_tokens_per_s"]), **ceiling},
         "peak_flops": round(peak), "peak_dtype": str(dtype).replace("torch.", ""),
     }, indent=1))
 

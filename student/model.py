@@ -282,8 +282,8 @@ class Student:
         for _ in range(epochs if ids else 0):
             epoch_losses = []
             for inp, mask, labels_t in self._batches(ids, labels, train, rng):
-                with self._autocast():
-                    loss = model(input_ids=inp, attention_mask=mask, labels=labels_t).loss
+                with self._autocast():  # no KV cache: training never reads one back
+                    loss = model(input_ids=inp, attention_mask=mask, labels=labels_t, use_cache=False).loss
                 loss.backward()
                 if steps == 0:
                     first = loss.item()
