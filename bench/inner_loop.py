@@ -10,6 +10,8 @@ machine noise between runs.
   transformers' default attention (sdpa), as the reference did.
 - naive: batch 1, dynamic padding (no pad tokens at batch 1), fp32.
 - default: the project's default StudentConfig (length-grouped batches, bf16 autocast where supported).
+naive and default first adapt once on a passage outside the timed ones (warmup_s), as a
+long-running worker has done before its first timed job.
 
 real_tokens_per_s = non-pad tokens trained / training seconds; adaptations_per_min counts whole
 adaptations (train + score, plus the baseline re-score for reference). mfu = 4 x base parameters x
@@ -118,7 +120,8 @@ def ceilings(st, contexts) -> dict:
             "matmul_only_real_tokens_per_s": round(real / mm_s, 1)}
 
 
-def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None = None, **train) -> dict:
+def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None = None, warmup=None,
+                **train) -> dict:
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, make_grader, score_context
@@ -134,6 +137,11 @@ def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None
     base = Baselines(st, grade)
     for c in contexts:
         base.get(c)  # baselines computed before the clock starts, as a cache would hold them
+    warmup_s = None
+    if warmup is not None:  # one adaptation before the clock: a long-running worker has paid this once
+        t0 = time.perf_counter()
+        adapt_and_score(st, base, [warmup], [restatement(warmup)], condition="edits", completion=0, key="warmup")
+        warmup_s = round(time.perf_counter() - t0, 2)
     real = train_s = 0.0
     scores, t0 = [], time.perf_counter()
     for c in contexts:
@@ -151,7 +159,7 @@ def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None
             scores += [v.score for v in r.verdicts]
     wall = time.perf_counter() - t0
     out = {"contexts": len(contexts), "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
-           "dtype": cfg.train.dtype, "adaptations_per_min": round(60 * len(contexts) / wall, 3),
+           "dtype": cfg.train.dtype, "warmup_s": warmup_s, "adaptations_per_min": round(60 * len(contexts) / wall, 3),
            "real_tokens_per_s": round(real / train_s, 1), "real_tokens": int(real), "train_s": round(train_s, 2)}
     if scores:
         out["accuracy"] = round(sum(scores) / len(scores), 4)
@@ -174,8 +182,9 @@ def main() -> None:
     # hold 30 layers x 9 heads x 2048^2 fp32 scores for the backward pass (> 20 GB).
     ref, _, _ = run_setting("reference", contexts[: args.reference_contexts], epochs=1, attn="sdpa",
                             batch_size=1, dtype="fp32")
-    naive, _, _ = run_setting("naive", contexts, batch_size=1, dtype="fp32")
-    default, params, st = run_setting("default", contexts)
+    warmup = squad_subset(args.contexts, 1)[0]  # a passage outside the timed ones
+    naive, _, _ = run_setting("naive", contexts, warmup=warmup, batch_size=1, dtype="fp32")
+    default, params, st = run_setting("default", contexts, warmup=warmup)
     ceiling = ceilings(st, contexts)
     dtype = autocast_dtype(st.cfg.train.dtype) or torch.float32
     peak = peak_flops(dtype)
