@@ -8,7 +8,9 @@ Both token F1 and containment are computed from the same answers. Rows go to
 
 Stage 1 crosses learning rate with a per-edit step budget; stage 2 varies the rank and the
 appended passage around the stage-1 winner (best mean edits F1 over the students); stage 3 varies
-the LoRA target modules and a higher learning rate around the same winner. Choose on F1. A row is
+the LoRA target modules and a higher learning rate around the same winner. Choose on F1.
+``meet_target`` lists the settings that meet the recipe target (for every student: passage + edits
+>= passage alone, and both > base). A row is
 reused only if its setting's parameters are unchanged (a different stage-1 winner re-runs stages 2-3).
 
     python bench/sweep_recipe.py --offset 0 --limit 20          # stages 1 and 2
@@ -126,6 +128,13 @@ def winner(tab: dict, names) -> str:
     return max(names, key=lambda s: sum(m["edits"]["f1"] for m in tab[s].values()) / len(tab[s]))
 
 
+def meets_target(cells: dict) -> bool:
+    """The issue's target for one setting: for every student, passage + edits scores at least as well
+    as the passage alone, and both beat base (token F1)."""
+    return all(m["edits"]["f1"] >= m["passage"]["f1"] > m["base"]["f1"] and m["edits"]["f1"] > m["base"]["f1"]
+               for m in cells.values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
@@ -157,7 +166,8 @@ def main() -> None:
     tab = table(cur(), settings)
     print(json.dumps({"passages": [args.offset, args.offset + args.limit], "stage1_winner": win,
                       "settings": {n: settings[n] for n in tab}, "table": tab,
-                      "best_by_edits_f1": winner(tab, list(tab))}, indent=1))
+                      "best_by_edits_f1": winner(tab, list(tab)),
+                      "meet_target": [n for n in tab if meets_target(tab[n])]}, indent=1))
 
 
 if __name__ == "__main__":
