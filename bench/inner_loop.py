@@ -121,7 +121,7 @@ def ceilings(st, contexts) -> dict:
 
 
 def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None = None, warmup=None,
-                **train) -> dict:
+                **train) -> tuple:
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, make_grader, score_context
