@@ -17,7 +17,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from orchestration.core.domains.spec import TrainSpec
-from orchestration.core.models import autocast_dtype, load_model, trim_cpu_memory, uses_chat
+from orchestration.core.models import autocast_dtype, eos_ids, load_model, trim_cpu_memory, uses_chat
 from student.config import LoraSettings, StudentConfig, TrainSettings
 
 
@@ -107,8 +107,7 @@ class Student:
 
     def eos_ids(self) -> list[int]:
         """The model's end-of-sequence token ids (generation config and tokenizer)."""
-        eos = self.model.generation_config.eos_token_id
-        return sorted({*([eos] if isinstance(eos, int) else list(eos or [])), self.tok.eos_token_id} - {None})
+        return eos_ids(self.model.generation_config, self.tok)
 
     def stop_ids(self) -> list[int]:
         """Token ids that end an answer: EOS, and every token whose text holds a newline.

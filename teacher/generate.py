@@ -19,7 +19,7 @@ import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from orchestration.core.models import autocast_dtype, uses_chat
+from orchestration.core.models import autocast_dtype, eos_ids, uses_chat
 from teacher.config import TeacherConfig
 from teacher.prompts import tokenize_prompt
 from teacher.versions import load_teacher
@@ -37,16 +37,6 @@ class Generation:
 def batch_seed(seed: int, index: int) -> int:
     """torch seed of batch ``index``: a hash, so (seed, index) pairs never collide as seed + index would."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
-
-
-def stop_ids(model, tokenizer) -> list[int]:
-    """Token ids that end an edit: the model's generation EOS (chat models list their end-of-turn
-    token there, e.g. Gemma's <end_of_turn>; it may be one id or a list) and the tokenizer's EOS."""
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
 
 
 def finish(tokenizer, row: list[int], stops: set[int]) -> Generation:
@@ -161,7 +151,7 @@ class TransformersBackend:
         self.model, self.tokenizer = load_teacher(model, cache=cache, trust_remote_code=cfg.trust_remote_code,
                                                   dtype=self.dtype)
         self.chat = uses_chat(self.tokenizer, cfg.chat, "teacher.chat")
-        self.stops = stop_ids(self.model, self.tokenizer)
+        self.stops = eos_ids(self.model.generation_config, self.tokenizer)
         self._choice_trie: tuple | None = None  # (choices, trie) of the last constrained format
 
     def _autocast(self):

@@ -27,13 +27,12 @@ from __future__ import annotations
 import gc
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from orchestration.core import catalog
 from orchestration.core.config import ConfigError
-from orchestration.core.models import require_vllm, uses_chat
+from orchestration.core.models import eos_ids, require_vllm, uses_chat
 from teacher.config import GenerationSettings, TeacherConfig
-from teacher.generate import Generation, batch_seed, stop_ids
+from teacher.generate import Generation, batch_seed
 from teacher.prompts import tokenize_prompt
 from teacher.versions import read_manifest
 
@@ -138,7 +137,7 @@ class VLLMBackend:
         path = model_path(model, cache)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         self.chat = uses_chat(self.tokenizer, cfg.chat, "teacher.chat")
-        self.stops = stop_ids(SimpleNamespace(generation_config=_generation_config(path)), self.tokenizer)
+        self.stops = eos_ids(_generation_config(path), self.tokenizer)
         self.llm = vllm.LLM(**engine_kwargs(path, cfg))
 
     def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0,

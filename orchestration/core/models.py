@@ -105,6 +105,16 @@ def autocast_dtype(setting: str, key: str = "dtype"):
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
+def eos_ids(generation_config, tokenizer) -> list[int]:
+    """Token ids that end a generation: the model's generation EOS (chat models list their end-of-turn
+    token there, e.g. Gemma's <end_of_turn>; it may be one id or a list) and the tokenizer's EOS."""
+    ids = generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
 def uses_chat(tokenizer, override: bool | None, key: str = "student.chat") -> bool:
     """Prompt through the chat template? The override wins; else: does the tokenizer have one."""
     if override is not None:
