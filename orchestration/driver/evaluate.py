@@ -34,7 +34,6 @@ from student.worker import job_kind
 from teacher.config import TeacherConfig
 
 
-
 def _default_students() -> list[StudentConfig]:
     return [StudentConfig(model="smollm2-135m-instruct"), StudentConfig(model="gemma3-270m")]
 

@@ -39,6 +39,22 @@ def open_jobs(q: Queue, keys: set[str]) -> int:
     return sum(row["key"] in keys for row in q.jobs(states=["pending", "leased"]))
 
 
+def watch(q: Queue, keys: set[str], desc: str, poll_s: float, check) -> None:
+    """A progress bar over ``keys`` until none is pending or leased; ``check()`` runs before each
+    poll and raises when the workers cannot go on."""
+    bar = tqdm(total=len(keys), desc=desc, unit="job")
+    try:
+        while True:
+            check()
+            left = open_jobs(q, keys)
+            bar.update(len(keys) - left - bar.n)
+            if left == 0:
+                return
+            time.sleep(poll_s)
+    finally:
+        bar.close()
+
+
 class InlineWorkers:
     def __init__(self, cfg, run: Path):
         self.cfg, self.run = cfg, run
@@ -102,15 +118,7 @@ class ProcessWorkers:
         self._use(students)
         with Queue(self.run / QUEUE_FILE, max_attempts=self.cfg.workers.max_attempts) as q:
             q.set_flag(STOP_FLAG, "0")
-            bar = tqdm(total=len(keys), desc=desc, unit="job")
-            while True:
-                self._check()
-                left = open_jobs(q, keys)
-                bar.update(len(keys) - left - bar.n)
-                if left == 0:
-                    break
-                time.sleep(self.cfg.workers.poll_s)
-            bar.close()
+            watch(q, keys, desc, self.cfg.workers.poll_s, self._check)
 
     def stop(self) -> None:
         if not self.procs:

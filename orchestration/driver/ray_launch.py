@@ -261,7 +261,7 @@ class RayWorkers:
         self.thread: Optional[threading.Thread] = None
 
     def wait(self, keys: set[str], desc: str, students) -> None:
-        from orchestration.driver.launch import QUEUE_FILE, open_jobs
+        from orchestration.driver.launch import QUEUE_FILE, watch
 
         self.students = list(students)
         if self.thread is None or not self.thread.is_alive():
@@ -270,16 +270,12 @@ class RayWorkers:
             self.thread = threading.Thread(target=self._dispatch, name="ray-dispatch", daemon=True)
             self.thread.start()
         with Queue(self.run / QUEUE_FILE, max_attempts=self.cfg.workers.max_attempts) as q:
-            bar = tqdm(total=len(keys), desc=desc, unit="job")
-            try:
-                while (left := open_jobs(q, keys)) > 0:
-                    bar.update(len(keys) - left - bar.n)
-                    if self.error is not None:
-                        raise self.error
-                    time.sleep(self.cfg.workers.poll_s)
-                bar.update(len(keys) - bar.n)
-            finally:
-                bar.close()
+            watch(q, keys, desc, self.cfg.workers.poll_s, self._raise_error)
+
+    def _raise_error(self) -> None:
+        """The dispatcher's failure, raised in the driver's thread."""
+        if self.error is not None:
+            raise self.error
 
     def stop(self) -> None:
         import ray
