@@ -10,10 +10,10 @@ Stage 1 crosses learning rate with a per-edit step budget; stage 2 varies the ra
 appended passage around the stage-1 winner (best mean edits F1 over the students); stage 3 varies
 the LoRA target modules and a higher learning rate around the same winner. Choose on F1.
 ``meet_target`` lists the settings that meet the recipe target (for every student: passage + edits
->= passage alone, and both > base). A row is
-reused only if its setting's parameters are unchanged (a different stage-1 winner re-runs stages 2-3).
+>= passage alone, and both > base). A row is reused only if its setting's parameters are unchanged
+(a different stage-1 winner re-runs stages 2-3).
 
-    python bench/sweep_recipe.py --offset 0 --limit 20          # stages 1 and 2
+    python bench/sweep_recipe.py --offset 0 --limit 20          # stages 1, 2 and 3
     python bench/sweep_recipe.py --offset 20 --limit 40 --only S2 # confirm one setting
 """
 
@@ -131,8 +131,7 @@ def winner(tab: dict, names) -> str:
 def meets_target(cells: dict) -> bool:
     """The issue's target for one setting: for every student, passage + edits scores at least as well
     as the passage alone, and both beat base (token F1)."""
-    return all(m["edits"]["f1"] >= m["passage"]["f1"] > m["base"]["f1"] and m["edits"]["f1"] > m["base"]["f1"]
-               for m in cells.values())
+    return all(m["edits"]["f1"] >= m["passage"]["f1"] > m["base"]["f1"] for m in cells.values())
 
 
 def main() -> None:
