@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml Makefile
 models: setup
 	$(BIN)/seal models fetch
 
+# A fixed run folder: rerunning `make demo` (after Ctrl-C, or once finished) resumes it;
+# `rm -rf runs/demo` starts afresh.
 demo: models
-	$(BIN)/seal train configs/demo.yaml
+	$(BIN)/seal train configs/demo.yaml run_dir=runs/demo
 
 lint: setup
 	$(BIN)/lint-imports

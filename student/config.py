@@ -1,7 +1,8 @@
 """Configuration of one student: which model, how it is adapted, how it answers, how it is graded.
 
 Plain dataclasses (no torch), mirrored by the ``student:`` node of the YAML files in ``configs/``.
-Every field is documented here; this file is the manual for that node.
+Every field is documented here; this file is the manual for that node. Each dataclass's ``check(key)``
+refuses out-of-range values before any work (see `orchestration.core.config`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from orchestration.core.config import (Choice, Dtype, check_choice, check_dropout, check_fraction, check_min,
+                                       check_nonempty, check_positive)
 from orchestration.core.domains.arc import ArcSettings
+
+
+class Grader(Choice):
+    """Score per question (`student.graders.GRADERS`, plus the LLM judge)."""
+
+    f1 = "f1"
+    exact = "exact"
+    contains = "contains"
+    judge = "judge"
+
+
+class AnswerBackend(Choice):
+    """What answers the questions after training."""
+
+    transformers = "transformers"
+    vllm = "vllm"
+
+
+class VLLMDtype(Choice):
+    """vLLM's own dtype names."""
+
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
 
 
 @dataclass
@@ -27,15 +55,21 @@ class LoraSettings:
     )
     """Names of the linear layers that get an adapter (both built-in models use these names)."""
 
+    def check(self, key: str = "student.lora") -> None:
+        check_min(self, key, 1, "r")
+        check_positive(self, key, "alpha")
+        check_dropout(self, key, "dropout")
+        check_nonempty(self, key, "target_modules")
+
 
 @dataclass
 class TrainSettings:
     """The inner-loop SFT run on one self-edit."""
 
     epochs: int = 3
-    """Passes over the edit's training sequences."""
+    """Passes over the edit's training sequences (1 or more)."""
     learning_rate: float = 1e-3
-    """AdamW learning rate (constant; the runs are a few dozen steps)."""
+    """AdamW learning rate (constant; the runs are a few dozen steps), > 0."""
     batch_size: int = 4
     """Sequences per optimizer step; batches are grouped by length and padded only to their longest."""
     max_length: int = 512
@@ -48,12 +82,18 @@ class TrainSettings:
     """Add the passage itself as one more training sequence (as the reference implementation does)."""
     seed: int = 0
     """Seeds adapter initialisation and batch order; recorded with every result."""
-    dtype: str = "auto"
+    dtype: Dtype = Dtype.auto
     """Compute dtype for training and answering: 'auto' (bf16 where the CPU/GPU has fast bf16), 'bf16' or
     'fp32'. With bf16 the frozen base weights are held in bf16 and run under autocast; LoRA weights
     and optimizer state stay fp32. Read when the model is loaded."""
     weight_decay: float = 0.0
     """AdamW weight decay on the adapter weights."""
+
+    def check(self, key: str = "student.train") -> None:
+        check_choice(self, key, "dtype", Dtype)
+        check_min(self, key, 1, "epochs", "batch_size", "max_length", "max_sequences")
+        check_min(self, key, 0, "max_steps", "weight_decay")
+        check_positive(self, key, "learning_rate")
 
 
 @dataclass
@@ -85,7 +125,7 @@ class VLLMSettings:
     max_model_len: Optional[int] = 2048
     """Longest prompt + answer in tokens (few-shot prompt and one question: far below 2048). Bounding
     it keeps the KV cache small; None = the model's own limit."""
-    dtype: str = "auto"
+    dtype: VLLMDtype = VLLMDtype.auto
     """Engine dtype in vLLM's names: 'auto' (vLLM's choice from the checkpoint), 'bfloat16', 'float16'
     or 'float32'."""
     enforce_eager: bool = False
@@ -95,6 +135,11 @@ class VLLMSettings:
     adapter_dir: Optional[str] = None
     """Where saved adapters go: each worker makes its own subfolder here (removed when it closes its
     engine); None = the system's temporary folder."""
+
+    def check(self, key: str = "student.answer.vllm") -> None:
+        check_choice(self, key, "dtype", VLLMDtype)
+        check_fraction(self, key, "gpu_memory_utilization")
+        check_min(self, key, 1, "max_loras", "max_lora_rank", "max_model_len", "keep_adapters")
 
 
 @dataclass
@@ -111,11 +156,20 @@ class AnswerSettings:
     examples: list[Example] = field(default_factory=_default_examples)
     """Few-shot question/answer pairs shown before the question (chat models: as earlier turns).
     They set the answer format; they carry no knowledge of the contexts."""
-    backend: str = "transformers"
+    backend: AnswerBackend = AnswerBackend.transformers
     """'transformers' (answer with the PEFT model in this process; CPU default) or 'vllm' (save the
     trained adapter and answer through a vLLM engine with it as a runtime LoRA; needs a CUDA GPU and
     ``pip install -e '.[gpu]'``). Training is PEFT either way."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
+
+    def check(self, key: str = "student.answer") -> None:
+        check_choice(self, key, "backend", AnswerBackend)
+        check_min(self, key, 1, "max_new_tokens", "batch_size")
+        self.vllm.check(f"{key}.vllm")
+        if self.backend == AnswerBackend.vllm:
+            from orchestration.core.models import require_vllm
+
+            require_vllm(f"{key}.backend")
 
 
 @dataclass
@@ -137,6 +191,10 @@ class JudgeConfig:
     cache_path: Optional[str] = None
     """JSON file of verdicts keyed by (question, gold, answer); None = the run folder's judge_cache.json."""
 
+    def check(self, key: str = "student.judge") -> None:
+        check_positive(self, key, "timeout_s")
+        check_min(self, key, 0, "max_retries", "backoff_s")
+
 
 @dataclass
 class StudentConfig:
@@ -153,7 +211,7 @@ class StudentConfig:
     attn_implementation: Optional[str] = None
     """transformers attention kernel. None = 'eager' on CPU (15% more training tokens/s than 'sdpa'
     for these short sequences on the 2-core dev machine) and transformers' default on GPU."""
-    grader: str = "f1"
+    grader: Grader = Grader.f1
     """Score per question: 'f1' (SQuAD token F1), 'exact' (normalized exact match), 'contains'
     (gold span contained in the answer) or 'judge' (LLM judge; see ``judge``)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -162,3 +220,13 @@ class StudentConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     arc: ArcSettings = field(default_factory=ArcSettings)
     """How ARC edits are run (domain 'arc' only): edit limits, the default_ttt recipe, prediction views."""
+
+    def check(self, key: str = "student") -> None:
+        """Every value of the node; the model itself is checked by `orchestration.core.catalog.check_model`
+        (it needs the model cache of the command's config)."""
+        check_min(self, key, 0, "threads")
+        check_choice(self, key, "grader", Grader)
+        self.lora.check(f"{key}.lora")
+        self.train.check(f"{key}.train")
+        self.answer.check(f"{key}.answer")
+        self.judge.check(f"{key}.judge")

@@ -10,10 +10,13 @@ Design:
 - Retries: HTTP 429, 5xx, network errors/timeouts and unreadable verdicts are transient and are
   retried up to ``max_retries`` times, sleeping ``backoff_s * 2**attempt`` between tries. Other
   4xx (bad model, key or URL) will not heal by waiting, so they fail at once with ``JudgeError``.
-- Cache: verdicts keyed by (question, gold, answer) are persisted as a JSON list, rewritten
-  atomically (temp file + ``os.replace``) after each new verdict, so a crash never corrupts it and
-  no verdict is paid for twice across runs. JSON, never pickle: the file is data, not code.
-  Empty answers score 0.0 without a call.
+- Cache: verdicts keyed by (question, gold, answer) are persisted as JSON lines, one verdict
+  appended (one ``write`` on an O_APPEND file, then fsync) as soon as it is paid for. Workers of a
+  run share the file: appends never overwrite each other (a whole-file rewrite per worker lost half
+  the verdicts of two workers), and before paying for a verdict a grader reads what the others
+  appended since it last looked. A line torn by a crash is skipped; the next opener ends it with a
+  newline so that the next verdict starts on a line of its own. JSON, never pickle: the file is
+  data, not code. Empty answers score 0.0 without a call.
 """
 from __future__ import annotations
 
@@ -21,13 +24,13 @@ import http.client
 import json
 import os
 import string
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from orchestration.core.runs import write_atomic
 from student.config import JudgeConfig
 
 SYSTEM_PROMPT = "You grade answers to questions. Reply with exactly one word: yes or no."
@@ -60,19 +63,19 @@ class JudgeGrader:
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         path = cache_path if cache_path is not None else cfg.cache_path
-        self.cache_path = Path(path) if path is not None else None
+        self.cache = VerdictCache(Path(path) if path is not None else None)
         self._sleep = sleep  # injectable so tests need not wait through backoff
-        self._cache: dict[Key, float] = self._load()
 
     def grade(self, question: str, gold: str, answer: str) -> float:
         """1.0 if the judge says the answer matches the gold, else 0.0."""
         if not answer.strip():
             return 0.0  # nothing to judge; do not pay for it
         key = (question, gold, answer)
-        if key not in self._cache:
-            self._cache[key] = self._ask(question, gold, answer)
-            self._save()
-        return self._cache[key]
+        verdict = self.cache.get(key)
+        if verdict is None:
+            verdict = self._ask(question, gold, answer)
+            self.cache.add(key, verdict)
+        return verdict
 
     def grade_many(self, items: list[tuple[str, str, str]]) -> list[float]:
         """Grades each triple in order (cached ones cost nothing)."""
@@ -125,23 +128,66 @@ class JudgeGrader:
             f"judge.api_key_env ({self.cfg.api_key_env!r}) is set correctly."
         )
 
-    def _load(self) -> dict[Key, float]:
-        if self.cache_path is None or not self.cache_path.exists():
-            return {}
-        rows = json.loads(self.cache_path.read_text(encoding="utf-8"))
-        return {(r["question"], r["gold"], r["answer"]): float(r["verdict"]) for r in rows}
 
-    def _save(self) -> None:
-        if self.cache_path is None:
+class VerdictCache:
+    """Verdicts by (question, gold, answer), in memory and (``path`` not None) in a JSONL file that
+    several processes may append to at once (see the module docstring)."""
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self.path = path
+        self._verdicts: dict[Key, float] = {}
+        self._offset = 0  # bytes of the file read so far (always just after a newline)
+        if path is None:
             return
-        rows = [dict(question=q, gold=g, answer=a, verdict=v) for (q, g, a), v in self._cache.items()]
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        # temp file in the same folder + os.replace: readers never see a half-written cache
-        fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, suffix=".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            with open(path, "rb") as f:
+                legacy = f.read(1) == b"["
+            if legacy:  # the old format, one JSON list rewritten whole: converted once, atomically
+                rows = json.loads(path.read_text(encoding="utf-8"))
+                write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            self._refresh()
+            if path.stat().st_size > self._offset:
+                self._append(b"\n")  # a torn last line: end it, so that the next verdict starts clean
+
+    def get(self, key: Key) -> Optional[float]:
+        if key not in self._verdicts:
+            self._refresh()  # another worker may have paid for it since we last looked
+        return self._verdicts.get(key)
+
+    def add(self, key: Key, verdict: float) -> None:
+        self._verdicts[key] = verdict
+        if self.path is not None:
+            q, g, a = key
+            row = dict(question=q, gold=g, answer=a, verdict=verdict)
+            self._append((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def __len__(self) -> int:
+        return len(self._verdicts)
+
+    def _refresh(self) -> None:
+        """Read the lines appended since the last read; a line torn by a crash is skipped."""
+        if self.path is None or not self.path.is_file():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # a last line without newline may still be being written
+        self._offset += end
+        for line in data[:end].splitlines():
+            try:
+                r = json.loads(line)
+                self._verdicts[(r["question"], r["gold"], r["answer"])] = float(r["verdict"])
+            except (ValueError, KeyError, TypeError):
+                continue  # torn by a crash (or blank): that verdict is paid for again, once
+
+    def _append(self, data: bytes) -> None:
+        # One write() on an O_APPEND descriptor: the kernel puts it at the end of the file whole,
+        # so appends of concurrent processes never overwrite or split each other.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(rows, f, ensure_ascii=False, indent=0)
-            os.replace(tmp, self.cache_path)
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
         finally:
-            if os.path.exists(tmp):  # only left behind when writing failed
-                os.unlink(tmp)
+            os.close(fd)

@@ -257,11 +257,12 @@ class Student:
             labels.append((p if spec.prompt_loss else [-100] * len(p)) + t)
         return ids, labels, truncated, too_long
 
-    def train(self, spec: TrainSpec | list[str], fresh: bool = True) -> TrainStats:
+    def train(self, spec: TrainSpec | list[str], fresh: bool = True, seed: int | None = None) -> TrainStats:
         """Attach a fresh adapter and train it on ``spec`` (or plain sequences) per ``cfg.train``
         and ``cfg.lora`` (a spec may override the learning rate and epochs); it stays active until
         `discard` (or `merge_adapter`). ``fresh=False`` trains the adapter already in place further
-        (continual mode without merging)."""
+        (continual mode without merging). ``seed`` (adapter init and batch order) defaults to
+        ``cfg.train.seed``; a job passes its own, so no job changes the config another one reads."""
         import torch
 
         if not isinstance(spec, TrainSpec):
@@ -269,12 +270,13 @@ class Student:
         train = self.cfg.train
         lr = spec.learning_rate if spec.learning_rate is not None else train.learning_rate
         epochs = spec.epochs if spec.epochs is not None else train.epochs
+        seed = train.seed if seed is None else seed
         t0 = time.perf_counter()
-        model = self._fresh_adapter(self.cfg.lora, train.seed) if fresh or self._peft is None else self._peft
+        model = self._fresh_adapter(self.cfg.lora, seed) if fresh or self._peft is None else self._peft
         ids, labels, truncated, too_long = self._encode(spec, train.max_length)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
-        rng = random.Random(train.seed)
+        rng = random.Random(seed)
         model.train()
         steps, real, first, epoch_losses = 0, 0, float("nan"), []
         self._active = True
@@ -299,7 +301,7 @@ class Student:
         if self._vllm is not None:
             self._adapter_dir = self._vllm.save_adapter(model)
         final = sum(epoch_losses) / max(1, len(epoch_losses))
-        return TrainStats(steps, len(ids), real, truncated, too_long, first, final, time.perf_counter() - t0, train.seed)
+        return TrainStats(steps, len(ids), real, truncated, too_long, first, final, time.perf_counter() - t0, seed)
 
     def merge_adapter(self) -> None:
         """Fold the trained adapter into the base weights for good (continual mode, as the paper
@@ -326,9 +328,9 @@ class Student:
         trim_cpu_memory()
 
     @contextmanager
-    def adapted(self, spec: TrainSpec | list[str]):
+    def adapted(self, spec: TrainSpec | list[str], seed: int | None = None):
         """``with student.adapted(spec) as stats: student.answer(...)``; discarded on exit."""
         try:
-            yield self.train(spec)
+            yield self.train(spec, seed=seed)
         finally:
             self.discard()

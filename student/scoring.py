@@ -9,6 +9,7 @@ unadapted score of a context) are cached per student, never re-scored per edit.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -58,11 +59,13 @@ def grader_name(student, domain) -> str:
     return domain.GRADER or student.cfg.grader
 
 
-def base_result(student, baselines: Baselines, ctx, key: str) -> StudentResult:
+def base_result(student, baselines: Baselines, ctx, key: str, seed: int | None = None) -> StudentResult:
+    """The unadapted student on ``ctx``; ``seed`` is the job's (recorded only: nothing is trained)."""
     verdicts, score, answer_s = baselines.get(ctx)
     return StudentResult(key=key, student=student.cfg.model, context_id=ctx.context_id, condition="base",
                          completion=0, score=score, baseline_score=score, verdicts=verdicts,
-                         seed=student.cfg.train.seed, grader=grader_name(student, baselines.domain),
+                         seed=student.cfg.train.seed if seed is None else seed,
+                         grader=grader_name(student, baselines.domain),
                          timings={"answer_s": round(answer_s, 3)})
 
 
@@ -80,7 +83,7 @@ def merge_specs(specs: list[TrainSpec]) -> TrainSpec:
 
 
 def adapt_and_score(student, baselines: Baselines, ctxs: list, edits: list[str], *, condition: str,
-                    completion: int, key: str) -> StudentResult:
+                    completion: int, key: str, seed: int | None = None) -> StudentResult:
     """Train one fresh adapter on what the domain makes of the edits of ``ctxs``, score every
     context's queries with it, discard it.
 
@@ -91,13 +94,15 @@ def adapt_and_score(student, baselines: Baselines, ctxs: list, edits: list[str],
     is not trained on: it scores 0 on every query, and the reason is in ``train['invalid']``.
     """
     domain = baselines.domain
-    spec = merge_specs([domain.train_spec(c, e, condition, student.cfg) for c, e in zip(ctxs, edits, strict=True)])
+    seed = student.cfg.train.seed if seed is None else seed
+    cfg = replace(student.cfg, train=replace(student.cfg.train, seed=seed))  # this job's copy: ARC seeds its data
+    spec = merge_specs([domain.train_spec(c, e, condition, cfg) for c, e in zip(ctxs, edits, strict=True)])
     base = [v.score for c in ctxs for v in baselines.get(c)[0]]
     if spec.invalid:
         verdicts = tuple(QuestionVerdict(v.question, v.gold, "", 0.0) for c in ctxs for v in baselines.get(c)[0])
         info, timings = {**spec.info, "invalid": spec.invalid}, {"train_s": 0.0, "answer_s": 0.0}
     else:
-        with student.adapted(spec) as stats:
+        with student.adapted(spec, seed=seed) as stats:
             t0 = time.perf_counter()
             verdicts = tuple(v for c in ctxs for v in score_context(student, c, baselines.grade, domain)[0])
             answer_s = time.perf_counter() - t0
@@ -105,5 +110,5 @@ def adapt_and_score(student, baselines: Baselines, ctxs: list, edits: list[str],
         timings = {"train_s": round(stats.train_s, 3), "answer_s": round(answer_s, 3)}
     return StudentResult(key=key, student=student.cfg.model, context_id="+".join(c.context_id for c in ctxs),
                          condition=condition, completion=completion, score=sum(v.score for v in verdicts) / len(verdicts),
-                         baseline_score=sum(base) / len(base), verdicts=verdicts, seed=student.cfg.train.seed,
+                         baseline_score=sum(base) / len(base), verdicts=verdicts, seed=seed,
                          grader=grader_name(student, domain), train=info, timings=timings)

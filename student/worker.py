@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestration.core.contexts import context_from_json
+from orchestration.core.faults import fault
 from orchestration.core.queue import Lease, Queue
 from orchestration.core.records import StudentResult
 from student.config import StudentConfig
@@ -35,7 +35,6 @@ from student.config import StudentConfig
 STOP_FLAG = "stop"  # the driver sets this flag to "1" to stop workers started with until="stopped"
 VERSION_FLAG = "teacher_version"  # the driver publishes the teacher's newest version here ...
 LAG_FLAG = "max_teacher_lag"  # ... and the staleness bound here (unset: no bound)
-REFERENCE = ("base", "passage")  # conditions that score no edit, so they are never stale
 
 
 def stale_reason(q: Queue, lease: Lease) -> str | None:
@@ -46,8 +45,13 @@ def stale_reason(q: Queue, lease: Lease) -> str | None:
     sets, so every launcher (local processes, inline, Ray) applies the same rule from the same
     ledger, and the reason is recorded on the dropped job.
     """
+    from orchestration.core import domains
+
     newest, lag = q.get_flag(VERSION_FLAG), q.get_flag(LAG_FLAG)
-    if newest is None or lag is None or lease.payload.get("condition") in REFERENCE:
+    # the domain's reference conditions (knowledge: base, passage; ARC: base, default_ttt) score no
+    # edit, so they are never stale
+    reference = domains.get(lease.payload.get("domain", "knowledge")).REFERENCE
+    if newest is None or lag is None or lease.payload.get("condition") in reference:
         return None
     if int(newest) - lease.teacher_version > int(lag):
         return (f"stale: edit of teacher v{lease.teacher_version} scored while the teacher is at v{newest}, "
@@ -61,20 +65,19 @@ def job_kind(student: str) -> str:
 
 
 class _Renewer(threading.Thread):
-    """Keeps one lease alive while its job runs; SQLite connections are per thread, so it opens its own."""
+    """Keeps a group's leases alive while it runs; SQLite connections are per thread, so it opens its own."""
 
-    def __init__(self, queue_path: Path, lease: Lease, lease_s: float):
+    def __init__(self, queue_path: Path, leases: list[Lease], lease_s: float):
         super().__init__(daemon=True)
-        self.queue_path, self.lease, self.lease_s = queue_path, lease, lease_s
+        self.queue_path, self.leases, self.lease_s = queue_path, leases, lease_s
         self.done = threading.Event()
-        self.lost = False
 
     def run(self) -> None:
         with Queue(self.queue_path) as q:
             while not self.done.wait(self.lease_s / 3):
-                if not q.renew(self.lease, self.lease_s):
-                    self.lost = True  # someone else holds it now; our ack will not count twice
-                    return
+                # a lease someone else holds now is not renewed; our ack of it will not count twice
+                for lease in self.leases:
+                    q.renew(lease, self.lease_s)
 
 
 class Worker:
@@ -86,7 +89,6 @@ class Worker:
         from student.scoring import make_grader
 
         self.cfg = cfg
-        self.seed = cfg.train.seed  # the config's seed; a job may override it for its adaptation
         self.kind = job_kind(cfg.model)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{cfg.model}"
         self.student = Student(cfg, cache=cache)
@@ -108,16 +110,27 @@ class Worker:
         baselines = self.baselines_of(payload.get("domain", "knowledge"))
         load = baselines.domain.from_json
         cond = payload["condition"]
+        # The job's own seed (`seal train` and `seal evaluate seeds=[...]` set it); else the config's.
+        seed = payload.get("seed", self.cfg.train.seed)
         if cond == "base":
-            return base_result(self.student, baselines, load(payload["context"]), key)
-        # A job may pin the adaptation seed (`seal evaluate seeds=[...]`); else the config's.
-        self.student.cfg.train.seed = payload.get("seed", self.seed)
+            return base_result(self.student, baselines, load(payload["context"]), key, seed)
         if "contexts" in payload:  # multi-passage: one adaptation on the edits of several contexts
             ctxs, edits = [load(c) for c in payload["contexts"]], payload["edits"]
         else:
             ctxs, edits = [load(payload["context"])], [payload["edit"]]
         return adapt_and_score(self.student, baselines, ctxs, edits, condition=cond, completion=payload["sample"],
-                               key=key)
+                               key=key, seed=seed)
+
+    def run_group(self, leases: list[Lease]) -> list[StudentResult | Exception]:
+        """The results of a leased group, in order; a job that raised has its exception instead (it
+        is that job's failure, not its companions')."""
+        out: list[StudentResult | Exception] = []
+        for lease in leases:
+            try:
+                out.append(self.run_job(lease.payload, lease.key))
+            except Exception as e:
+                out.append(e)
+        return out
 
     def serve(self, queue_path: str | Path, *, lease_s: float, until: str = "drained", poll_s: float = 0.5,
               parent_pid: int | None = None, max_jobs: int | None = None, max_attempts: int = 3) -> int:
@@ -138,26 +151,33 @@ class Worker:
                     break
                 if parent_pid is not None and os.getppid() != parent_pid:
                     break
-                lease = q.lease(self.worker_id, [self.kind], lease_s)
-                if lease is None:
+                leases = q.lease_group(self.worker_id, [self.kind], lease_s)
+                if not leases:
                     if until == "drained" and q.unfinished([self.kind]) == 0:
                         break
                     time.sleep(poll_s)
                     continue
-                reason = stale_reason(q, lease)
-                if reason is not None:
-                    q.drop([lease.key], reason)
+                live = []
+                for lease in leases:
+                    reason = stale_reason(q, lease)
+                    if reason is not None:
+                        q.drop([lease.key], reason)
+                    else:
+                        live.append(lease)
+                if not live:
                     continue
-                renewer = _Renewer(queue_path, lease, lease_s)
+                renewer = _Renewer(queue_path, live, lease_s)
                 renewer.start()
                 try:
-                    result = self.run_job(lease.payload, lease.key)
-                except Exception as e:  # the job failed, not the worker: record why and go on
-                    renewer.done.set()
-                    q.nack(lease, f"{type(e).__name__}: {e}")
-                    continue
+                    results = self.run_group(live)
+                    fault("lease")
                 finally:
                     renewer.done.set()
                     renewer.join()
-                acked += q.ack(lease, json.loads(result.to_json()))
+                # one transaction: a worker that dies before it leaves the whole group to be redone
+                acked += q.ack_many([(lease, json.loads(r.to_json())) for lease, r in zip(live, results)
+                                     if not isinstance(r, Exception)])
+                for lease, r in zip(live, results):
+                    if isinstance(r, Exception):  # the job failed, not the worker: record why and go on
+                        q.nack(lease, f"{type(r).__name__}: {r}")
         return acked

@@ -2,7 +2,8 @@
 and how ReST^EM trains it on the rewarded edits.
 
 Plain dataclasses (no torch), mirrored by the ``teacher:`` node of the YAML files in ``configs/``.
-Every field is documented here; this file is the manual for that node.
+Every field is documented here; this file is the manual for that node. Each dataclass's ``check(key)``
+refuses out-of-range values before any work (see `orchestration.core.config`).
 """
 
 from __future__ import annotations
@@ -10,30 +11,49 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from orchestration.core.config import (Choice, ConfigError, Dtype, check_choice, check_dropout, check_fraction,
+                                       check_min, check_nonempty, check_positive)
+
+
+class Backend(Choice):
+    """Where edits are generated."""
+
+    transformers = "transformers"
+    vllm = "vllm"
+
+
+class Save(Choice):
+    """How a ReST^EM version is saved."""
+
+    merged = "merged"
+    adapter = "adapter"
+
 
 @dataclass
 class GenerationSettings:
     """Sampling of self-edits. Recorded with every edit."""
 
-    backend: str = "transformers"
+    backend: Backend = Backend.transformers
     """'transformers' (CPU default; batched sampling in one process) or 'vllm' (a ``vllm.LLM`` engine in
     this process; needs a CUDA GPU and ``pip install -e '.[gpu]'``)."""
     temperature: float = 1.0
-    """Sampling temperature for training edits (held-out edits are greedy unless ``eval.sampled``)."""
+    """Sampling temperature for training edits, > 0 (held-out edits are greedy unless ``eval.sampled``).
+    0 is refused rather than read as greedy: training edits are sampled so that k of them differ, and
+    greedy decoding is already what held-out edits get."""
     top_p: float = 0.95
-    """Nucleus sampling mass."""
+    """Nucleus sampling mass, in (0, 1]."""
     max_new_tokens: int = 192
-    """Tokens per edit; an edit cut here is kept and marked ``finished: false``."""
+    """Tokens per edit (1 or more); an edit cut here is kept and marked ``finished: false``."""
     constrain: bool = False
     """Sample only edits in the domain's finite edit format (ARC's JSON choices; the knowledge domain
     has none): each token is drawn from the teacher's distribution renormalised over the tokens that
     keep the text on the way to a valid edit. For teachers too small to write the format unaided.
     transformers backend only."""
     batch_size: int = 32
-    """Sequences per generate() call: prompts x samples are flattened and batched together."""
+    """Sequences per generate() call (1 or more): prompts x samples are flattened and batched together."""
     seed: int = 0
     """Base seed; each generate call is seeded from it, the round and the batch, and records its seed."""
-    dtype: str = "auto"
+    dtype: Dtype = Dtype.auto
     """'auto' (bf16 where the hardware has fast bf16; with vllm: vLLM's own choice from the checkpoint),
     'bf16' or 'fp32'."""
     gpu_memory_utilization: float = 0.85
@@ -46,15 +66,30 @@ class GenerationSettings:
     """vllm only: skip CUDA graph capture (starts faster, decodes slower). The driver builds one engine
     per teacher version and step, so on small models the capture can cost more than it saves."""
 
+    def check(self, key: str = "teacher.generation") -> None:
+        check_choice(self, key, "backend", Backend)
+        check_choice(self, key, "dtype", Dtype)
+        check_positive(self, key, "temperature", hint=" (held-out edits are greedy already; for near-greedy "
+                                                      "training edits use a small value such as 0.1)")
+        check_fraction(self, key, "top_p", "gpu_memory_utilization")
+        check_min(self, key, 1, "max_new_tokens", "batch_size", "max_model_len")
+        if self.constrain and self.backend != Backend.transformers:
+            raise ConfigError(f"{key}.constrain=true is implemented for the transformers backend only; "
+                              f"set {key}.backend=transformers or constrain=false")
+        if self.backend == Backend.vllm:
+            from orchestration.core.models import require_vllm
+
+            require_vllm(f"{key}.backend")
+
 
 @dataclass
 class SFTSettings:
     """The ReST^EM update: TRL SFTTrainer on rewarded (prompt, edit) pairs, completion-only loss."""
 
     epochs: int = 2
-    """Passes over the rewarded pairs."""
+    """Passes over the rewarded pairs (1 or more)."""
     learning_rate: float = 3e-4
-    """Peak learning rate (linear decay)."""
+    """Peak learning rate (linear decay), > 0."""
     batch_size: int = 4
     """Pairs per optimizer step (per_device_train_batch_size)."""
     gradient_accumulation_steps: int = 1
@@ -71,15 +106,23 @@ class SFTSettings:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     """Linear layers that get an adapter."""
-    save: str = "merged"
+    save: Save = Save.merged
     """'merged': each version is a full checkpoint (adapter merged into the weights); 'adapter': only the
     adapter is saved and a version is loaded by applying its chain of adapters to the base model."""
     keep_last: int = 2
-    """Retention: keep the last K merged versions plus the best on held-out accuracy; older ones are
-    deleted (a merged version is a full model). Adapter-only versions are always kept (each one is
-    needed to rebuild the next)."""
+    """Retention: keep the last K merged versions (K >= 1: the newest is the teacher) plus the best on
+    held-out accuracy; older ones are deleted (a merged version is a full model). Adapter-only versions
+    are always kept (each one is needed to rebuild the next)."""
     seed: int = 0
     """Seed of the SFT run (data order, adapter init); recorded in the version manifest."""
+
+    def check(self, key: str = "teacher.sft") -> None:
+        check_choice(self, key, "save", Save)
+        check_min(self, key, 1, "epochs", "batch_size", "gradient_accumulation_steps", "max_length", "lora_r",
+                  "keep_last")
+        check_positive(self, key, "learning_rate", "lora_alpha")
+        check_dropout(self, key, "lora_dropout")
+        check_nonempty(self, key, "target_modules")
 
 
 @dataclass
@@ -94,6 +137,11 @@ class TeacherConfig:
     """Allow model code from the checkpoint to run. Off unless you trust the source."""
     threads: int = 0
     """torch intra-op threads for generation and SFT in the driver (0 = torch's default)."""
+    max_prompt_tokens: int = 2048
+    """Longest teacher prompt (the template with a context filled in), in tokens of the teacher's
+    tokenizer. Every context's prompt is measured before any work (the tokenizer alone is loaded), and
+    a longer one is refused: a 2 MB passage would otherwise become a 900k-token prompt that runs for
+    hours. Keep prompt + ``generation.max_new_tokens`` within the model's context length."""
     prompt: str = "implications"
     """Self-edit prompt template: 'implications', 'implications-long', 'implications-very-long',
     'rewrite', 'self-qa', or a name from ``templates``."""
@@ -102,3 +150,17 @@ class TeacherConfig:
     write {{ and }} for literal ones)."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
+
+    def check(self, key: str = "teacher") -> None:
+        """Every value of the node; the model itself is checked by `orchestration.core.catalog.check_model`
+        (it needs the model cache of the command's config)."""
+        from teacher.prompts import template_text
+
+        check_min(self, key, 0, "threads")
+        check_min(self, key, 1, "max_prompt_tokens")
+        try:
+            template_text(self.prompt, self.templates)
+        except ValueError as e:
+            raise ConfigError(f"{key}.prompt={self.prompt}: {e}") from None
+        self.generation.check(f"{key}.generation")
+        self.sft.check(f"{key}.sft")

@@ -8,8 +8,10 @@ The transformers backend departs from a plain loop over prompts in three ways, a
 on a small CPU: every (prompt, sample) pair is flattened into one list and generated in batches of
 ``generation.batch_size``; the list is sorted by prompt length first, so a batch holds prompts of
 similar length and little compute goes to left padding; and weights are held in bf16 under
-autocast where the CPU has fast bf16. Sampling is seeded per batch from (seed, batch index), so the
-same (prompts, n, seed, batch_size) gives the same edits on the same machine.
+autocast where the CPU has fast bf16. Sampling draws from a private ``torch.Generator`` per batch,
+seeded from (seed, batch index): never from torch's global RNG, which other threads of the driver
+reseed (TRL's ``set_seed`` in SFT, PEFT's adapter init) while `async_rounds` generates. So the same
+(prompts, n, seed, batch_size) gives the same edits on the same machine, whatever else runs.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ class NucleusSampler:
     Shapes: input_ids (rows, length so far), scores (rows, vocab) fp32; returns (rows, vocab).
     """
 
-    def __init__(self, temperature: float, top_p: float):
-        self.temperature, self.top_p = temperature, top_p
+    def __init__(self, temperature: float, top_p: float, generator=None):
+        self.temperature, self.top_p, self.generator = temperature, top_p, generator
 
     def __call__(self, input_ids, scores):
         import torch
@@ -74,7 +76,7 @@ class NucleusSampler:
         rows = torch.arange(probs.shape[0], device=probs.device)  # rows still to draw
         p, c = probs, cdf
         while rows.numel():
-            u = torch.rand((rows.numel(), 1), device=p.device) * c[:, -1:]
+            u = torch.rand((rows.numel(), 1), device=p.device, generator=self.generator) * c[:, -1:]
             t = torch.searchsorted(c, u, right=True).clamp_(max=p.shape[-1] - 1)  # (rows left, 1)
             if self.top_p >= 1.0:
                 ok = torch.ones(rows.numel(), dtype=torch.bool, device=p.device)
@@ -172,9 +174,9 @@ class TransformersBackend:
             mask[r, width - len(seq):] = 1
         return inp.to(self.model.device), mask.to(self.model.device)
 
-    def _sampling(self, greedy: bool, constraint: ChoiceConstraint | None = None) -> dict:
-        """generate() arguments: plain greedy, or greedy over the one-hot rows of `NucleusSampler`;
-        a `ChoiceConstraint` masks the logits first."""
+    def _sampling(self, greedy: bool, constraint: ChoiceConstraint | None = None, generator=None) -> dict:
+        """generate() arguments: plain greedy, or greedy over the one-hot rows of `NucleusSampler`
+        (drawing from ``generator``); a `ChoiceConstraint` masks the logits first."""
         from transformers import LogitsProcessorList
 
         g = self.cfg.generation
@@ -185,7 +187,7 @@ class TransformersBackend:
                                  f"greedy edits are asked for with greedy=True")
             if not 0 < g.top_p <= 1:
                 raise ValueError(f"teacher.generation.top_p must be in (0, 1], got {g.top_p}")
-            procs.append(NucleusSampler(g.temperature, g.top_p))
+            procs.append(NucleusSampler(g.temperature, g.top_p, generator))
         return {"do_sample": False, **({"logits_processor": LogitsProcessorList(procs)} if procs else {})}
 
     def _trie(self, choices: list[str]) -> dict:
@@ -221,8 +223,8 @@ class TransformersBackend:
         for b, batch in enumerate(tqdm(batches, desc="teacher generate", unit="batch", disable=None)):
             inp, mask = self._left_pad([ids[i] for i, _ in batch])
             constraint = ChoiceConstraint(trie, self.stops, inp.shape[1]) if trie is not None else None
-            sampling = self._sampling(greedy, constraint)
-            torch.manual_seed(batch_seed(seed, b))
+            generator = torch.Generator(device=inp.device).manual_seed(batch_seed(seed, b))
+            sampling = self._sampling(greedy, constraint, generator)
             with torch.inference_mode(), self._autocast():
                 gen = self.model.generate(input_ids=inp, attention_mask=mask, max_new_tokens=g.max_new_tokens,
                                           eos_token_id=self.stops, pad_token_id=self.tokenizer.pad_token_id,

@@ -143,3 +143,46 @@ def tokenize_prompt(tokenizer, text: str, chat: bool) -> list[int]:
     adds them (e.g. Gemma's BOS) as it would for any text.
     """
     return tokenizer(text, add_special_tokens=not chat)["input_ids"]
+
+
+def prompt_tokenizer(cfg, cache: str | None = None, key: str = "teacher"):
+    """(tokenizer, chat) of the teacher ``cfg`` (a TeacherConfig) without its weights: enough to render
+    and count prompts before any work. A built-in is materialised (or its cached folder reused); every
+    teacher version folder holds its tokenizer, an adapter-only one too (which has no config.json)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from orchestration.core import catalog
+    from orchestration.core.config import ConfigError
+    from orchestration.core.models import uses_chat
+
+    folder = Path(cfg.model).expanduser()
+    path = str(folder) if folder.is_dir() else catalog.resolve(cfg.model, catalog.cache_dir(cache))
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    try:
+        return tok, uses_chat(tok, cfg.chat, f"{key}.chat")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_prompt_lengths(cfg, contexts, domain, tokenizer, chat: bool, key: str = "teacher",
+                         data_key: str = "data") -> None:
+    """Refuse contexts whose teacher prompt is longer than ``cfg.max_prompt_tokens`` tokens, naming
+    that bound's key (``key`` is the teacher node's dotted path) and where the contexts come from
+    (``data_key``). The prompts are rendered exactly as generation renders them."""
+    from orchestration.core.config import ConfigError
+
+    bound = cfg.max_prompt_tokens
+    over = []
+    for c in contexts:
+        text = render(cfg.prompt, cfg.templates, *domain.prompt_fields(c), tokenizer, chat)
+        n = len(tokenize_prompt(tokenizer, text, chat))
+        if n > bound:
+            over.append((c.title, n))
+    if over:
+        title, n = max(over, key=lambda x: x[1])
+        raise ConfigError(f"{len(over)} context(s) of {data_key} make teacher prompts longer than "
+                          f"{key}.max_prompt_tokens={bound} (the longest, '{title[:60]}', is {n} tokens); drop or "
+                          f"shorten those passages ({data_key}.source/offset/limit/ids), or raise "
+                          f"{key}.max_prompt_tokens if the model's context length allows it")

@@ -78,7 +78,16 @@ def build_trainer(model, tokenizer, dataset, s: SFTSettings, output_dir: Path):
     """The SFTTrainer of one update: LoRA per ``s``, completion-only loss, no eval, no checkpoints."""
     import torch
     from peft import LoraConfig
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    from orchestration.core.faults import fault
+
+    class FaultHook(TrainerCallback):
+        """The kill-resume tests' ``sft`` fault point (`orchestration.core.faults`), after each step."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            fault("sft")
 
     cuda = torch.cuda.is_available()
     args = SFTConfig(
@@ -107,7 +116,7 @@ def build_trainer(model, tokenizer, dataset, s: SFTSettings, output_dir: Path):
     lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
                       target_modules=list(s.target_modules), task_type="CAUSAL_LM")
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=lora)
+                      peft_config=lora, callbacks=[FaultHook()])
 
 
 def _parent_ref(parent: str, out_dir: Path) -> str:
@@ -155,8 +164,9 @@ def sft_update(parent: str, examples: list[SFTExample], cfg: TeacherConfig, out_
     edit_ids = list(dataset["edit_id"])
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".tmp-{out_dir.name}-*"):  # left by a run killed mid-update
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     use_cache = model.config.use_cache
     try:
         trainer = build_trainer(model, tok, dataset, s, tmp / "trainer")

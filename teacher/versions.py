@@ -46,14 +46,32 @@ def load_teacher(model: str, *, cache: str | None = None, trust_remote_code: boo
                           attn_implementation=attn_implementation)
     from peft import PeftModel
 
-    ref = manifest["parent"]
-    # A sibling version is recorded as '../v{n}', relative to this folder (see rest_em._parent_ref).
-    parent = str(folder / ref) if ref.startswith("../") else ref
+    parent = parent_of(folder, manifest)
     base, tok = load_teacher(parent, cache=cache, trust_remote_code=trust_remote_code, dtype=dtype,
                              attn_implementation=attn_implementation)
     lm = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     lm.eval()
     return lm, tok
+
+
+def parent_of(folder: Path, manifest: dict) -> str:
+    """What the adapter version ``folder`` is built on: a sibling version, recorded as '../v{n}'
+    relative to ``folder`` (see rest_em._parent_ref), as a path; an absolute folder, a built-in
+    name or a hub id as recorded (that is the configured model, not part of this run).
+
+    A relative reference must stay in the checkpoints folder, on an earlier version: a manifest is
+    a file anyone can edit or copy, and '../../elsewhere' would load (and merge) whatever lies
+    there, or recurse forever on a reference to itself."""
+    ref = str(manifest["parent"])
+    if not ref.startswith("../"):
+        return ref
+    here = Path(folder).resolve()
+    parent = (here / ref).resolve()
+    n, own = (_VERSION.fullmatch(p.name) for p in (parent, here))
+    if parent.parent != here.parent or parent == here or (n and own and int(n[1]) >= int(own[1])):
+        raise ValueError(f"{here / MANIFEST}: parent {ref!r} resolves to {parent}, which is not an earlier "
+                         f"version in {here.parent}; a version's parent must be '../v{{n}}', n below its own")
+    return str(parent)
 
 
 def list_versions(checkpoints: Path) -> list[int]:

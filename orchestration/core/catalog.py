@@ -7,8 +7,10 @@ a model loaded that way carries a GGUF quantization config that Trainer refuses 
 built-in is dequantised once into a plain safetensors checkpoint in a cache folder; after that it
 loads in seconds like any local checkpoint.
 
-Anywhere a model is named, a local checkpoint folder or a hub id works too: `resolve` passes them
-through unchanged.
+Anywhere a model is named, a local checkpoint folder or a hub id (``org/name``) works too: `resolve`
+passes them through unchanged. `check_model` refuses, before any work, a name that is none of these
+(or a hub id the hub does not know, or cannot be asked about within `HUB_TIMEOUT_S`), naming the
+config field: without it, a typo cost a minute of hub retries and a traceback after the work began.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from orchestration.core.config import ConfigError
+
 CACHE_ENV = "SEAL_MODEL_CACHE"
 MARKER = "materialized.json"
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A hub id: ``org/name``, exactly one slash."""
+HUB_TIMEOUT_S = 8.0
+"""Seconds `check_model` waits for the hub to confirm a hub id (DNS included)."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +52,8 @@ BUILTINS: dict[str, Builtin] = {
 }
 
 
-class ModelNotFound(ValueError):
-    pass
+class ModelNotFound(ConfigError):
+    """A model name that is no built-in, no checkpoint folder and no reachable hub id."""
 
 
 def cache_dir(override: str | None = None) -> Path:
@@ -134,20 +144,121 @@ def materialize(name: str, root: Path | None = None, force: bool = False) -> Pat
     return dest
 
 
-def resolve(model: str, root: Path | None = None) -> str:
-    """Built-in name -> its materialised folder (materialising on first use); else unchanged.
-
-    A local folder must hold a ``config.json``; anything else is taken as a hub id.
-    """
+def kind(model: str) -> str:
+    """What a model name is: 'builtin', 'folder' (an existing path), 'hub' (``org/name``), 'path'
+    (looks like a path: starts with '/', '.' or '~', or has more slashes than a hub id; but does not
+    exist) or 'unknown' (anything else)."""
     if model in BUILTINS:
+        return "builtin"
+    if Path(model).expanduser().exists():
+        return "folder"
+    if HUB_ID.fullmatch(model):
+        return "hub"
+    if model.startswith(("/", ".", "~")) or os.sep in model or "/" in model:
+        return "path"
+    return "unknown"
+
+
+def _choices() -> str:
+    return f"a built-in ({', '.join(BUILTINS)}), a checkpoint folder (with config.json) or a hub id (org/name)"
+
+
+def resolve(model: str, root: Path | None = None) -> str:
+    """Built-in name -> its materialised folder (materialising on first use); a folder or a hub id
+    unchanged. A local folder must hold a ``config.json``; a path that does not exist, or a name that
+    is neither, is refused (it would otherwise be sent to the hub as an id)."""
+    what = kind(model)
+    if what == "builtin":
         return str(materialize(model, root))
-    p = Path(model).expanduser()
-    if p.exists():
+    if what == "folder":
+        p = Path(model).expanduser()
         if not (p / "config.json").is_file():
-            raise ModelNotFound(f"model folder {p} has no config.json; name a checkpoint folder, "
-                                f"a built-in ({', '.join(BUILTINS)}) or a hub id")
+            raise ModelNotFound(f"model folder {p} has no config.json; name {_choices()}")
         return str(p)
-    return model
+    if what == "hub":
+        return model
+    if what == "path":
+        raise ModelNotFound(f"model folder {model} does not exist (no such folder); name {_choices()}")
+    raise ModelNotFound(f"no such model or folder: {model!r}; name {_choices()}")
+
+
+def check_model(model: str, key: str, root: Path | None = None) -> None:
+    """Refuse, before any work, a model that cannot load; ``key`` is the config field that names it.
+
+    Accepted: a built-in (its package installed, or already materialised under ``root``); a folder
+    with a config.json, or a teacher version saved as an adapter (`teacher.versions`: an
+    adapter_config.json and a manifest naming its parent, which is checked in turn); a hub id the hub
+    knows, or that is cached locally when the hub is off (HF_HUB_OFFLINE=1) or unreachable.
+    """
+    what = kind(model)
+    if what == "builtin":
+        if not is_materialized(model, root or cache_dir()):
+            try:
+                metadata.distribution(BUILTINS[model].package)
+            except metadata.PackageNotFoundError:
+                raise ModelNotFound(f"{key}={model}: the built-in needs the package {BUILTINS[model].package}; "
+                                    f"run `make models`") from None
+        return
+    if what == "folder":
+        p = Path(model).expanduser()
+        if (p / "config.json").is_file():
+            return
+        manifest = p / "manifest.json"
+        if (p / "adapter_config.json").is_file() and manifest.is_file():
+            parent = json.loads(manifest.read_text()).get("parent", "")
+            # a sibling version is recorded as '../v{n}', relative to the version's folder
+            check_model(str(p / parent) if parent.startswith("../") else parent, f"{key} (the parent of {p})", root)
+            return
+        raise ModelNotFound(f"{key}={model}: the folder has no config.json (nor is it an adapter version "
+                            f"from a run's checkpoints/); name {_choices()}")
+    if what == "hub":
+        problem = _hub_problem(model)
+        if problem:
+            raise ModelNotFound(f"{key}={model}: {problem}; name a local folder or a built-in "
+                                f"({', '.join(BUILTINS)}) instead")
+        return
+    if what == "path":
+        raise ModelNotFound(f"{key}={model}: no such folder; check the path, or name {_choices()}")
+    raise ModelNotFound(f"{key}={model}: no such model or folder; name {_choices()}")
+
+
+def _hub_offline() -> bool:
+    # read at call time: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE",
+                                                                                      "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_problem(model: str) -> str | None:
+    """Why hub id ``model`` cannot load here (None: it can): a cached copy is enough; otherwise the
+    hub is asked, in a daemon thread given `HUB_TIMEOUT_S` (an unreachable DNS server can stall
+    longer than any HTTP timeout)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return None
+    if _hub_offline():
+        return "hub access is off (HF_HUB_OFFLINE=1) and the model is not in the local hub cache"
+    found: dict[str, str] = {}
+
+    def ask() -> None:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        try:
+            HfApi().model_info(model, timeout=HUB_TIMEOUT_S)
+        except GatedRepoError:  # it exists; loading it needs an accepted licence and a token
+            pass
+        except RepositoryNotFoundError:
+            found["problem"] = "no such model on the hub"
+        except Exception as e:  # any network failure: the model cannot be fetched either
+            found["problem"] = f"the hub could not be reached ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+
+    t = threading.Thread(target=ask, daemon=True, name="hub-probe")
+    t.start()
+    t.join(HUB_TIMEOUT_S)
+    if t.is_alive():
+        return f"the hub did not answer within {HUB_TIMEOUT_S:g} s"
+    return found.get("problem")
 
 
 def list_models(root: Path | None = None) -> list[dict]:

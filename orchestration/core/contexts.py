@@ -93,6 +93,22 @@ def _to_contexts(rows) -> list[Context]:
     ]
 
 
+def refuse_duplicates(contexts, where: str) -> None:
+    """Refuse a selection that holds a context twice (same ``context_id``: same title and passage).
+    Results are keyed by the id, so a repeated context would be written under one key twice and its
+    questions counted twice."""
+    seen: set[str] = set()
+    repeated = []
+    for c in contexts:
+        if c.context_id in seen:
+            repeated.append(c.title)
+        seen.add(c.context_id)
+    if repeated:
+        titles = ", ".join(f"'{t[:60]}'" for t in dict.fromkeys(repeated))
+        raise ContextDataError(f"{where}: {len(repeated)} context(s) appear more than once (same title and "
+                               f"passage): {titles}; remove the repeated records")
+
+
 def read_json_records(path: str | Path) -> list:
     """Read a JSON file, turning a missing file or bad JSON into a ContextDataError."""
     return read_json(path, ContextDataError, f"data file {{path}} does not exist; set data.source to a SEAL/SQuAD "

@@ -8,6 +8,7 @@ never from a hard-coded list of names.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 from orchestration.core import catalog
@@ -103,6 +104,34 @@ def autocast_dtype(setting: str, key: str = "dtype"):
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def machine() -> dict:
+    """The kind of machine a figure was measured on: CPU model and the instruction sets that decide
+    its speed and numerics (AVX2, AVX512F, AVX512-BF16, AMX), whether torch runs bf16 on it, and so
+    what ``dtype: auto`` means here (bf16 or fp32), plus the GPU if there is one.
+
+    Figures from two machines compare only when these agree: with ``dtype: auto`` an AVX2-only CPU
+    computes in fp32, one whose oneDNN runs bf16 in bf16, and the numbers differ."""
+    import platform
+
+    import torch
+
+    flags, name = set(), platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name") and name in ("", platform.processor()):
+                name = line.split(":", 1)[1].strip()
+    except OSError:  # not Linux: the flags stay unknown
+        pass
+    auto = autocast_dtype("auto")
+    return {"cpu": name, "cores": os.cpu_count(), "avx2": "avx2" in flags,
+            "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "torch_cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "dtype_auto": "bf16" if auto is not None else "fp32"}
 
 
 def eos_ids(generation_config, tokenizer) -> list[int]:

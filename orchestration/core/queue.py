@@ -13,6 +13,13 @@ No server: the driver and every worker open the same file. The contract:
   yet (the work is valid); any later ack of the key returns False and changes nothing.
 - **Stale.** `drop` marks jobs the driver no longer wants (too old a teacher version, or a round it
   has given up on) as 'stale'; they are never leased again and their acks are refused.
+- **No attempt left open.** A job that reaches a final state closes every attempt row it still has
+  open: the holder of a job finished by an earlier delivery's late ack is 'superseded', the holder
+  of a dropped job 'dropped'. Such a holder may die without a word, and nothing else would close it.
+- **Groups.** Jobs put with the same `group` are leased together (`lease_group`: the oldest
+  leasable job and every leasable job of its group) and acked together (`ack_many`, one
+  transaction), so a worker that dies mid-group leaves the whole group to be delivered again: the
+  same jobs then run with the same companions (a batched worker's numbers depend on them).
 - **JSON only.** Payloads and results are stored with `json.dumps`, never pickle, so the file can be
   read by any version of the code (and by `sqlite3` on the command line).
 - **Safe across processes.** Every write is one `BEGIN IMMEDIATE` transaction, so two workers can
@@ -34,15 +41,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.grp (job groups); a version-1 file is migrated in place
 STATES = ("pending", "leased", "done", "dead", "stale")
 
 SCHEMA = """
 CREATE TABLE jobs (key TEXT PRIMARY KEY, kind TEXT NOT NULL, round INTEGER NOT NULL,
     teacher_version INTEGER NOT NULL, payload TEXT NOT NULL, state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, lease_worker TEXT, lease_token TEXT, lease_expires REAL,
-    last_error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
+    last_error TEXT, created REAL NOT NULL, updated REAL NOT NULL, grp TEXT);
 CREATE INDEX jobs_state_kind ON jobs (state, kind);
+CREATE INDEX jobs_grp ON jobs (grp);
 CREATE TABLE attempts (key TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL,
     token TEXT NOT NULL, leased_at REAL NOT NULL, ended_at REAL, outcome TEXT, reason TEXT,
     PRIMARY KEY (key, attempt));
@@ -59,6 +67,7 @@ class Job:
     payload: dict  # JSON-serialisable only
     teacher_version: int  # the teacher version that produced the job
     round: int = 0
+    group: str | None = None  # jobs of one group are leased and acked together (`lease_group`)
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,10 @@ class Queue:
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:  # before job groups: every job is a group of its own
+                self._db.execute("ALTER TABLE jobs ADD COLUMN grp TEXT")
+                self._db.execute("CREATE INDEX jobs_grp ON jobs (grp)")
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: queue schema version {version}, this code reads "
                                    f"version {SCHEMA_VERSION}; use a new queue file")
@@ -151,46 +164,64 @@ class Queue:
     def put(self, jobs: Iterable[Job]) -> int:
         """Insert the jobs; returns how many were new. An existing key is left untouched."""
         now = self.clock()
-        rows = [(j.key, j.kind, j.round, j.teacher_version, _dumps(j.payload, j.key, "payload"), now, now)
+        rows = [(j.key, j.kind, j.round, j.teacher_version, _dumps(j.payload, j.key, "payload"), now, now, j.group)
                 for j in jobs]
         with self._write() as db:
             return sum(db.execute(
-                "INSERT OR IGNORE INTO jobs (key, kind, round, teacher_version, payload, state, created, updated)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)", row).rowcount for row in rows)
+                "INSERT OR IGNORE INTO jobs (key, kind, round, teacher_version, payload, state, created, updated, grp)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)", row).rowcount for row in rows)
 
     def lease(self, worker: str, kinds: Sequence[str], lease_s: float) -> Lease | None:
         """Lease the oldest pending (or expired) job of one of `kinds` to `worker` for `lease_s` seconds."""
+        with self._write():
+            return self._lease_next(worker, kinds, lease_s, None)
+
+    def lease_group(self, worker: str, kinds: Sequence[str], lease_s: float) -> list[Lease]:
+        """Lease the oldest pending (or expired) job of one of `kinds` and every other leasable job of
+        its group, oldest first, in one transaction; [] if there is none. Ack them with `ack_many`."""
+        with self._write() as db:
+            first = self._lease_next(worker, kinds, lease_s, None)
+            if first is None:
+                return []
+            group = db.execute("SELECT grp FROM jobs WHERE key = ?", (first.key,)).fetchone()[0]
+            out = [first]
+            while group is not None and (more := self._lease_next(worker, [first.kind], lease_s, group)) is not None:
+                out.append(more)
+            return out
+
+    def _lease_next(self, worker: str, kinds: Sequence[str], lease_s: float, group: str | None) -> Lease | None:
+        """Inside a write transaction: lease the oldest leasable job of `kinds` (of `group`, if given)."""
         kinds = _names(kinds, "kinds")
         if not worker or not isinstance(worker, str):
             raise ValueError(f"worker must be a non-empty string, got {worker!r}")
         if not lease_s > 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s}")
-        with self._write() as db:
-            now = self.clock()
-            while True:
-                # rowid is insertion order: jobs are never deleted, so it only grows.
-                row = db.execute(
-                    f"SELECT key, kind, round, teacher_version, payload, state, attempts, lease_worker,"
-                    f" lease_token FROM jobs WHERE kind IN ({','.join('?' * len(kinds))}) AND"
-                    f" (state = 'pending' OR (state = 'leased' AND lease_expires <= ?)) ORDER BY rowid LIMIT 1",
-                    [*kinds, now]).fetchone()
-                if row is None:
-                    return None
-                key, kind, round_, version, payload, state, attempts, old_worker, old_token = row
-                if state == "leased":
-                    self._end_attempt(key, old_token, "expired", f"lease expired (worker {old_worker})", now)
-                    if attempts >= self.max_attempts:
-                        db.execute("UPDATE jobs SET state = 'dead', last_error = ?, lease_token = NULL,"
-                                   " lease_expires = NULL, updated = ? WHERE key = ?",
-                                   (f"lease expired on attempt {attempts} (worker {old_worker})", now, key))
-                        continue
-                token, expires = uuid.uuid4().hex, now + lease_s
-                db.execute("UPDATE jobs SET state = 'leased', attempts = ?, lease_worker = ?, lease_token = ?,"
-                           " lease_expires = ?, updated = ? WHERE key = ?",
-                           (attempts + 1, worker, token, expires, now, key))
-                db.execute("INSERT INTO attempts (key, attempt, worker, token, leased_at) VALUES (?, ?, ?, ?, ?)",
-                           (key, attempts + 1, worker, token, now))
-                return Lease(key, kind, json.loads(payload), version, round_, attempts + 1, worker, token, expires)
+        db, now = self._db, self.clock()
+        in_group, params = ("", []) if group is None else (" AND grp = ?", [group])
+        while True:
+            # rowid is insertion order: jobs are never deleted, so it only grows.
+            row = db.execute(
+                f"SELECT key, kind, round, teacher_version, payload, state, attempts, lease_worker,"
+                f" lease_token FROM jobs WHERE kind IN ({','.join('?' * len(kinds))}){in_group} AND"
+                f" (state = 'pending' OR (state = 'leased' AND lease_expires <= ?)) ORDER BY rowid LIMIT 1",
+                [*kinds, *params, now]).fetchone()
+            if row is None:
+                return None
+            key, kind, round_, version, payload, state, attempts, old_worker, old_token = row
+            if state == "leased":
+                self._end_attempt(key, old_token, "expired", f"lease expired (worker {old_worker})", now)
+                if attempts >= self.max_attempts:
+                    db.execute("UPDATE jobs SET state = 'dead', last_error = ?, lease_token = NULL,"
+                               " lease_expires = NULL, updated = ? WHERE key = ?",
+                               (f"lease expired on attempt {attempts} (worker {old_worker})", now, key))
+                    continue
+            token, expires = uuid.uuid4().hex, now + lease_s
+            db.execute("UPDATE jobs SET state = 'leased', attempts = ?, lease_worker = ?, lease_token = ?,"
+                       " lease_expires = ?, updated = ? WHERE key = ?",
+                       (attempts + 1, worker, token, expires, now, key))
+            db.execute("INSERT INTO attempts (key, attempt, worker, token, leased_at) VALUES (?, ?, ?, ?, ?)",
+                       (key, attempts + 1, worker, token, now))
+            return Lease(key, kind, json.loads(payload), version, round_, attempts + 1, worker, token, expires)
 
     def _end_attempt(self, key: str, token: str, outcome: str, reason: str | None, now: float) -> None:
         self._db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, reason = ? WHERE key = ? AND token = ?",
@@ -214,24 +245,37 @@ class Queue:
     def ack(self, lease: Lease, result: dict) -> bool:
         """Record the result of this delivery; False (and nothing stored) if the key already has one
         or the job is dead or stale."""
-        text = _dumps(result, lease.key, "result")
-        with self._write() as db:
+        return self.ack_many([(lease, result)]) == 1
+
+    def ack_many(self, acks: Sequence[tuple[Lease, dict]]) -> int:
+        """`ack` each (lease, result) pair, all in one transaction (a group's results land together or
+        not at all); returns how many were recorded."""
+        texts = [_dumps(result, lease.key, "result") for lease, result in acks]
+        with self._write():
             now = self.clock()
-            state, _ = self._state(lease.key)
-            done = db.execute("SELECT attempt FROM results WHERE key = ?", (lease.key,)).fetchone()
-            if state in ("dead", "stale") or done:
-                # Close this delivery's row if still open, so it does not read as running forever.
-                why = f"result already recorded by attempt {done[0]}" if done else f"job is {state}"
-                db.execute("UPDATE attempts SET ended_at = ?, outcome = 'acked', reason = ? WHERE key = ?"
-                           " AND token = ? AND outcome IS NULL", (now, f"discarded: {why}", lease.key, lease.token))
-                return False
-            db.execute("INSERT INTO results (key, result, worker, attempt, token, created) VALUES (?, ?, ?, ?, ?, ?)",
-                       (lease.key, text, lease.worker, lease.attempt, lease.token, now))
-            # A late ack after expiry overwrites 'expired': this delivery's work is the one kept.
-            self._end_attempt(lease.key, lease.token, "acked", None, now)
-            db.execute("UPDATE jobs SET state = 'done', lease_token = NULL, lease_expires = NULL, updated = ?"
-                       " WHERE key = ?", (now, lease.key))
-            return True
+            return sum(self._ack(lease, text, now) for (lease, _), text in zip(acks, texts))
+
+    def _ack(self, lease: Lease, text: str, now: float) -> bool:
+        db = self._db
+        state, _ = self._state(lease.key)
+        done = db.execute("SELECT attempt FROM results WHERE key = ?", (lease.key,)).fetchone()
+        if state in ("dead", "stale") or done:
+            # Close this delivery's row if still open, so it does not read as running forever.
+            why = f"result already recorded by attempt {done[0]}" if done else f"job is {state}"
+            db.execute("UPDATE attempts SET ended_at = ?, outcome = 'acked', reason = ? WHERE key = ?"
+                       " AND token = ? AND outcome IS NULL", (now, f"discarded: {why}", lease.key, lease.token))
+            return False
+        db.execute("INSERT INTO results (key, result, worker, attempt, token, created) VALUES (?, ?, ?, ?, ?, ?)",
+                   (lease.key, text, lease.worker, lease.attempt, lease.token, now))
+        # A late ack after expiry overwrites 'expired': this delivery's work is the one kept.
+        self._end_attempt(lease.key, lease.token, "acked", None, now)
+        # The job's current holder (a later delivery) may never report back, and a done job is
+        # never leased again to expire it: close its row here, or it reads as running forever.
+        db.execute("UPDATE attempts SET ended_at = ?, outcome = 'superseded', reason = ? WHERE key = ?"
+                   " AND outcome IS NULL", (now, f"result recorded by attempt {lease.attempt}", lease.key))
+        db.execute("UPDATE jobs SET state = 'done', lease_token = NULL, lease_expires = NULL, updated = ?"
+                   " WHERE key = ?", (now, lease.key))
+        return True
 
     def nack(self, lease: Lease, reason: str) -> str:
         """This delivery failed: retry the job, or declare it dead after `max_attempts`. Returns the new state."""
@@ -248,12 +292,19 @@ class Queue:
             return state
 
     def drop(self, keys: Iterable[str], reason: str) -> int:
-        """Mark unfinished jobs 'stale' (never leased again, acks refused); returns how many changed."""
+        """Mark unfinished jobs 'stale' (never leased again, acks refused); returns how many changed.
+        The holder of a dropped job's lease has its attempt closed as 'dropped' with ``reason``."""
         with self._write() as db:
             now = self.clock()
-            return sum(db.execute("UPDATE jobs SET state = 'stale', last_error = ?, lease_token = NULL,"
-                                  " lease_expires = NULL, updated = ? WHERE key = ? AND state IN ('pending', 'leased')",
-                                  (reason, now, key)).rowcount for key in keys)
+            changed = 0
+            for key in keys:
+                if db.execute("UPDATE jobs SET state = 'stale', last_error = ?, lease_token = NULL,"
+                              " lease_expires = NULL, updated = ? WHERE key = ? AND state IN ('pending', 'leased')",
+                              (reason, now, key)).rowcount:
+                    changed += 1
+                    db.execute("UPDATE attempts SET ended_at = ?, outcome = 'dropped', reason = ? WHERE key = ?"
+                               " AND outcome IS NULL", (now, reason, key))
+            return changed
 
     def counts(self, kinds: Sequence[str] | None = None, round: int | None = None) -> dict[str, int]:
         where, params = _where(kinds, round)
@@ -279,7 +330,8 @@ class Queue:
         return [{**dict(zip(cols, r)), "payload": json.loads(r[-1])} for r in rows]
 
     def attempts(self, key: str) -> list[dict]:
-        """Deliveries of `key`, oldest first; outcome None while running, else acked | nacked | expired."""
+        """Deliveries of `key`, oldest first; outcome None while running, else acked | nacked | expired,
+        or superseded (an earlier delivery's late ack finished the job) | dropped (the job went stale)."""
         cols = ("attempt", "worker", "token", "leased_at", "ended_at", "outcome", "reason")
         rows = self._db.execute(f"SELECT {', '.join(cols)} FROM attempts WHERE key = ? ORDER BY attempt", (key,))
         return [dict(zip(cols, r)) for r in rows]

@@ -17,22 +17,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RULES = ("binary_gain", "best_of_k", "threshold")
-AGGREGATES = ("mean", "min")
+from orchestration.core.config import Choice, check_choice
+
+
+class Rule(Choice):
+    binary_gain = "binary_gain"
+    best_of_k = "best_of_k"
+    threshold = "threshold"
+
+
+class Aggregate(Choice):
+    mean = "mean"
+    min = "min"
 
 
 @dataclass
 class RewardConfig:
     """How student results become rewards for the teacher's edits."""
 
-    rule: str = "binary_gain"
+    rule: Rule = Rule.binary_gain
     """'binary_gain' (gain > 0), 'best_of_k' (best edit per context) or 'threshold' (gain >= delta)."""
-    aggregate: str = "mean"
+    aggregate: Aggregate = Aggregate.mean
     """With several students: 'mean' or 'min' of the per-student gains of an edit, before the rule."""
     delta: float = 0.0
     """Minimum gain for 'threshold'."""
     positive_only: bool = True
     """'best_of_k' rewards a context's best edit only if its gain > 0."""
+
+    def check(self, key: str = "reward") -> None:
+        check_choice(self, key, "rule", Rule)
+        check_choice(self, key, "aggregate", Aggregate)
 
 
 @dataclass(frozen=True)
@@ -41,13 +55,6 @@ class EditGain:
     context_id: str
     sample: int
     gain: float  # aggregated over students
-
-
-def check(cfg: RewardConfig) -> None:
-    if cfg.rule not in RULES:
-        raise ValueError(f"reward.rule={cfg.rule!r} is unknown; use one of {list(RULES)}")
-    if cfg.aggregate not in AGGREGATES:
-        raise ValueError(f"reward.aggregate={cfg.aggregate!r} is unknown; use one of {list(AGGREGATES)}")
 
 
 def aggregate(gains: list[float], how: str) -> float:
@@ -93,7 +100,7 @@ def best_of_k(gains: list[EditGain], positive_only: bool = True) -> list[str]:
 
 def rewarded(cfg: RewardConfig, gains: list[EditGain]) -> list[str]:
     """The rewarded edit ids, in the order of ``gains``."""
-    check(cfg)
+    cfg.check()
     if cfg.rule == "binary_gain":
         return binary_gain(gains)
     if cfg.rule == "threshold":

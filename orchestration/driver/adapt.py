@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestration.core.config import ConfigError, DataConfig
+from orchestration.core.catalog import cache_dir, check_model
+from orchestration.core.config import ConfigError, DataConfig, at, check_min
 from orchestration.core.edits import edits_for
 from orchestration.core.records import StudentResult
-from orchestration.core.runs import append_jsonl, open_run, read_jsonl
+from orchestration.core.runs import append_jsonl, open_run, read_jsonl, write_atomic
 from student.config import StudentConfig
 
 CONDITIONS = ("base", "passage", "edits")
@@ -34,19 +35,24 @@ class AdaptConfig:
     """SEAL-format edits file: a JSON list of {title, context, completions: [str]}, matched to the
     contexts by context_id (title + passage)."""
     max_completions: Optional[int] = None
-    """Use at most this many completions per context from the edits file (None = all)."""
+    """Use at most this many completions per context from the edits file (None = all; else 1 or more)."""
     run_dir: Optional[str] = None
     """Run folder; default runs/adapt-<timestamp>. An existing folder with the same config resumes."""
     models_cache: Optional[str] = None
     """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
 
-
-def check(cfg: AdaptConfig) -> None:
-    bad = [c for c in cfg.conditions if c not in CONDITIONS]
-    if bad or not cfg.conditions:
-        raise ConfigError(f"conditions={cfg.conditions}: use a non-empty list of {list(CONDITIONS)}")
-    if "edits" in cfg.conditions and not cfg.edits:
-        raise ConfigError("conditions includes 'edits' but edits= is not set; pass edits=PATH to a SEAL-format file")
+    def check(self, key: str = "") -> None:
+        """Every value and the student's model, before any work."""
+        self.student.check(at(key, "student"))
+        self.data.check(at(key, "data"))
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad or not self.conditions:
+            raise ConfigError(f"{at(key, 'conditions')}={self.conditions}: use a non-empty list of {list(CONDITIONS)}")
+        if "edits" in self.conditions and not self.edits:
+            raise ConfigError(f"{at(key, 'conditions')} includes 'edits' but edits= is not set; pass edits=PATH to a "
+                              f"SEAL-format file")
+        check_min(self, key, 1, "max_completions")
+        check_model(self.student.model, at(key, "student.model"), cache_dir(self.models_cache))
 
 
 def summarize(rows: list[StudentResult], student: str, dataset: str) -> dict:
@@ -76,9 +82,9 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, base_result, make_grader
 
-    check(cfg)
+    cfg.check()
     d = cfg.data
-    contexts = d.load()
+    contexts = d.load("data")
     edits = edits_for(contexts, cfg.edits) if "edits" in cfg.conditions else {}
     run = open_run("adapt", cfg.run_dir, resolved)
     results_path = run / "results.jsonl"
@@ -106,7 +112,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
         append_jsonl(results_path, row.to_json())
         done[key] = row
     summary = summarize([done[j[0]] for j in jobs], cfg.student.model, d.source)
-    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(run / "summary.json", json.dumps(summary, indent=1))
     print(format_table(summary))
     print(f"run folder: {run}")
     return summary

@@ -10,17 +10,26 @@
     seal compare CONFIG [key=value ...]
     seal continual CONFIG [key=value ...]
     seal report RUN_DIR
+
+A bad input is one ``seal: error: ...`` line on stderr (exit code 2) that names the key or file and the
+fix: the project's own errors, and the library errors a bad input causes (a corrupt queue file, a
+YAML syntax error, a missing file). ``seal --debug ...`` or ``SEAL_DEBUG=1`` shows the traceback
+instead. Anything else is a bug, and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sqlite3
 import sys
 
 from orchestration.core import catalog
 from orchestration.core.config import ConfigError, load_config
 from orchestration.core.contexts import ContextDataError
+
+DEBUG_ENV = "SEAL_DEBUG"
 
 
 def _models(args) -> None:
@@ -62,6 +71,7 @@ def _config_command(args) -> None:
     module, schema, run = CONFIG_COMMANDS[args.command][:3]
     mod = importlib.import_module(module)
     cfg, resolved = load_config(getattr(mod, schema), args.config, args.overrides)
+    args.run_dir = getattr(cfg, "run_dir", None)  # for the message of an error raised in the run folder
     getattr(mod, run)(cfg, resolved)
 
 
@@ -69,6 +79,7 @@ def _worker(args) -> None:
     from orchestration.driver.launch import WorkerCommand, run_worker
 
     cmd, _ = load_config(WorkerCommand, None, args.overrides)
+    args.run_dir = cmd.run_dir
     run_worker(cmd)
 
 
@@ -85,6 +96,8 @@ def _report(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seal", description="Decoupled SEAL: teacher writes self-edits, students adapt.")
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the traceback of an error instead of one line (also: {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("models", help="list or materialise the built-in models")
     m.add_argument("action", choices=["list", "fetch"])
@@ -105,19 +118,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _queue_path(e: BaseException) -> str | None:
+    """The file of the `Queue` whose method raised ``e`` (sqlite's errors do not name the file)."""
+    from orchestration.core.queue import Queue
+
+    tb, path = e.__traceback__, None
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        if isinstance(obj, Queue):
+            path = obj.path
+        tb = tb.tb_next
+    return path
+
+
+def error_message(e: BaseException, args) -> str | None:
+    """The one-line message for an error caused by bad input; None for anything else (a bug)."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
     from orchestration.driver.launch import WorkerError
 
+    if isinstance(e, (ConfigError, ContextDataError, catalog.ModelNotFound, WorkerError)):
+        msg = str(e)
+    elif isinstance(e, sqlite3.DatabaseError):
+        run = getattr(args, "run_dir", None)
+        path = _queue_path(e) or (f"{run}/queue.sqlite" if run else "the run folder's queue.sqlite")
+        msg = (f"{path} is not a valid queue file ({e}; corrupt?); start afresh with a new run_dir=PATH "
+               f"(or move the run folder away)")
+    elif isinstance(e, yaml.YAMLError):
+        msg = f"not valid YAML: {e}; fix the file's syntax"
+    elif isinstance(e, OmegaConfBaseException):
+        msg = f"bad config: {e}"
+    elif isinstance(e, OSError) and e.filename is not None:
+        msg = f"{e.filename}: {e.strerror or e}; check the path"
+    elif isinstance(e, OSError):
+        msg = str(e)
+    else:
+        return None
+    return " ".join(msg.split())
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, ContextDataError, catalog.ModelNotFound, WorkerError) as e:
-        print(f"seal: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("seal: interrupted; finished rows are saved in the run folder, rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except Exception as e:
+        msg = error_message(e, args)
+        if msg is None or args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"seal: error: {msg}", file=sys.stderr)
+        return 2
     return 0
 
 

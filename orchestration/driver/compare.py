@@ -20,10 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from orchestration.core.config import Choice, ConfigError, at
 from orchestration.core.records import StudentResult
-from orchestration.core.runs import open_run, read_jsonl
+from orchestration.core.runs import open_run, read_jsonl, write_atomic
 from orchestration.core.stats import bootstrap_ci
-from orchestration.driver.train import SAME, TrainConfig, teacher_at
+from orchestration.driver.train import SAME, TrainConfig, prepare, teacher_at
+
+
+class Arm(Choice):
+    same = "same"
+    split = "split"
 
 
 @dataclass
@@ -33,12 +39,20 @@ class CompareConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     """The budget every arm shares. Its students are the split arms' students (one arm each) and the
     columns of the transfer matrix; the same arm adapts with the settings of students[0]."""
-    arms: list[str] = field(default_factory=lambda: ["same", "split"])
+    arms: list[Arm] = field(default_factory=lambda: [Arm.same, Arm.split])
     """Which arms to run: 'same', 'split' (one split arm per student)."""
     transfer: bool = True
     """Score each split arm's last teacher on every student (the transfer matrix)."""
     run_dir: Optional[str] = None
     """Run folder; default runs/compare-<timestamp>. Rerunning resumes every arm where it stopped."""
+
+    def check(self, key: str = "") -> None:
+        """Every value and every model of the shared ``train`` config, before any work (its data and
+        prompt lengths: `train.prepare`)."""
+        self.train.check(at(key, "train"))
+        if not self.arms or any(a not in {m.value for m in Arm} for a in self.arms):
+            raise ConfigError(f"{at(key, 'arms')}={[str(a) for a in self.arms]}: use a non-empty list of "
+                              f"'same' and 'split'")
 
 
 def slug(model: str) -> str:
@@ -60,17 +74,19 @@ def arm_configs(cfg: CompareConfig, run: Path) -> dict[str, TrainConfig]:
 def run_compare(cfg: CompareConfig, resolved) -> Path:
     from omegaconf import OmegaConf
 
-    from orchestration.core.config import ConfigError
     from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
     from orchestration.driver.train import run_train
 
-    bad = [a for a in cfg.arms if a not in ("same", "split")]
-    if bad or not cfg.arms:
-        raise ConfigError(f"arms={cfg.arms}: use a non-empty list of 'same' and 'split'")
+    cfg.check()
+    prepare(cfg.train, "train")  # the data and prompt lengths too: every arm reruns it, inside its folder
     run = open_run("compare", cfg.run_dir, resolved)
+    # Each arm's folder saves its part of the config as written (interpolations unresolved), like
+    # every run folder: a ${oc.env:VAR} under train: must not reach the disk resolved.
+    written = OmegaConf.to_container(resolved.train, resolve=False)
     for name, arm in arm_configs(cfg, run).items():
         print(f"\n== arm {name} ==")
-        run_train(arm, OmegaConf.structured(arm))
+        students = [w for s, w in zip(cfg.train.students, written["students"]) if any(s is a for a in arm.students)]
+        run_train(arm, OmegaConf.create({**written, "roles": arm.roles, "students": students, "run_dir": arm.run_dir}))
         if cfg.transfer and name.startswith("split-"):
             _, teacher = teacher_at(arm, Path(arm.run_dir), arm.rounds + 1)
             ev = EvaluateConfig(teacher=dataclasses.replace(arm.teacher, model=teacher), students=cfg.train.students,
@@ -78,7 +94,10 @@ def run_compare(cfg: CompareConfig, resolved) -> Path:
                                 run_dir=str(run / f"transfer-{name[len('split-'):]}"),
                                 models_cache=cfg.train.models_cache)
             print(f"\n== transfer: teacher of arm {name} on every student ==")
-            run_evaluate(ev, OmegaConf.structured(ev))
+            run_evaluate(ev, OmegaConf.merge(OmegaConf.structured(EvaluateConfig), {
+                "teacher": {**written["teacher"], "model": teacher}, "students": written["students"],
+                "data": written["heldout"], "conditions": ["teacher"], "workers": written["workers"],
+                "run_dir": ev.run_dir, "models_cache": written["models_cache"]}))
     write_report(run)
     return run
 
@@ -182,7 +201,7 @@ def write_report(run: Path) -> str:
                                                    f"{float(c['accuracy']):.3f} [{float(c['ci_low']):.3f}, "
                                                    f"{float(c['ci_high']):.3f}] n={c['n_questions']}" for c in row) + " |")
     text = "\n".join(lines) + "\n"
-    (run / "report.md").write_text(text)
+    write_atomic(run / "report.md", text)
     fig = build_figure(curves, grader)
     fig.savefig(run / "report.png", dpi=120)
     print(text)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestration.core.config import ConfigError, DataConfig
+from orchestration.core.catalog import cache_dir, check_model
+from orchestration.core.config import ConfigError, DataConfig, at
 from orchestration.core.edits import edits_for
-from orchestration.core.runs import append_jsonl, open_run, read_jsonl
+from orchestration.core.runs import append_jsonl, open_run, read_jsonl, write_atomic
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
 
@@ -43,6 +44,16 @@ class ContinualConfig:
     models_cache: Optional[str] = None
     """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
 
+    def check(self, key: str = "") -> None:
+        """Every value and every model used, before any work (the teacher's only with edits=teacher)."""
+        self.teacher.check(at(key, "teacher"))
+        self.student.check(at(key, "student"))
+        self.data.check(at(key, "data"))
+        root = cache_dir(self.models_cache)
+        check_model(self.student.model, at(key, "student.model"), root)
+        if self.edits == "teacher":
+            check_model(self.teacher.model, at(key, "teacher.model"), root)
+
 
 def step_edits(cfg: ContinualConfig, contexts) -> list[str]:
     if cfg.edits == "passage":
@@ -51,15 +62,19 @@ def step_edits(cfg: ContinualConfig, contexts) -> list[str]:
         by_ctx = edits_for(contexts, cfg.edits)
         return [by_ctx[c.context_id][0] for c in contexts]
     from teacher.generate import make_backend
-    from teacher.prompts import render
+
+    from orchestration.core import domains
+    from orchestration.driver.steps import Slot, write_edits
 
     backend = make_backend(cfg.teacher.model, cfg.teacher, cache=cfg.models_cache)
+    out: dict[str, str] = {}
     try:
-        prompts = [render(cfg.teacher.prompt, cfg.teacher.templates, c.title, c.context, backend.tokenizer,
-                          backend.chat) for c in contexts]
-        return [g[0].text for g in backend.generate(prompts, 1, greedy=True, seed=cfg.teacher.generation.seed)]
+        write_edits(backend, cfg.teacher, domains.get(cfg.data.domain),
+                    [Slot(c.context_id, c, "generate", 0) for c in contexts], out,
+                    lambda rows, _: out.update((s.edit_id, g.text) for s, _, g in rows), greedy=lambda _: True)
     finally:
         backend.close()
+    return [out[c.context_id] for c in contexts]
 
 
 def heatmap(matrix: list[list[float]], row_labels: list[str], col_labels: list[str], grader: str):
@@ -89,10 +104,17 @@ def run_continual(cfg: ContinualConfig, resolved) -> dict:
     from student.scoring import make_grader, score_context
     from orchestration.core.domains.sequences import edit_to_sequences
 
+    from orchestration.driver.train import check_prompts
+
+    cfg.check()
     d = cfg.data
-    contexts = d.load()
+    contexts = d.load("data")
     if len(contexts) < 2:
         raise ConfigError(f"data gives {len(contexts)} context(s); continual mode needs a sequence of 2 or more")
+    if cfg.edits == "teacher":
+        check_prompts(cfg.teacher, d.domain, cfg.models_cache, "teacher", {"data": contexts})
+    elif cfg.edits != "passage":
+        edits_for(contexts, cfg.edits)  # the file is read again by step_edits; refused here, before any work
     run = open_run("continual", cfg.run_dir, resolved)
     rows = [json.loads(x) for x in read_jsonl(run / "continual.jsonl")]
     if rows and "edits" in rows[0]:
@@ -127,7 +149,7 @@ def run_continual(cfg: ContinualConfig, resolved) -> dict:
            "contexts": [c.context_id for c in contexts], "labels": labels,
            "n_questions": [len(c.questions) for c in contexts],
            "base": rows[0]["scores"], "matrix": [r["scores"] for r in rows[1:]]}
-    (run / "continual.json").write_text(json.dumps(out, indent=1))
+    write_atomic(run / "continual.json", json.dumps(out, indent=1))
     fig = heatmap([out["base"]] + out["matrix"], ["before any"] + labels, labels, cfg.student.grader)
     fig.savefig(run / "continual.png", dpi=120)
     print(f"matrix: {run / 'continual.json'}, heatmap: {run / 'continual.png'}")

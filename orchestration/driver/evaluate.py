@@ -14,21 +14,25 @@ standard deviation of the per-seed accuracies. Results: evaluate.csv and evaluat
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestration.core.config import ConfigError, DataConfig
+from orchestration.core.catalog import cache_dir, check_model
+from orchestration.core.config import ConfigError, DataConfig, at, check_min, check_nonempty
 from orchestration.core import domains
 from orchestration.core.edits import edits_for
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
-from orchestration.core.runs import open_run, read_jsonl
+from orchestration.core.runs import open_run, read_jsonl, write_atomic
 from orchestration.core.stats import bootstrap_ci, spread
 from orchestration.driver import launch
 from orchestration.driver.generate import teacher_version
-from orchestration.driver.train import EvalConfig, WorkersConfig, check_backends, collect, generate_edits
+from orchestration.driver.steps import Slot, grouped
+from orchestration.driver.train import (EvalConfig, WorkersConfig, check_constrain, check_prompts, collect,
+                                        generate_edits)
 from student.config import StudentConfig
 from student.worker import job_kind
 from teacher.config import TeacherConfig
@@ -68,31 +72,39 @@ class EvaluateConfig:
     models_cache: Optional[str] = None
     """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
 
+    def check(self, key: str = "") -> None:
+        """Every value and every model, before any work."""
+        names = [s.model for s in self.students]
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"{at(key, 'students')}={names}: give one or more distinct student models")
+        self.teacher.check(at(key, "teacher"))
+        for i, s in enumerate(self.students):
+            s.check(at(key, f"students.{i}"))
+        self.data.check(at(key, "data"))
+        self.eval.check(at(key, "eval"))
+        self.workers.check(at(key, "workers"))
+        known = conditions_of(self)
+        bad = [c for c in self.conditions if c not in known]
+        if bad or not self.conditions:
+            raise ConfigError(f"{at(key, 'conditions')}={self.conditions}: use a non-empty list of {known} "
+                              f"(data.domain={self.data.domain!r})")
+        if "file" in self.conditions and not self.edits:
+            raise ConfigError(f"{at(key, 'conditions')} includes 'file' but edits= is not set; pass edits=PATH to a "
+                              f"SEAL-format file")
+        check_min(self, key, 1, "multi_passage", "bootstrap")
+        check_nonempty(self, key, "seeds")
+        root = cache_dir(self.models_cache)
+        if "teacher" in self.conditions:
+            check_constrain(self.teacher, self.data.domain, key)
+            check_model(self.teacher.model, at(key, "teacher.model"), root)
+        for i, s in enumerate(self.students):
+            check_model(s.model, at(key, f"students.{i}.model"), root)
+
 
 def conditions_of(cfg: EvaluateConfig) -> list[str]:
     """The conditions of the config's domain: base, its fixed recipe (knowledge: 'passage'; ARC:
     'default_ttt'), the teacher's edits, and edits from a file."""
     return [*domains.get(cfg.data.domain).REFERENCE, "teacher", "file"]
-
-
-def check(cfg: EvaluateConfig) -> None:
-    names = [s.model for s in cfg.students]
-    if not names or len(set(names)) != len(names):
-        raise ConfigError(f"students={names}: give one or more distinct student models")
-    known = conditions_of(cfg)
-    bad = [c for c in cfg.conditions if c not in known]
-    if bad or not cfg.conditions:
-        raise ConfigError(f"conditions={cfg.conditions}: use a non-empty list of {known} "
-                          f"(data.domain={cfg.data.domain!r})")
-    if "file" in cfg.conditions and not cfg.edits:
-        raise ConfigError("conditions includes 'file' but edits= is not set; pass edits=PATH to a SEAL-format file")
-    if cfg.multi_passage < 1:
-        raise ConfigError(f"multi_passage={cfg.multi_passage}: use 1 (one context per adaptation) or more")
-    if not cfg.seeds:
-        raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0]")
-    if cfg.workers.mode not in launch.MODES:
-        raise ConfigError(f"workers.mode={cfg.workers.mode!r}: use one of {list(launch.MODES)}")
-    check_backends(cfg, teacher="teacher" in cfg.conditions)
 
 
 def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[SelfEdit]],
@@ -160,10 +172,11 @@ def summarize(cfg: EvaluateConfig, results: dict[str, StudentResult]) -> list[di
 
 
 def write_tables(run: Path, cfg: EvaluateConfig, rows: list[dict]) -> str:
-    with open(run / "evaluate.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    csv_text = io.StringIO(newline="")
+    w = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(run / "evaluate.csv", csv_text.getvalue())
     conds = [c for c in cfg.conditions if any(r["condition"] == c for r in rows)]
     grader = domains.get(cfg.data.domain).GRADER or cfg.students[0].grader
     lines = [f"Held-out accuracy ({grader} grader) with teacher `{cfg.teacher.model}` "
@@ -178,22 +191,24 @@ def write_tables(run: Path, cfg: EvaluateConfig, rows: list[dict]) -> str:
                                                    f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n_questions']}")
         lines.append(f"| {s.model} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    (run / "evaluate.md").write_text(text)
+    write_atomic(run / "evaluate.md", text)
     return text
 
 
 def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
     """Run (or resume) `seal evaluate`; returns the summary rows (also in evaluate.csv/.md)."""
-    check(cfg)
+    cfg.check()
     d = cfg.data
-    contexts = d.load()
+    contexts = d.load("data")
     file_edits = edits_for(contexts, cfg.edits) if "file" in cfg.conditions else {}
+    if "teacher" in cfg.conditions:
+        check_prompts(cfg.teacher, d.domain, cfg.models_cache, "teacher", {"data": contexts})
     run = open_run("evaluate", cfg.run_dir, resolved)
     version = teacher_version(cfg.teacher.model)
     edits = {e.edit_id: e for e in map(SelfEdit.from_json, read_jsonl(run / "edits.jsonl"))}
     if "teacher" in cfg.conditions:
         k = cfg.eval.k if cfg.eval.sampled else 1
-        wanted = [(f"v{version}/heldout/{c.context_id}/{i}", c, "heldout", i) for c in contexts for i in range(k)]
+        wanted = [Slot(f"v{version}/heldout/{c.context_id}/{i}", c, "heldout", i) for c in contexts for i in range(k)]
         generate_edits(cfg, run, 0, version, cfg.teacher.model, wanted, edits)
     by_ctx: dict[str, list[SelfEdit]] = {}
     for e in sorted(edits.values(), key=lambda e: e.sample):
@@ -203,7 +218,7 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
     exported = {json.loads(x)["key"] for x in read_jsonl(run / "results.jsonl")}
     workers = launch.make_workers(cfg, run)
     with Queue(run / launch.QUEUE_FILE, max_attempts=cfg.workers.max_attempts) as q:
-        q.put(jobs)
+        q.put(grouped(jobs, cfg.workers.group_size))
         try:
             workers.wait(keys, desc="evaluate jobs", students=cfg.students)
         finally:

@@ -4,22 +4,26 @@ This is what makes a trained teacher reusable outside the loop: the file feeds `
 edits=FILE`, `seal evaluate edits=FILE`, or anyone else's pipeline. Its header names the teacher
 (model, version, template, chat) and the sampling settings; each record keeps the exact prompt.
 
-Edits are generated in chunks and each finished chunk is appended to ``OUT.partial.jsonl``, so an
-interrupted run resumes there; the final file is written atomically and the partial file removed.
+Edits are generated in fixed chunks (`steps.write_edits`, the seeding every command shares) and
+each finished chunk is appended to ``OUT.partial.jsonl``, so an interrupted run resumes there. The
+partial file's first line records the config that made it; a resume with another config is refused,
+naming the keys that differ. The final file is written atomically and the partial file removed.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestration.core.config import ConfigError, DataConfig
+from orchestration.core import domains
+from orchestration.core.catalog import cache_dir, check_model
+from orchestration.core.config import ConfigError, DataConfig, at, diff_keys
 from orchestration.core.edits import FORMAT
 from orchestration.core.models import trim_cpu_memory
-from orchestration.core.runs import append_jsonl, read_jsonl
+from orchestration.core.runs import append_jsonl, read_jsonl, write_atomic
+from orchestration.driver.steps import Slot, write_edits
 from teacher.config import TeacherConfig
 
 
@@ -37,10 +41,25 @@ class GenerateConfig:
     """Edits per context: 1 greedy edit, or this many sampled ones when ``sample`` is true."""
     sample: bool = False
     """Sample with teacher.generation's temperature/top_p instead of greedy decoding."""
-    chunk_contexts: int = 16
-    """Contexts per generate call; each finished chunk is saved, so a crash loses at most one."""
     models_cache: Optional[str] = None
     """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
+
+    def check(self, key: str = "") -> None:
+        """Every value and the teacher's model, before any work."""
+        self.teacher.check(at(key, "teacher"))
+        self.data.check(at(key, "data"))
+        if self.edits_per_context < 1 or (not self.sample and self.edits_per_context != 1):
+            raise ConfigError(f"{at(key, 'edits_per_context')}={self.edits_per_context}: use 1 for greedy edits, "
+                              f"or set sample=true for several sampled edits per context")
+        if self.data.domain != "knowledge":
+            raise ConfigError(f"{at(key, 'data.domain')}={self.data.domain}: `seal generate` writes knowledge edits "
+                              f"files only; ARC edits are written and scored by `seal train` and `seal evaluate` "
+                              f"(condition 'teacher'), and an ARC edits file for the 'file' condition is a JSON "
+                              f"list of {{task_id, completions}}")
+        if self.teacher.generation.constrain:
+            raise ConfigError(f"{at(key, 'teacher.generation.constrain')}=true: `seal generate` writes knowledge "
+                              f"edits (free text, no finite format); set teacher.generation.constrain=false")
+        check_model(self.teacher.model, at(key, "teacher.model"), cache_dir(self.models_cache))
 
 
 def teacher_version(model: str) -> int:
@@ -55,52 +74,67 @@ def teacher_version(model: str) -> int:
 def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
     """Write ``cfg.out``; returns its path. (``resolved`` is unused: the output's header is its record.)"""
     from teacher.generate import make_backend
-    from teacher.prompts import render, template_text
 
-    if cfg.edits_per_context < 1 or (not cfg.sample and cfg.edits_per_context != 1):
-        raise ConfigError(f"edits_per_context={cfg.edits_per_context}: use 1 for greedy edits, or set "
-                          f"sample=true for several sampled edits per context")
-    if cfg.teacher.generation.constrain:
-        raise ConfigError("teacher.generation.constrain=true: `seal generate` writes knowledge edits (free text, "
-                          "no finite format); set teacher.generation.constrain=false")
-    try:
-        template_text(cfg.teacher.prompt, cfg.teacher.templates)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    from orchestration.driver.train import check_prompts
+
+    cfg.check()
     d = cfg.data
-    contexts = d.load()
+    contexts = d.load("data")
+    check_prompts(cfg.teacher, d.domain, cfg.models_cache, "teacher", {"data": contexts})
     out = Path(cfg.out)
     partial = out.with_name(out.name + ".partial.jsonl")
-    done = {r["context_id"]: r for r in map(json.loads, read_jsonl(partial))}
-    todo = [c for c in contexts if c.context_id not in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    made_by = _made_by(cfg)
+    lines = [json.loads(x) for x in read_jsonl(partial)]
+    if lines:
+        changed = diff_keys(lines[0].get("made_by", {}), made_by)
+        if changed:
+            raise ConfigError(f"{partial} was written by a different config (keys: {', '.join(changed)}); "
+                              f"rerun with that config to finish it, or delete it to start afresh")
+    else:
+        append_jsonl(partial, json.dumps({"made_by": made_by}))
+    done = {r["context_id"]: r for r in lines[1:]}
+    n = cfg.edits_per_context
+    slots = [Slot(f"{c.context_id}/{i}", c, "generate", i) for c in contexts for i in range(n)]
+    have = {f"{cid}/{i}" for cid in done for i in range(n)}
     g = cfg.teacher.generation
-    sampling = {"greedy": not cfg.sample, "temperature": g.temperature, "top_p": g.top_p,
-                "max_new_tokens": g.max_new_tokens, "seed": g.seed}
-    if todo:
+    if len(have) < len(slots):
         backend = make_backend(cfg.teacher.model, cfg.teacher, cache=cfg.models_cache)
+
+        def save(rows, sampling):
+            for k in range(0, len(rows), n):  # a context's n samples are consecutive in its chunk
+                c, prompt = rows[k][0].context, rows[k][1]
+                if c.context_id in done:
+                    continue
+                gens = [g for _, _, g in rows[k:k + n]]
+                done[c.context_id] = {"title": c.title, "context": c.context, "context_id": c.context_id,
+                                      "chat": backend.chat, "prompt": prompt, "completions": [x.text for x in gens],
+                                      "finished": [x.finished for x in gens], "seed": sampling["seed"]}
+            append_jsonl(partial, "\n".join(json.dumps(done[r[0].context.context_id]) for r in rows[::n]))
+
         try:
-            for start in range(0, len(todo), cfg.chunk_contexts):
-                chunk = todo[start:start + cfg.chunk_contexts]
-                prompts = [render(cfg.teacher.prompt, cfg.teacher.templates, c.title, c.context, backend.tokenizer,
-                                  backend.chat) for c in chunk]
-                outs = backend.generate(prompts, cfg.edits_per_context, greedy=not cfg.sample, seed=g.seed + start)
-                for c, prompt, gens in zip(chunk, prompts, outs):
-                    rec = {"title": c.title, "context": c.context, "context_id": c.context_id, "chat": backend.chat,
-                           "prompt": prompt, "completions": [x.text for x in gens],
-                           "finished": [x.finished for x in gens]}
-                    append_jsonl(partial, json.dumps(rec))
-                    done[c.context_id] = rec
+            write_edits(backend, cfg.teacher, domains.get(d.domain), slots, have, save, greedy=lambda _: not cfg.sample)
         finally:
             backend.close()
             trim_cpu_memory()
     header = {"format": FORMAT, "teacher": {"model": cfg.teacher.model, "version": teacher_version(cfg.teacher.model),
                                             "template": cfg.teacher.prompt},
-              "sampling": sampling, "data": {"source": d.source, "shuffle_seed": d.shuffle_seed, "offset": d.offset,
-                                             "limit": d.limit}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({**header, "records": [done[c.context_id] for c in contexts]}, indent=1))
-    os.replace(tmp, out)
+              "sampling": {"greedy": not cfg.sample, "temperature": g.temperature, "top_p": g.top_p,
+                           "max_new_tokens": g.max_new_tokens, "seed": g.seed},
+              "data": {"source": d.source, "shuffle_seed": d.shuffle_seed, "offset": d.offset, "limit": d.limit}}
+    write_atomic(out, json.dumps({**header, "records": [done[c.context_id] for c in contexts]}, indent=1))
     partial.unlink(missing_ok=True)
-    print(f"{len(contexts)} contexts x {cfg.edits_per_context} edit(s) -> {out}")
+    print(f"{len(contexts)} contexts x {n} edit(s) -> {out}")
     return out
+
+
+def _made_by(cfg: GenerateConfig) -> dict:
+    """What a partial file's records depend on; a resume with anything else different is refused."""
+    from dataclasses import asdict
+
+    keep = asdict(cfg)
+    for k in ("out", "models_cache"):
+        keep.pop(k)
+    for k in ("threads", "sft"):
+        keep["teacher"].pop(k)
+    return json.loads(json.dumps(keep, default=str))

@@ -22,12 +22,9 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from orchestration.core.config import Choice, check_choice, check_min
 from orchestration.core.queue import Queue
 from student.worker import STOP_FLAG, Worker
-
-MODES = ("process", "inline")
-LAUNCHERS = ("local", "ray")
-
 
 class WorkerError(RuntimeError):
     """A worker process kept dying; the run folder is resumable once the cause is fixed."""
@@ -156,6 +153,11 @@ def teacher_backend(cfg, model: str):
     return make_backend(model, cfg.teacher, cache=cfg.models_cache)
 
 
+class Until(Choice):
+    drained = "drained"
+    stopped = "stopped"
+
+
 @dataclass
 class WorkerCommand:
     """`seal worker run_dir=PATH student=NAME [...]`: serve one student's adapt jobs of a run."""
@@ -166,35 +168,49 @@ class WorkerCommand:
     """Which of the run's students (its ``model`` value) to serve."""
     threads: int = 0
     """torch threads (0 = the run config's student.threads)."""
-    until: str = "drained"
+    until: Until = Until.drained
     """'drained': exit when none of this student's jobs is pending or leased; 'stopped': keep polling
     until the driver sets the queue's stop flag."""
     parent_pid: Optional[int] = None
     """Exit when this process is gone (set by `seal train` for the workers it starts)."""
+
+    def check(self, key: str = "") -> None:
+        check_choice(self, key, "until", Until)
+        check_min(self, key, 0, "threads")
+        check_min(self, key, 1, "parent_pid")
 
 
 def run_worker(cmd: WorkerCommand) -> int:
     """Serve jobs per ``cmd``; returns the number of jobs acked."""
     import json
 
+    from orchestration.core.catalog import cache_dir, check_model
     from orchestration.core.config import ConfigError, load_config
     from orchestration.core.runs import CONFIG_FILE, MANIFEST_FILE
     from orchestration.driver.evaluate import EvaluateConfig
     from orchestration.driver.train import TrainConfig
 
+    cmd.check()
     cfg_path, manifest = Path(cmd.run_dir) / CONFIG_FILE, Path(cmd.run_dir) / MANIFEST_FILE
     if not cfg_path.is_file() or not manifest.is_file():
         raise ConfigError(f"run_dir={cmd.run_dir} has no {CONFIG_FILE}; start the run with `seal train` first")
     schema = {"train": TrainConfig, "evaluate": EvaluateConfig}[json.loads(manifest.read_text())["command"]]
     cfg, _ = load_config(schema, cfg_path)
+    keys = {s.model: f"students.{i}" for i, s in enumerate(cfg.students)}
     by_name = {s.model: s for s in cfg.students}
     if getattr(cfg, "roles", "split") == "same":  # the student is a teacher version: v0 or checkpoints/v{n}
         from dataclasses import replace
 
-        by_name = {cmd.student: replace(cfg.students[0], model=cmd.student)}
+        by_name, keys = {cmd.student: replace(cfg.students[0], model=cmd.student)}, {cmd.student: "students.0"}
     if cmd.student not in by_name:
         raise ConfigError(f"student={cmd.student!r} is not a student of this run; choose one of {sorted(by_name)}")
     student = by_name[cmd.student]
+    try:  # what this worker uses of the run's config, checked before it loads a model
+        cfg.workers.check("workers")
+        student.check(keys[cmd.student])
+        check_model(student.model, f"{keys[cmd.student]}.model", cache_dir(cfg.models_cache))
+    except ConfigError as e:
+        raise ConfigError(f"{cfg_path}: {e}") from None
     if cmd.threads:
         student.threads = cmd.threads
     worker = Worker(student, cache=cfg.models_cache, judge_cache=Path(cmd.run_dir) / "judge_cache.json")

@@ -24,7 +24,7 @@ def model_files(model: str) -> dict[str, Path | bytes]:
     the folder itself (m0) and, for an adapter version, its local parents (m1, m2, ...), each
     adapter manifest rewritten to name its parent in the copy."""
     from orchestration.core.catalog import BUILTINS
-    from teacher.versions import MANIFEST, read_manifest
+    from teacher.versions import MANIFEST, parent_of, read_manifest
 
     files: dict[str, Path | bytes] = {}
     folder, i = Path(model).expanduser(), 0
@@ -33,8 +33,10 @@ def model_files(model: str) -> dict[str, Path | bytes]:
         manifest = read_manifest(folder)
         if manifest is None or manifest.get("save") != "adapter":
             break
-        ref = manifest["parent"]  # '../v{n}' (a sibling), an absolute folder, or a built-in / hub id
-        parent = folder / ref if ref.startswith("../") else Path(ref).expanduser()
+        # an earlier sibling version (checked: never outside the checkpoints folder), an absolute
+        # folder, or a built-in / hub id
+        ref = parent_of(folder, manifest)
+        parent = Path(ref).expanduser()
         if parent.is_dir():
             files[f"m{i}/{MANIFEST}"] = json.dumps({**manifest, "parent": f"../m{i + 1}"}).encode()
         folder, model, i = parent, ref, i + 1

@@ -13,7 +13,6 @@ from typing import Callable
 from orchestration.core.queue import Queue
 from orchestration.core.records import StudentResult
 
-LOGGERS = ("none", "tensorboard", "wandb")
 
 
 def _pooled(results: list[StudentResult]) -> dict:
@@ -25,7 +24,7 @@ def heldout_scores(students, wanted, results: dict[str, StudentResult]) -> dict:
     """student label -> pooled accuracy of the teacher's held-out edits (missing: dead or stale jobs)."""
     out = {}
     for label, s in students:
-        keys = [f"{w[0]}@{s.model}" for w in wanted if w[2] == "heldout"]
+        keys = [f"{w.edit_id}@{s.model}" for w in wanted if w.purpose == "heldout"]
         got = [results[k] for k in keys if k in results]
         out[label] = {**_pooled(got), "n_edits": len(got), "n_missing": len(keys) - len(got)}
     return out
@@ -94,6 +93,30 @@ def final_table(cfg, labels: list[str], rows: list[dict]) -> str:
     if cfg.heldout.source in ("demo", "synthetic"):
         lines.append("This is a demonstration on built-in data written for it, with tiny models, not a benchmark.")
     return "\n".join(lines)
+
+
+def machine_line(cfg, run: Path) -> str:
+    """Which kind of machine the run's figures come from, and the dtypes they were computed in:
+    with ``dtype: auto`` the numbers differ between a CPU that runs bf16 and one that does not."""
+    from orchestration.core.models import machine
+
+    now = machine()
+
+    def dtype(setting: str) -> str:
+        return f"{now['dtype_auto']} (auto)" if setting == "auto" else setting
+
+    yes = {True: "yes", False: "no"}
+    line = (f"Machine: {now['cpu']}, {now['cores']} cores, AVX512-BF16 {yes[now['avx512_bf16']]}, torch CPU bf16 "
+            f"{yes[now['torch_cpu_bf16']]}{', GPU ' + now['gpu'] if now['gpu'] else ''}; teacher dtype "
+            f"{dtype(cfg.teacher.generation.dtype)}, student dtype "
+            + ", ".join(sorted({dtype(s.train.dtype) for s in cfg.students})))
+    try:
+        started = json.loads((run / "manifest.json").read_text()).get("machine")
+    except (OSError, json.JSONDecodeError):
+        started = None
+    if started is not None and started != now:
+        line += "\nWarning: this run was started on another kind of machine; its figures mix the two."
+    return line
 
 
 def open_logger(name: str, run: Path) -> Callable[[dict], None]:

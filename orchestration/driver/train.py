@@ -31,21 +31,45 @@ from pathlib import Path
 from typing import Optional
 
 from orchestration.core import rewards as R
-from orchestration.core.config import ConfigError, DataConfig
+from orchestration.core.catalog import cache_dir, check_model
+from orchestration.core.config import (Choice, ConfigError, DataConfig, at, check_choice, check_min,
+                                       check_positive)
 from orchestration.core import domains
 from orchestration.core.contexts import Context
+from orchestration.core.faults import fault
 from orchestration.core.models import trim_cpu_memory
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl
 from orchestration.driver import launch, report
 from orchestration.driver.ray_launch import RayConfig
+from orchestration.driver.steps import Slot, grouped, write_edits
 from student.config import StudentConfig
 from student.worker import LAG_FLAG, VERSION_FLAG, job_kind
 from teacher.config import TeacherConfig
 
 
-ROLES = ("split", "same")
+class Roles(Choice):
+    split = "split"
+    same = "same"
+
+
+class Launcher(Choice):
+    local = "local"
+    ray = "ray"
+
+
+class WorkersMode(Choice):
+    process = "process"
+    inline = "inline"
+
+
+class Logger(Choice):
+    none = "none"
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+
+
 SAME = "same-model"  # the label of the one student of roles=same, in metrics and tables
 
 
@@ -57,22 +81,34 @@ def _default_students() -> list[StudentConfig]:
 class WorkersConfig:
     """Student workers on this machine."""
 
-    mode: str = "process"
+    mode: WorkersMode = WorkersMode.process
     """'process': `seal worker` subprocesses started by `seal train`; 'inline': one worker per student
     inside the driver process (smallest setups)."""
     per_student: int = 1
-    """Worker processes per student (mode 'process')."""
+    """Worker processes per student (mode 'process'); 1 or more."""
     threads: int = 0
     """torch threads per worker process; 0 = CPU cores // number of worker processes."""
     lease_s: float = 120.0
-    """Seconds a leased job stays with its worker without renewal (renewed every lease_s / 3 while it
-    runs); after a worker dies, its job is delivered again once this runs out."""
+    """Seconds (> 0) a leased job stays with its worker without renewal (renewed every lease_s / 3 while
+    it runs); after a worker dies, its job is delivered again once this runs out."""
     max_attempts: int = 3
-    """Deliveries of a job before it is dead-lettered (left out of rewards, counted in the metrics)."""
+    """Deliveries of a job (1 or more) before it is dead-lettered (left out of rewards, counted in the
+    metrics)."""
     poll_s: float = 0.5
-    """Seconds between queue polls of an idle worker or a waiting driver."""
+    """Seconds (> 0) between queue polls of an idle worker or a waiting driver."""
     restarts: int = 3
-    """Restarts per worker process after it dies; beyond that `seal train` stops (resumable)."""
+    """Restarts per worker process after it dies (0 or more); beyond that `seal train` stops (resumable)."""
+    group_size: int = 8
+    """K: adaptations a worker trains and answers in one pass (1 or more). The driver cuts each
+    student's jobs, in key order, into fixed groups of K; a worker leases, runs and acks a group
+    whole, so a result never depends on which jobs ran beside it by chance. Each adaptation keeps
+    its own recipe, optimizer and stopping point; K only changes the speed (bench/inner_loop.py)."""
+
+    def check(self, key: str = "workers") -> None:
+        check_choice(self, key, "mode", WorkersMode)
+        check_min(self, key, 1, "per_student", "max_attempts", "group_size")
+        check_min(self, key, 0, "threads", "restarts")
+        check_positive(self, key, "lease_s", "poll_s")
 
 
 @dataclass
@@ -82,7 +118,10 @@ class EvalConfig:
     sampled: bool = False
     """False: one greedy edit per held-out context. True: ``k`` sampled edits, reporting their mean."""
     k: int = 1
-    """Edits per held-out context when ``sampled``."""
+    """Edits per held-out context when ``sampled`` (1 or more)."""
+
+    def check(self, key: str = "eval") -> None:
+        check_min(self, key, 1, "k")
 
 
 @dataclass
@@ -90,7 +129,7 @@ class TrainConfig:
     """Config of `seal train` (configs/demo.yaml)."""
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    roles: str = "split"
+    roles: Roles = Roles.split
     """'split': the students are fixed checkpoints the teacher never changes. 'same': SEAL as published,
     one model in both roles: the student of each step is the teacher's current version, adapted and
     scored with the settings of ``students[0]`` (its ``model`` is ignored; other students too)."""
@@ -102,7 +141,7 @@ class TrainConfig:
     heldout: DataConfig = field(default_factory=lambda: DataConfig(offset=20, limit=4))
     """Held-out contexts, evaluated after every round; must not overlap the training contexts used."""
     rounds: int = 2
-    """ReST^EM rounds (teacher updates)."""
+    """ReST^EM rounds (teacher updates); 0 evaluates v0 only."""
     contexts_per_round: int = 4
     """Training contexts per round (disjoint across rounds unless ``reuse_contexts``; their ids are recorded
     in metrics.jsonl)."""
@@ -114,7 +153,7 @@ class TrainConfig:
     reward: R.RewardConfig = field(default_factory=R.RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
-    launcher: str = "local"
+    launcher: Launcher = Launcher.local
     """'local': student workers on this machine (``workers.mode``); 'ray': Ray actors on a cluster
     (``ray``), leasing through the driver, which keeps the queue file."""
     ray: RayConfig = field(default_factory=RayConfig)
@@ -124,91 +163,96 @@ class TrainConfig:
     max_teacher_lag: int = 1
     """Staleness bound: an edit may be scored while the teacher is at most this many versions newer
     than the version that wrote it; staler jobs are dropped with the reason recorded."""
-    logger: str = "none"
+    logger: Logger = Logger.none
     """Also send metrics to 'tensorboard' or 'wandb' (optional extras; 'none' by default)."""
     run_dir: Optional[str] = None
     """Run folder; default runs/train-<timestamp>. An existing folder with the same config resumes."""
     models_cache: Optional[str] = None
     """Folder of materialised built-in models (default: $SEAL_MODEL_CACHE or the user cache dir)."""
 
+    def check(self, key: str = "") -> None:
+        """Every value and every model, before any work (``key``: where this config sits, 'train' in
+        `seal compare`). The data and the prompt lengths are checked by `prepare`."""
+        names = [s.model for s in self.students]
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"{at(key, 'students')}={names}: give one or more distinct student models")
+        self.teacher.check(at(key, "teacher"))
+        for i, s in enumerate(self.students):
+            s.check(at(key, f"students.{i}"))
+        self.data.check(at(key, "data"))
+        self.heldout.check(at(key, "heldout"))
+        self.reward.check(at(key, "reward"))
+        self.eval.check(at(key, "eval"))
+        self.workers.check(at(key, "workers"))
+        for name, choices in (("roles", Roles), ("launcher", Launcher), ("logger", Logger)):
+            check_choice(self, key, name, choices)
+        check_min(self, key, 0, "rounds", "max_teacher_lag")
+        check_min(self, key, 1, "contexts_per_round", "edits_per_context")
+        if self.data.domain != self.heldout.domain:
+            raise ConfigError(f"{at(key, 'data.domain')}={self.data.domain!r} but {at(key, 'heldout.domain')}="
+                              f"{self.heldout.domain!r}; train and evaluate in one domain")
+        check_constrain(self.teacher, self.data.domain, key)
+        if self.launcher == Launcher.ray and importlib.util.find_spec("ray") is None:
+            raise ConfigError(f"{at(key, 'launcher')}=ray needs the ray package: pip install -e '.[dist]' "
+                              f"(or set launcher=local)")
+        if self.launcher == Launcher.ray and self.workers.group_size > 1:
+            raise ConfigError(f"{at(key, 'workers.group_size')}={self.workers.group_size}: the Ray launcher runs one "
+                              f"adaptation per actor call; set workers.group_size=1 with launcher=ray")
+        if self.async_rounds and self.launcher == Launcher.local and self.workers.mode == WorkersMode.inline:
+            raise ConfigError(f"{at(key, 'async_rounds')}=true needs workers outside the driver: set workers.mode="
+                              f"process (or launcher=ray), or async_rounds=false")
+        if self.logger != Logger.none and importlib.util.find_spec(self.logger) is None:
+            raise ConfigError(f"{at(key, 'logger')}={self.logger} needs the {self.logger} package: "
+                              f"pip install -e '.[{self.logger}]' (or set logger=none)")
+        root = cache_dir(self.models_cache)
+        check_model(self.teacher.model, at(key, "teacher.model"), root)
+        if self.roles == Roles.split:  # roles=same: the students are the teacher's versions
+            for i, s in enumerate(self.students):
+                check_model(s.model, at(key, f"students.{i}.model"), root)
 
-def check_backends(cfg, teacher: bool) -> None:
-    """The students' answer backends and, with ``teacher``, the teacher's generation settings and
-    template (shared by `seal train` and `seal evaluate`): refused before any work."""
-    from teacher.generate import BACKENDS
-    from teacher.prompts import template_text
-
-    from orchestration.core.models import require_vllm
-
-    for i, s in enumerate(cfg.students):
-        if s.answer.backend not in ("transformers", "vllm"):
-            raise ConfigError(f"students.{i}.answer.backend={s.answer.backend!r}: use 'transformers' or 'vllm'")
-        if s.answer.backend == "vllm":
-            require_vllm(f"students.{i}.answer.backend")
-    if not teacher:
-        return
-    g = cfg.teacher.generation
-    if g.backend not in BACKENDS:
-        raise ConfigError(f"teacher.generation.backend={g.backend!r}: use one of {list(BACKENDS)}")
-    if g.constrain and domains.get(cfg.data.domain).edit_choices() is None:
-        raise ConfigError(f"teacher.generation.constrain=true, but data.domain={cfg.data.domain!r} has free-text "
-                          f"edits with no finite format to constrain to; set teacher.generation.constrain=false")
-    if g.constrain and g.backend != "transformers":
-        raise ConfigError("teacher.generation.constrain=true is implemented for the transformers backend only; "
-                          "set teacher.generation.backend=transformers or constrain=false")
-    if g.backend == "vllm":
-        require_vllm("teacher.generation.backend")
-    try:
-        template_text(cfg.teacher.prompt, cfg.teacher.templates)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    def check_contexts(self, train: list[Context], heldout: list[Context], key: str = "") -> None:
+        """Enough training contexts for the rounds, and none of them held out."""
+        need = self.contexts_per_round * (1 if self.reuse_contexts else self.rounds)
+        if len(train) < need:
+            what = "" if self.reuse_contexts else f"{self.rounds} rounds x "
+            raise ConfigError(f"{what}{at(key, 'contexts_per_round')}={self.contexts_per_round} need {need} training "
+                              f"contexts, {at(key, 'data')} gives {len(train)}; raise {at(key, 'data.limit')} or lower "
+                              f"contexts_per_round{'' if self.reuse_contexts else ' (or set reuse_contexts=true)'}")
+        overlap = {c.context_id for c in train[:need]} & {c.context_id for c in heldout}
+        if overlap:
+            raise ConfigError(f"{len(overlap)} held-out context(s) are also training contexts; make "
+                              f"{at(key, 'heldout')}.offset/limit and {at(key, 'data')}.offset/limit disjoint")
 
 
-def check(cfg: TrainConfig, train: list[Context], heldout: list[Context]) -> None:
-    names = [s.model for s in cfg.students]
-    if not names or len(set(names)) != len(names):
-        raise ConfigError(f"students={names}: give one or more distinct student models")
-    if cfg.roles not in ROLES:
-        raise ConfigError(f"roles={cfg.roles!r}: use one of {list(ROLES)}")
-    for key in ("rounds", "contexts_per_round", "edits_per_context"):
-        if getattr(cfg, key) < (0 if key == "rounds" else 1):
-            raise ConfigError(f"{key}={getattr(cfg, key)} is out of range; use a positive number")
-    if cfg.data.domain != cfg.heldout.domain:
-        raise ConfigError(f"data.domain={cfg.data.domain!r} but heldout.domain={cfg.heldout.domain!r}; "
-                          f"train and evaluate in one domain")
-    if cfg.launcher not in launch.LAUNCHERS:
-        raise ConfigError(f"launcher={cfg.launcher!r}: use one of {list(launch.LAUNCHERS)}")
-    if cfg.launcher == "ray" and importlib.util.find_spec("ray") is None:
-        raise ConfigError("launcher=ray needs the ray package: pip install -e '.[dist]' (or set launcher=local)")
-    if cfg.max_teacher_lag < 0:
-        raise ConfigError(f"max_teacher_lag={cfg.max_teacher_lag} is out of range; use 0 or more")
-    if cfg.async_rounds and cfg.launcher == "local" and cfg.workers.mode == "inline":
-        raise ConfigError("async_rounds=true needs workers outside the driver: set workers.mode=process "
-                          "(or launcher=ray), or async_rounds=false")
-    if cfg.workers.mode not in launch.MODES:
-        raise ConfigError(f"workers.mode={cfg.workers.mode!r}: use one of {list(launch.MODES)}")
-    if cfg.logger not in report.LOGGERS:
-        raise ConfigError(f"logger={cfg.logger!r}: use one of {list(report.LOGGERS)}")
-    if cfg.logger != "none" and importlib.util.find_spec(cfg.logger) is None:
-        raise ConfigError(f"logger={cfg.logger} needs the {cfg.logger} package: pip install -e '.[{cfg.logger}]' "
-                          f"(or set logger=none)")
-    check_backends(cfg, teacher=True)
-    try:
-        R.check(cfg.reward)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    need = cfg.contexts_per_round * (1 if cfg.reuse_contexts else cfg.rounds)
-    if len(train) < need:
-        what = "" if cfg.reuse_contexts else f"{cfg.rounds} rounds x "
-        raise ConfigError(f"{what}contexts_per_round={cfg.contexts_per_round} need {need} training contexts, data "
-                          f"gives {len(train)}; raise data.limit or lower contexts_per_round"
-                          f"{'' if cfg.reuse_contexts else ' (or set reuse_contexts=true)'}")
-    if not heldout:
-        raise ConfigError("the held-out set is empty; set heldout.source/offset/limit")
-    overlap = {c.context_id for c in train[:need]} & {c.context_id for c in heldout}
-    if overlap:
-        raise ConfigError(f"{len(overlap)} held-out context(s) are also training contexts; "
-                          f"make heldout.offset/limit and data.offset/limit disjoint")
+def check_constrain(teacher: TeacherConfig, domain: str, key: str = "") -> None:
+    """Constrained decoding needs a domain whose edits form a finite set."""
+    if teacher.generation.constrain and domains.get(domain).edit_choices() is None:
+        raise ConfigError(f"{at(key, 'teacher.generation.constrain')}=true, but data.domain={domain!r} has "
+                          f"free-text edits with no finite format to constrain to; set "
+                          f"teacher.generation.constrain=false")
+
+
+def check_prompts(teacher: TeacherConfig, domain: str, cache: str | None, key: str, selections: dict) -> None:
+    """The teacher's prompt for every context of ``selections`` (data key -> contexts) is within
+    ``teacher.max_prompt_tokens``; only the tokenizer is loaded. Shared by every command with a teacher."""
+    from teacher.prompts import check_prompt_lengths, prompt_tokenizer
+
+    tokenizer, chat = prompt_tokenizer(teacher, cache, key)
+    for data_key, contexts in selections.items():
+        check_prompt_lengths(teacher, contexts, domains.get(domain), tokenizer, chat, key, data_key)
+
+
+def prepare(cfg: TrainConfig, key: str = "") -> tuple[list[Context], list[Context]]:
+    """(train, heldout) contexts of a config that passed ``cfg.check(key)``, refusing what only the data
+    shows: too few contexts, overlap, prompts over ``teacher.max_prompt_tokens``. Runs before any work
+    and before the run folder exists."""
+    train = cfg.data.load(at(key, "data"))
+    heldout = cfg.heldout.load(at(key, "heldout"))
+    cfg.check_contexts(train, heldout, key)
+    used = list({c.context_id: c for r in range(cfg.rounds) for c in contexts_of(cfg, train, r)}.values())
+    check_prompts(cfg.teacher, cfg.data.domain, cfg.models_cache, at(key, "teacher"),
+                  {at(key, "data"): used, at(key, "heldout"): heldout})
+    return train, heldout
 
 
 # ----- teacher versions -------------------------------------------------------------------------
@@ -251,51 +295,36 @@ def version_of_round(run: Path, r: int) -> dict | None:
 
 
 # ----- step 1: edits ----------------------------------------------------------------------------
-def wanted_edits(cfg: TrainConfig, r: int, version: int, ctxs: list[Context], heldout: list[Context]):
-    """[(edit_id, context, purpose, sample)] the step needs; ids are stable, so resume reuses them."""
+def wanted_edits(cfg: TrainConfig, r: int, version: int, ctxs: list[Context], heldout: list[Context]) -> list[Slot]:
+    """The edit slots the step needs; ids are stable, so resume reuses them."""
     k_eval = cfg.eval.k if cfg.eval.sampled else 1
-    out = [(f"v{version}/heldout/{c.context_id}/{i}", c, "heldout", i) for c in heldout for i in range(k_eval)]
-    out += [(f"r{r}/{c.context_id}/{i}", c, "train", i) for c in ctxs for i in range(cfg.edits_per_context)]
+    out = [Slot(f"v{version}/heldout/{c.context_id}/{i}", c, "heldout", i) for c in heldout for i in range(k_eval)]
+    out += [Slot(f"r{r}/{c.context_id}/{i}", c, "train", i) for c in ctxs for i in range(cfg.edits_per_context)]
     return out
 
 
-def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str, wanted, edits: dict) -> None:
-    """Write the missing edits of ``wanted`` to edits.jsonl, one generate call per purpose and chunk
-    of contexts (a crash loses at most the chunk in progress)."""
-    from teacher.prompts import render
-
-    missing = [w for w in wanted if w[0] not in edits]
-    if not missing:
+def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str, wanted: list[Slot],
+                   edits: dict) -> None:
+    """Write the missing edits of ``wanted`` to edits.jsonl (`steps.write_edits`: fixed chunks,
+    seeded by their ids; each chunk appended in one write, so a crash loses at most the chunk in
+    progress, and its resume regenerates the same chunk)."""
+    if all(w.edit_id in edits for w in wanted):
         return
     domain = domains.get(cfg.data.domain)
-    gen = cfg.teacher.generation
-    choices = domain.edit_choices() if gen.constrain else None
     backend = launch.teacher_backend(cfg, model)
+
+    def save(rows, sampling):
+        new = [SelfEdit(edit_id=w.edit_id, context_id=w.context.context_id, teacher_version=version, round=r,
+                        purpose=w.purpose, sample=w.sample, template=cfg.teacher.prompt, chat=backend.chat,
+                        prompt=prompt, text=g.text, n_tokens=g.n_tokens, finished=g.finished, sampling=sampling)
+               for w, prompt, g in rows if w.edit_id not in edits]
+        append_jsonl(run / "edits.jsonl", "\n".join(e.to_json() for e in new))
+        edits.update((e.edit_id, e) for e in new)
+
     try:
-        for purpose in ("heldout", "train"):
-            todo = [w for w in missing if w[2] == purpose]
-            greedy = purpose == "heldout" and not cfg.eval.sampled
-            ctx_ids = list(dict.fromkeys(w[1].context_id for w in todo))
-            n = max(w[3] for w in todo) + 1 if todo else 0
-            per_chunk = max(1, gen.batch_size // max(1, n))
-            for start in range(0, len(ctx_ids), per_chunk):
-                chunk = [w for w in todo if w[1].context_id in set(ctx_ids[start:start + per_chunk])]
-                ctxs = list({w[1].context_id: w[1] for w in chunk}.values())
-                prompts = [render(cfg.teacher.prompt, cfg.teacher.templates, *domain.prompt_fields(c), backend.tokenizer,
-                                  backend.chat) for c in ctxs]
-                seed = gen.seed + 1000 * r + start + (500 if purpose == "heldout" else 0)
-                outs = backend.generate(prompts, n, greedy=greedy, seed=seed, choices=choices)
-                sampling = {"greedy": greedy, "temperature": gen.temperature, "top_p": gen.top_p,
-                            "max_new_tokens": gen.max_new_tokens, "seed": seed, "constrain": gen.constrain}
-                by_ctx = {c.context_id: (p, o) for c, p, o in zip(ctxs, prompts, outs)}
-                for edit_id, c, _, i in chunk:
-                    prompt, samples = by_ctx[c.context_id]
-                    e = SelfEdit(edit_id=edit_id, context_id=c.context_id, teacher_version=version, round=r,
-                                 purpose=purpose, sample=i, template=cfg.teacher.prompt, chat=backend.chat,
-                                 prompt=prompt, text=samples[i].text, n_tokens=samples[i].n_tokens,
-                                 finished=samples[i].finished, sampling=sampling)
-                    append_jsonl(run / "edits.jsonl", e.to_json())
-                    edits[edit_id] = e
+        write_edits(backend, cfg.teacher, domain, wanted, edits, save,
+                    greedy=lambda purpose: purpose == "heldout" and not cfg.eval.sampled,
+                    choices=domain.edit_choices() if cfg.teacher.generation.constrain else None)
     finally:
         backend.close()
         trim_cpu_memory()
@@ -304,19 +333,20 @@ def generate_edits(cfg: TrainConfig, run: Path, r: int, version: int, model: str
 # ----- step 2: jobs -----------------------------------------------------------------------------
 def step_jobs(cfg: TrainConfig, students, r: int, version: int, wanted, heldout: list[Context]) -> list[Job]:
     domain = domains.get(cfg.data.domain)
-    base = {"domain": domain.NAME, "edit": "", "edit_id": None, "sample": 0}
     jobs = []
     for _, s in students:
         kind = job_kind(s.model)
+        # the adaptation seed travels with the job: a worker never reads it from shared state
+        base = {"domain": domain.NAME, "edit": "", "edit_id": None, "sample": 0, "seed": s.train.seed}
         if r == 0:  # reference conditions on the held-out set, once per run
             for c in heldout:
                 for cond in domain.REFERENCE:
                     jobs.append(Job(f"{cond}/{c.context_id}@{s.model}", kind, {
                         **base, "context": domain.to_json(c), "condition": cond}, teacher_version=version, round=r))
-        for edit_id, c, purpose, i in wanted:
-            jobs.append(Job(f"{edit_id}@{s.model}", kind, {
-                **base, "context": domain.to_json(c), "condition": "heldout" if purpose == "heldout" else "edit",
-                "edit": None, "edit_id": edit_id, "sample": i}, teacher_version=version, round=r))
+        for w in wanted:
+            jobs.append(Job(f"{w.edit_id}@{s.model}", kind, {
+                **base, "context": domain.to_json(w.context), "edit": None, "edit_id": w.edit_id, "sample": w.sample,
+                "condition": "heldout" if w.purpose == "heldout" else "edit"}, teacher_version=version, round=r))
     return jobs
 
 
@@ -353,14 +383,14 @@ class Prefetch(threading.Thread):
 # ----- step 4: rewards and the ReST^EM update ----------------------------------------------------
 def reward_round(cfg: TrainConfig, students, wanted, results: dict[str, StudentResult]) -> tuple[list[str], dict]:
     """(rewarded edit ids, reward statistics) of a round's training edits."""
-    train = [w for w in wanted if w[2] == "train"]
+    train = [w for w in wanted if w.purpose == "train"]
     per: dict[str, dict[str, float]] = {}
-    for edit_id, _, _, _ in train:
+    for w in train:
         for _, s in students:
-            res = results.get(f"{edit_id}@{s.model}")
+            res = results.get(f"{w.edit_id}@{s.model}")
             if res is not None:
-                per.setdefault(edit_id, {})[s.model] = res.score - res.baseline_score
-    meta = {w[0]: (w[1].context_id, w[3]) for w in train}
+                per.setdefault(w.edit_id, {})[s.model] = res.score - res.baseline_score
+    meta = {w.edit_id: (w.context.context_id, w.sample) for w in train}
     gains, incomplete = R.edit_gains(per, [s.model for _, s in students], meta, cfg.reward.aggregate)
     ids = R.rewarded(cfg.reward, gains)
     stats = {"rule": cfg.reward.rule, "edits": len(train), "scored": len(gains), "incomplete": len(incomplete),
@@ -405,15 +435,14 @@ def collect(q: Queue, keys: set[str], run: Path, exported: set[str]) -> dict[str
             if key not in exported:
                 append_jsonl(run / "results.jsonl", out[key].to_json())
                 exported.add(key)
+                fault("result")
     return out
 
 
 def run_train(cfg: TrainConfig, resolved) -> list[dict]:
     """Run (or resume) `seal train`; returns the metrics rows."""
-    d, h = cfg.data, cfg.heldout
-    train = d.load()
-    heldout = h.load()
-    check(cfg, train, heldout)
+    cfg.check()
+    train, heldout = prepare(cfg)
     if cfg.teacher.threads:
         import torch
 
@@ -433,6 +462,9 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
     logger = report.open_logger(cfg.logger, run)
     workers = launch.make_workers(cfg, run)
     queue = Queue(run / launch.QUEUE_FILE, max_attempts=cfg.workers.max_attempts)
+    # The ledger holds every result: a line of results.jsonl torn (and cut) or lost in a crash comes
+    # back, even in a finished run whose round loop would never collect it again.
+    collect(queue, set(queue.results()), run, exported)
     if cfg.roles == "same" and (len(cfg.students) > 1 or cfg.students[0].model != cfg.teacher.model):
         print(f"roles=same: the student is the teacher's current version, adapted with the settings of "
               f"students[0]; the student models {[s.model for s in cfg.students]} are ignored")
@@ -451,7 +483,7 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
             wanted = wanted_edits(cfg, r, version, ctxs, heldout)
             generate_edits(cfg, run, r, version, model, wanted, edits)
             jobs = with_edit_text(step_jobs(cfg, students, r, version, wanted, heldout), edits)
-            queue.put(jobs)
+            queue.put(grouped(jobs, cfg.workers.group_size))
             keys = {j.key for j in jobs}
             if cfg.async_rounds and r + 1 < cfg.rounds:
                 nxt = wanted_edits(cfg, r + 1, version, contexts_of(cfg, train, r + 1), [])
@@ -471,6 +503,7 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
                 manifest = update_teacher(cfg, run, r, version, model, ids, stats, edits)
                 if manifest is not None:
                     queue.set_flag(VERSION_FLAG, str(manifest["version"]))
+                    fault("saved")
                 row["rewards"] = stats
                 row["new_version"] = manifest["version"] if manifest else None
                 row["sft"] = manifest["sft"] if manifest else None
@@ -490,5 +523,6 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
         workers.stop()
         queue.close()
     print(report.final_table(cfg, labels(cfg), rows))
+    print(report.machine_line(cfg, run))
     print(f"run folder: {run}")
     return rows

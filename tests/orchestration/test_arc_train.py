@@ -15,6 +15,8 @@ from orchestration.core.domains import arc
 from orchestration.driver.train import TrainConfig, run_train
 from tests.orchestration.test_train import write_config
 
+ROOT = Path(__file__).resolve().parents[2]
+
 GOOD = ('{"use_basic_augmentations": true, "use_size_augmentations": false, "use_chain_augmentations": false, '
         '"use_repeat_augmentations": false, "strategy": "train_using_output_tokens", "learning_rate": 0.001, '
         '"num_train_epochs": 1}')
@@ -123,3 +125,31 @@ def test_constrain_with_the_vllm_backend_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="constrain=true is implemented for the transformers backend only"):
         run_train(cfg, resolved)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_arc_edits_file_names_tasks_by_id_and_feeds_the_file_condition(tmp_path, tiny_model):
+    import yaml
+
+    from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
+
+    arc_data = {"domain": "arc", "source": "synthetic", "offset": 0, "limit": 1}
+    task = synthetic_tasks(1)[0]
+    (tmp_path / "edits.json").write_text(json.dumps([{"task_id": task.task_id, "completions": [GOOD]}]))
+    ev = {"students": [arc_student(tiny_model)], "data": arc_data, "conditions": ["file"],
+          "edits": str(tmp_path / "edits.json"), "workers": {"mode": "inline"}}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(ev))
+    cfg, resolved = load_config(EvaluateConfig, tmp_path / "e.yaml", [f"run_dir={tmp_path / 'ev'}"])
+    rows = run_evaluate(cfg, resolved)
+    assert [(r["condition"], r["n_questions"]) for r in rows] == [("file", 1)]
+    result = json.loads((tmp_path / "ev" / "results.jsonl").read_text().splitlines()[0])
+    assert result["context_id"] == task.context_id and result["train"]["steps"] > 0  # GOOD ran
+
+
+def test_seal_generate_refuses_the_arc_domain_up_front(tmp_path, capsys):
+    from orchestration.driver.cli import main
+
+    out = tmp_path / "e.json"
+    assert main(["generate", str(ROOT / "configs" / "generate_demo.yaml"), "data.domain=arc", "data.source=synthetic",
+                 f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.domain=arc" in err and "task_id" in err and not out.exists()

@@ -1,8 +1,11 @@
+import importlib.util
 from pathlib import Path
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
-from orchestration.core.config import ConfigError, load_config
+from orchestration.core.config import Choice, ConfigError, Domain, diff_keys, load_config
 from orchestration.driver.adapt import AdaptConfig
 from orchestration.driver.compare import CompareConfig
 from orchestration.driver.continual import ContinualConfig
@@ -14,13 +17,105 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 SCHEMAS = {"adapt": AdaptConfig, "train": TrainConfig, "generate": GenerateConfig, "evaluate": EvaluateConfig, "compare": CompareConfig, "continual": ContinualConfig}
 
 
+def leaves(node, prefix=""):
+    """(dotted key, value) of every scalar in plain YAML data."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+    if items is None:
+        yield prefix[:-1], node
+        return
+    for k, v in items:
+        yield from leaves(v, f"{prefix}{k}.")
+
+
+def lookup(node, dotted: str):
+    for part in dotted.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     # Each config's first line is the command that runs it: "# seal <command> configs/<name>.yaml".
     words = path.read_text().splitlines()[0].split()
     assert words[:2] == ["#", "seal"] and words[2] in SCHEMAS, f"{path.name}: first line must be '# seal <command> ...'"
-    cfg, resolved = load_config(SCHEMAS[words[2]], path)
-    assert resolved is not None and getattr(cfg, "run_dir", None) is None
+    required = [w for w in words[4:] if "=" in w and not w.startswith(("[", "("))]  # e.g. edits=FILE
+    cfg, _ = load_config(SCHEMAS[words[2]], path, required)
+    assert getattr(cfg, "run_dir", None) is None
+    # the typed object holds every value the YAML sets (enums equal their strings; ids may be YAML ints)
+    typed = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for key, value in leaves(yaml.safe_load(path.read_text())):
+        got = lookup(typed, key)
+        assert got == value or (isinstance(got, str) and got == str(value)), f"{path.name}: {key}={got!r}, YAML {value!r}"
+    # and passes its checks, but for the GPU configs on a machine without vllm (refused for that alone)
+    if "backend: vllm" in path.read_text() and importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ConfigError, match=r"backend=vllm needs"):
+            cfg.check()
+    else:
+        cfg.check()
+
+
+def test_a_saved_config_reloads_equal_and_resumes(tmp_path):
+    """Enum fields are saved as their plain strings, and the saved file compares equal to the config
+    it came from: the run folder resumes. A string YAML (any config.yaml written before the enums)
+    loads into the enum fields."""
+    from orchestration.core.runs import open_run
+    from student.config import Grader
+
+    overrides = ["students.0.grader=exact", "teacher.sft.save=adapter", "workers.mode=inline"]
+    cfg, written = load_config(TrainConfig, CONFIGS[0].parent / "demo.yaml", overrides)
+    run = open_run("train", str(tmp_path / "run"), written)
+    text = (run / "config.yaml").read_text()
+    assert "grader: exact" in text and "save: adapter" in text and "mode: inline" in text and "!!" not in text
+    assert diff_keys(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")), OmegaConf.to_container(written)) == []
+    assert open_run("train", str(tmp_path / "run"), written) == run  # the same config: resumed, not refused
+    again, _ = load_config(TrainConfig, run / "config.yaml")
+    assert again == cfg and again.students[0].grader is Grader.exact and again.roles == "split"
+    other, other_written = load_config(TrainConfig, CONFIGS[0].parent / "demo.yaml", overrides[1:])
+    with pytest.raises(ConfigError, match="students"):
+        open_run("train", str(tmp_path / "run"), other_written)
+
+
+@pytest.mark.parametrize("override,allowed", [
+    ("teacher.sft.save=bogus", ["merged", "adapter"]),
+    ("students.0.train.dtype=fp8", ["auto", "bf16", "fp32"]),
+    ("students.0.grader=foo", ["f1", "exact", "contains", "judge"]),
+    ("roles=maybe", ["split", "same"]),
+    ("reward.rule=best", ["binary_gain", "best_of_k", "threshold"]),
+])
+def test_an_enum_value_is_refused_at_load_naming_the_choices(override, allowed):
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, CONFIGS[0].parent / "demo.yaml", [override])
+    assert f"'{override.split('=')[0]}'" in str(e.value) and all(a in str(e.value) for a in allowed)
+
+
+def _choices(cls=Choice):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _choices(sub)
+
+
+def test_config_enums_are_the_strings_they_name():
+    import orchestration.driver.launch  # noqa: F401  (WorkerCommand's enum)
+    from orchestration.core.domains import DOMAINS
+
+    found = list(_choices())
+    assert len(found) >= 15, [c.__name__ for c in found]
+    for enum in found:
+        for m in enum:
+            assert m.name == m.value and m == m.value and f"{m}" == m.value and repr(m) == repr(m.value)
+    assert {d.value for d in Domain} == set(DOMAINS)
+
+
+def test_a_config_built_in_code_is_checked_too():
+    from student.config import StudentConfig
+
+    with pytest.raises(ConfigError, match=r"^roles='maybe' is unknown"):
+        TrainConfig(roles="maybe").check()
+    cfg = CompareConfig()
+    cfg.train.students = [StudentConfig(model="gemma3-270m"), StudentConfig(model="smollm2-135m-instruct")]
+    cfg.train.students[1].lora.r = 0
+    with pytest.raises(ConfigError, match=r"^train\.students\.1\.lora\.r=0 is out of range"):
+        cfg.check()
 
 
 def test_list_items_can_be_overridden_by_index():

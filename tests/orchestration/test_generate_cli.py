@@ -16,7 +16,7 @@ def test_generate_writes_a_seal_edits_file(tmp_path, tiny_chat_model):
     out = tmp_path / "edits.json"
     args = ["generate", CONFIG, f"teacher.model={tiny_chat_model}", "teacher.threads=1",
             "teacher.generation.max_new_tokens=6", "teacher.generation.dtype=fp32", "data.limit=3", f"out={out}",
-            "sample=true", "edits_per_context=2", "chunk_contexts=2"]
+            "sample=true", "edits_per_context=2", "teacher.generation.batch_size=4"]
     assert main(args) == 0
     raw = json.loads(out.read_text())
     assert raw["format"] == FORMAT and raw["teacher"] == {"model": tiny_chat_model, "version": 0,
@@ -30,16 +30,40 @@ def test_generate_writes_a_seal_edits_file(tmp_path, tiny_chat_model):
     assert not (tmp_path / "edits.json.partial.jsonl").exists()
 
 
-def test_generate_resumes_from_finished_chunks(tmp_path, tiny_chat_model):
+def test_generate_resumes_the_same_chunks_and_refuses_another_config(tmp_path, tiny_chat_model, monkeypatch):
     out = tmp_path / "edits.json"
-    ctx = load_contexts("demo", offset=20, limit=1)[0]
-    kept = {"title": ctx.title, "context": ctx.context, "context_id": ctx.context_id, "chat": True,
-            "prompt": "p", "completions": ["kept from an earlier run"], "finished": [True]}
-    (tmp_path / "edits.json.partial.jsonl").write_text(json.dumps(kept) + "\n")
-    assert main(["generate", CONFIG, f"teacher.model={tiny_chat_model}", "teacher.threads=1",
-                 "teacher.generation.max_new_tokens=4", "data.limit=2", f"out={out}"]) == 0
+    partial = tmp_path / "edits.json.partial.jsonl"
+    args = ["generate", CONFIG, f"teacher.model={tiny_chat_model}", "teacher.threads=1", "sample=true",
+            "edits_per_context=2", "teacher.generation.max_new_tokens=6", "teacher.generation.dtype=fp32",
+            "teacher.generation.batch_size=2", "data.limit=3", f"out={out}"]  # one context per chunk
+    assert main(args) == 0
+    whole = json.loads(out.read_text())["records"]
+
+    import orchestration.driver.steps as steps
+
+    passes = []
+
+    def interrupt(point):  # the second chunk is generated, then the run dies before saving it
+        passes.append(point)
+        if len(passes) == 2:
+            raise KeyboardInterrupt
+
+    out.unlink()
+    monkeypatch.setattr(steps, "fault", interrupt)
+    assert main(args) == 130
+    lines = [json.loads(x) for x in partial.read_text().splitlines()]
+    assert "made_by" in lines[0] and [r["context_id"] for r in lines[1:]] == [whole[0]["context_id"]]
+    monkeypatch.setattr(steps, "fault", lambda point: None)
+
+    refused = args[:-1] + ["teacher.generation.temperature=0.7", f"out={out}"]
+    assert main(refused) == 2 and not out.exists()
+
+    kept = {**lines[1], "completions": ["kept from an earlier run", "and this"]}
+    partial.write_text("\n".join(json.dumps(x) for x in [lines[0], kept]) + "\n")
+    assert main(args) == 0
     records = json.loads(out.read_text())["records"]
-    assert records[0]["completions"] == ["kept from an earlier run"] and len(records) == 2
+    assert records[0]["completions"] == ["kept from an earlier run", "and this"]
+    assert records[1:] == whole[1:]  # the resumed chunks: the same samples as the uninterrupted run
 
 
 @pytest.mark.parametrize("override,needle", [("edits_per_context=3", "sample=true"), ("teacher.prompt=zzz", "zzz"),

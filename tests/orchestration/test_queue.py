@@ -132,8 +132,32 @@ def test_both_deliveries_ack_first_result_kept(q, clock):
     assert q.ack(second, {"by": "w2"}) is False
     assert q.results() == {"k": {"by": "w1"}}
     assert q.jobs()[0]["state"] == "done"
-    assert [a["outcome"] for a in q.attempts("k")] == ["acked", "acked"]
-    assert "discarded" in q.attempts("k")[1]["reason"]
+    assert [a["outcome"] for a in q.attempts("k")] == ["acked", "superseded"]
+    assert q.attempts("k")[1]["reason"] == "result recorded by attempt 1"
+
+
+def open_attempts(path) -> list[tuple[str, int, str]]:
+    """(key, attempt, state) of every attempt row still open on a job in a final state."""
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT a.key, a.attempt, j.state FROM attempts a JOIN jobs j ON j.key = a.key"
+                          " WHERE a.outcome IS NULL AND j.state IN ('done', 'dead', 'stale')").fetchall()
+
+
+def test_a_late_ack_closes_the_attempt_of_the_current_holder(tmp_path, clock):
+    path = tmp_path / "q.sqlite"
+    with Queue(path, clock=clock) as q:
+        q.put([job("k")])
+        first = q.lease("A", ["adapt/a"], 10)
+        clock.now += 11  # A's lease runs out ...
+        second = q.lease("B", ["adapt/a"], 10)  # ... and B takes the job
+        clock.now += 1
+        assert q.ack(first, {"by": "A"}) is True  # A's late ack finishes the job; B then dies silently
+        hist = q.attempts("k")
+        assert [(a["worker"], a["outcome"]) for a in hist] == [("A", "acked"), ("B", "superseded")]
+        assert hist[1]["ended_at"] == clock.now and hist[1]["reason"] == "result recorded by attempt 1"
+        assert open_attempts(path) == []
+        assert q.ack(second, {"by": "B"}) is False and q.attempts("k")[1]["outcome"] == "superseded"
+        assert q.results() == {"k": {"by": "A"}}
 
 
 def test_nacked_job_dies_after_max_attempts_round_goes_on(tmp_path, clock):
@@ -191,6 +215,9 @@ def test_dropped_job_is_stale_and_refuses_ack(q):
     assert list(q.results()) == ["done"]
     assert q.jobs(states=["stale"])[0]["last_error"] == "teacher v3 supersedes v1"
     assert q.nack(finished, "x") == "stale"
+    # the holders' attempts are closed by the drop, not left open for holders that may be gone
+    assert [(a["outcome"], a["reason"]) for a in q.attempts("k")] == [("dropped", "teacher v3 supersedes v1")]
+    assert open_attempts(q.path) == []
 
 
 def test_filters_by_round_and_kind(q):
@@ -268,6 +295,7 @@ def test_concurrent_workers_each_job_delivered_once(tmp_path):
 def _lease_and_hang(path, ready):
     q = Queue(path)
     q.lease("doomed", ["k"], 0.5)
+    assert q.lease("doomed", ["late"], 60).attempt == 2  # redelivered: the parent's lease ran out
     ready.set()
     time.sleep(60)
 
@@ -275,7 +303,9 @@ def _lease_and_hang(path, ready):
 def test_killed_worker_lease_expires_and_job_is_redone(tmp_path):
     path = tmp_path / "q.sqlite"
     with Queue(path) as q:
-        q.put([Job("only", "k", {}, teacher_version=1)])
+        q.put([Job("only", "k", {}, teacher_version=1), Job("late", "late", {}, teacher_version=1)])
+        early = q.lease("early", ["late"], 0.05)
+        time.sleep(0.1)
         ready = SPAWN.Event()
         proc = SPAWN.Process(target=_lease_and_hang, args=(str(path), ready))
         proc.start()
@@ -283,6 +313,7 @@ def test_killed_worker_lease_expires_and_job_is_redone(tmp_path):
             assert ready.wait(30)
             assert q.jobs()[0]["state"] == "leased"
             assert [a["worker"] for a in q.attempts("only")] == ["doomed"]
+            assert q.ack(early, {"early": True})  # a late ack finishes the job the doomed worker holds
         finally:
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(10)
@@ -294,4 +325,52 @@ def test_killed_worker_lease_expires_and_job_is_redone(tmp_path):
         assert q.ack(lease, {"ok": True})
         assert [(a["worker"], a["outcome"]) for a in q.attempts("only")] == [("doomed", "expired"),
                                                                               ("rescuer", "acked")]
-        assert q.results() == {"only": {"ok": True}}
+        assert [(a["worker"], a["outcome"]) for a in q.attempts("late")] == [("early", "acked"),
+                                                                              ("doomed", "superseded")]
+        assert q.results() == {"only": {"ok": True}, "late": {"early": True}}
+        assert q.counts()["done"] == 2 and open_attempts(path) == []  # no row reads as running forever
+
+
+def test_a_group_is_leased_together_and_redelivered_whole(q, clock):
+    q.put([Job(f"g{i}", "adapt/a", {}, 0, group="G") for i in range(3)] + [Job("solo", "adapt/a", {}, 0)])
+    got = q.lease_group("w1", ["adapt/a"], 10.0)
+    assert [x.key for x in got] == ["g0", "g1", "g2"]
+    assert [x.key for x in q.lease_group("w2", ["adapt/a"], 10.0)] == ["solo"]  # a job with no group
+    assert q.lease_group("w2", ["adapt/a"], 10.0) == []
+    clock.now += 11  # w1 died holding the group: every member comes back, to one worker
+    again = q.lease_group("w3", ["adapt/a"], 10.0)
+    assert [x.key for x in again] == ["g0", "g1", "g2"] and {x.attempt for x in again} == {2}
+    assert q.ack_many([(x, {"k": x.key}) for x in again]) == 3
+    assert q.ack_many([(x, {"late": 1}) for x in got]) == 0  # w1's late acks change nothing
+    assert q.results() == {f"g{i}": {"k": f"g{i}"} for i in range(3)}
+
+
+def test_ack_many_is_one_transaction(q):
+    q.put([Job(f"g{i}", "adapt/a", {}, 0, group="G") for i in range(2)])
+    leases = q.lease_group("w", ["adapt/a"], 10.0)
+    with pytest.raises(TypeError):  # the second result is not JSON: neither is recorded
+        q.ack_many([(leases[0], {"ok": 1}), (leases[1], {"bad": object()})])
+    assert q.results() == {} and q.counts()["leased"] == 2
+
+
+def test_a_version_1_queue_file_is_migrated(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE jobs (key TEXT PRIMARY KEY, kind TEXT NOT NULL, round INTEGER NOT NULL,
+            teacher_version INTEGER NOT NULL, payload TEXT NOT NULL, state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, lease_worker TEXT, lease_token TEXT, lease_expires REAL,
+            last_error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
+        CREATE INDEX jobs_state_kind ON jobs (state, kind);
+        CREATE TABLE attempts (key TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL,
+            token TEXT NOT NULL, leased_at REAL NOT NULL, ended_at REAL, outcome TEXT, reason TEXT,
+            PRIMARY KEY (key, attempt));
+        CREATE TABLE results (key TEXT PRIMARY KEY, result TEXT NOT NULL, worker TEXT NOT NULL,
+            attempt INTEGER NOT NULL, token TEXT NOT NULL, created REAL NOT NULL);
+        CREATE TABLE flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO jobs VALUES ('old', 'adapt/a', 0, 0, '{}', 'pending', 0, NULL, NULL, NULL, NULL, 1, 1);
+        PRAGMA user_version = 1;""")
+    db.close()
+    with Queue(path) as q:
+        assert [x.key for x in q.lease_group("w", ["adapt/a"], 10.0)] == ["old"]
+        assert q._db.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -37,6 +37,10 @@ def cluster():
     ray.shutdown()
 
 
+# the Ray launcher runs one adaptation per actor call (workers.group_size=1)
+RAY_WORKERS = {"mode": "inline", "lease_s": 2.0, "poll_s": 0.05, "threads": 1, "group_size": 1}
+
+
 def tiny_student(model: str, epochs: int = 1) -> StudentConfig:
     return StudentConfig(model=model, threads=1, answer=AnswerSettings(max_new_tokens=4),
                          lora=LoraSettings(r=4, alpha=8), train=TrainSettings(epochs=epochs, batch_size=4, dtype="fp32"))
@@ -44,7 +48,7 @@ def tiny_student(model: str, epochs: int = 1) -> StudentConfig:
 
 def train_config(launcher: str, student: StudentConfig, **ray_cfg) -> TrainConfig:
     return TrainConfig(launcher=launcher, students=[student], ray=RayConfig(**ray_cfg),
-                       workers=WorkersConfig(mode="inline", lease_s=2.0, poll_s=0.05, threads=1))
+                       workers=WorkersConfig(mode="inline", lease_s=2.0, poll_s=0.05, threads=1, group_size=1))
 
 
 def edit_jobs(student: str, versions: list[int]) -> list[Job]:
@@ -87,7 +91,8 @@ def test_a_round_on_ray_matches_the_local_launcher(tmp_path, cluster, tiny_chat_
     through the object store), same result keys, counts and scores."""
     runs = {}
     for launcher in ("local", "ray"):
-        cfg_path = write_config(tmp_path / f"{launcher}.yaml", tiny_chat_model, tiny_model, "inline", launcher=launcher)
+        cfg_path = write_config(tmp_path / f"{launcher}.yaml", tiny_chat_model, tiny_model, "inline", launcher=launcher,
+                                workers=RAY_WORKERS)
         run = tmp_path / launcher
         cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
         rows = run_train(cfg, resolved)
@@ -110,7 +115,8 @@ def test_same_roles_on_ray_the_student_actor_follows_the_teacher_version(tmp_pat
                                                                         tiny_model):
     """roles=same: round 1's student is checkpoints/v1, a folder only the driver has; it reaches a
     new student actor (the v0 one is stopped) through the object store."""
-    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", roles="same", launcher="ray")
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", roles="same", launcher="ray",
+                            workers=RAY_WORKERS)
     run = tmp_path / "run"
     cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
     rows = run_train(cfg, resolved)

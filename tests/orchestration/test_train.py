@@ -198,8 +198,8 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_the_round_goes_on(tmp_pat
 ])
 def test_bad_train_config_is_refused_before_any_work(tmp_path, override, needle):
     run = tmp_path / "run"
-    cfg, resolved = load_config(TrainConfig, ROOT / "configs" / "demo.yaml", [override, f"run_dir={run}"])
-    with pytest.raises(ConfigError, match=needle):
+    with pytest.raises(ConfigError, match=needle):  # an enum value is refused at load, a range by check()
+        cfg, resolved = load_config(TrainConfig, ROOT / "configs" / "demo.yaml", [override, f"run_dir={run}"])
         run_train(cfg, resolved)
     assert not run.exists()
 

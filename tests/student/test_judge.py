@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from student.config import JudgeConfig
-from student.judge import JudgeError, JudgeGrader, parse_verdict
+from student.judge import JudgeError, JudgeGrader, VerdictCache, parse_verdict
 
 
 class Stub:
@@ -186,7 +186,7 @@ def test_cache_in_memory(stub, sleeps):
 def test_cache_persists_across_graders(stub, sleeps, tmp_path):
     path = tmp_path / "sub" / "judge_cache.json"
     assert make(stub, sleeps, cache_path=path).grade("q", "a", "a a") == 1.0
-    rows = json.loads(path.read_text())
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"question": "q", "gold": "a", "answer": "a a", "verdict": 1.0}]
     assert [p.name for p in path.parent.iterdir()] == ["judge_cache.json"]  # no temp files left
     # fresh graders reading the same file (explicitly, or via cfg.cache_path) pay for nothing
@@ -194,6 +194,56 @@ def test_cache_persists_across_graders(stub, sleeps, tmp_path):
     from_cfg = JudgeGrader(JudgeConfig(base_url=stub.base_url, cache_path=str(path)), sleep=sleeps.append)
     assert from_cfg.grade("q", "a", "a a") == 1.0
     assert len(stub.requests) == 1
+
+
+def test_cache_skips_a_torn_line_and_appends_on_a_clean_one(stub, sleeps, tmp_path):
+    path = tmp_path / "judge_cache.json"
+    row = json.dumps({"question": "q", "gold": "a", "answer": "a", "verdict": 1.0})
+    path.write_text(row + '\n{"question": "q", "gold": "b", "ans')  # a crash in the middle of an append
+    g = make(stub, sleeps, cache_path=path)
+    assert g.grade("q", "a", "a") == 1.0 and stub.requests == []  # the complete line counts
+    assert g.grade("q", "b", "c") == 0.0 and len(stub.requests) == 1  # the torn one is paid again, once
+    fresh = VerdictCache(path)
+    assert len(fresh) == 2 and fresh.get(("q", "b", "c")) == 0.0
+
+
+def test_cache_in_the_old_json_list_format_is_converted(stub, sleeps, tmp_path):
+    path = tmp_path / "judge_cache.json"
+    path.write_text(json.dumps([{"question": "q", "gold": "a", "answer": "a", "verdict": 1.0}], indent=0))
+    g = make(stub, sleeps, cache_path=path)
+    assert g.grade("q", "a", "a") == 1.0 and g.grade("q", "a", "b") == 0.0 and len(stub.requests) == 1
+    assert [json.loads(x)["answer"] for x in path.read_text().splitlines()] == ["a", "b"]
+
+
+def _grade_in_process(base_url: str, path: str, worker: int, start) -> None:
+    """One worker process of a run: pays for 50 verdicts of its own, into the shared cache."""
+    cfg = JudgeConfig(base_url=base_url, model="judge-model", timeout_s=10.0, max_retries=3, backoff_s=0.01)
+    grader = JudgeGrader(cfg, cache_path=path)
+    start.wait(30)
+    for i in range(50):
+        grader.grade(f"q{worker}-{i}", "gold", "gold" if i % 2 else "other")
+
+
+def test_two_processes_sharing_the_cache_lose_no_verdict(stub, tmp_path):
+    import multiprocessing as mp
+
+    spawn = mp.get_context("spawn")
+    path = tmp_path / "judge_cache.json"
+    start = spawn.Event()
+    procs = [spawn.Process(target=_grade_in_process, args=(stub.base_url, str(path), w, start)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    start.set()  # both write at once
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(stub.requests) == 100
+    fresh = VerdictCache(path)
+    assert len(fresh) == 100
+    assert all(fresh.get((f"q{w}-{i}", "gold", "gold" if i % 2 else "other")) == float(i % 2)
+               for w in (0, 1) for i in range(50))
+    g = JudgeGrader(JudgeConfig(base_url=stub.base_url), cache_path=path)
+    assert g.grade("q1-7", "gold", "gold") == 1.0 and len(stub.requests) == 100  # nothing paid twice
 
 
 def test_explicit_cache_path_overrides_config(stub, sleeps, tmp_path):

@@ -1,10 +1,10 @@
-"""Version folders: listing and retention (no models needed: both read only the manifests)."""
+"""Version folders: listing, retention and parent references (no models needed: all read only the manifests)."""
 
 import json
 
 import pytest
 
-from teacher.versions import MANIFEST, list_versions, prune
+from teacher.versions import MANIFEST, list_versions, load_teacher, parent_of, prune
 
 
 def make_version(ckpt, n: int, save: str = "merged", parent: str = "base-model"):
@@ -62,3 +62,22 @@ def test_prune_removes_crash_debris_only(tmp_path):
 def test_keep_last_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="teacher.sft.keep_last"):
         prune(tmp_path, 0, None)
+
+
+@pytest.mark.parametrize("ref", ["../../outside", "../../checkpoints-elsewhere/v1", "../v2", "../v3", "../v1/../../x"])
+def test_a_parent_outside_the_checkpoints_folder_is_refused(tmp_path, ref):
+    ckpt = tmp_path / "run" / "checkpoints"
+    make_version(ckpt, 1)
+    make_version(ckpt, 2, "adapter", ref)
+    (tmp_path / "run" / "outside").mkdir()
+    with pytest.raises(ValueError, match="manifest.json: parent") as err:
+        load_teacher(str(ckpt / "v2"))
+    assert str(ckpt / "v2" / MANIFEST) in str(err.value) and "earlier version" in str(err.value)
+
+
+def test_parent_of_follows_a_sibling_and_keeps_the_configured_model(tmp_path):
+    make_version(tmp_path, 1)
+    make_version(tmp_path, 2, "adapter", "../v1")
+    assert parent_of(tmp_path / "v2", {"parent": "../v1"}) == str((tmp_path / "v1").resolve())
+    for ref in ("gemma3-270m", "org/model", "/models/base"):  # the run's v0: a name, hub id or folder
+        assert parent_of(tmp_path / "v2", {"parent": ref}) == ref

@@ -19,7 +19,27 @@ import json
 import math
 from dataclasses import dataclass
 
-STRATEGIES = ("train_using_all_tokens", "train_using_output_tokens")
+from orchestration.core.config import Choice
+
+
+class Strategy(Choice):
+    """Where the test-time-training loss goes: the whole prompt, or the target grid only."""
+
+    train_using_all_tokens = "train_using_all_tokens"
+    train_using_output_tokens = "train_using_output_tokens"
+
+
+class OutOfRange(Choice):
+    clip = "clip"
+    reject = "reject"
+
+
+class UnknownKeys(Choice):
+    reject = "reject"
+    ignore = "ignore"
+
+
+STRATEGIES = tuple(s.value for s in Strategy)
 BOOL_KEYS = ("use_basic_augmentations", "use_size_augmentations", "use_chain_augmentations",
              "use_repeat_augmentations")
 KEYS = (*BOOL_KEYS, "strategy", "learning_rate", "num_train_epochs")
@@ -48,7 +68,7 @@ class ArcEdit:
 
 @dataclass
 class EditLimits:
-    """What the student accepts from an edit (a config node: plain types only)."""
+    """What the student accepts from an edit (a config node: plain types and enums only)."""
 
     learning_rate_min: float = 1e-6
     """Smallest learning rate accepted."""
@@ -56,10 +76,10 @@ class EditLimits:
     """Largest learning rate accepted."""
     max_epochs: int = 10
     """Most epochs accepted; at least 1 is always required."""
-    out_of_range: str = "clip"
+    out_of_range: OutOfRange = OutOfRange.clip
     """'clip' a learning rate or epoch count out of range to the nearest bound (and note it), or
     'reject' the edit with reason 'out_of_range'."""
-    unknown_keys: str = "reject"
+    unknown_keys: UnknownKeys = UnknownKeys.reject
     """'reject' an edit with keys outside the schema (reason 'unknown_keys'), or 'ignore' them (and
     note it): small teachers tend to append made-up keys to an otherwise valid edit."""
     max_steps: int = 200

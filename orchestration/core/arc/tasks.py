@@ -22,6 +22,9 @@ from orchestration.core.arc.grids import ArcDataError, Grid, to_grid
 from orchestration.core.runs import read_json
 
 
+ID_PREFIX = "arc-"  # an ARC task's context id is this + its task id (edits files name tasks by task id)
+
+
 @dataclass(frozen=True)
 class ArcTask:
     """One ARC task: demonstration pairs and test inputs (with their outputs when known)."""
@@ -38,7 +41,7 @@ class ArcTask:
     @property
     def context_id(self) -> str:
         """Stable id of the task as a SEAL context (keys edits, results and resume)."""
-        return "arc-" + self.task_id
+        return ID_PREFIX + self.task_id
 
     @property
     def title(self) -> str:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from orchestration.core.arc import augment, tasks, ttt
 from orchestration.core.arc.grids import encode, shape
-from orchestration.core.arc.schema import (BOOL_KEYS, KEYS, STRATEGIES, ArcEdit, EditError, EditLimits, check_budget,
-                                           parse_edit)
+from orchestration.core.arc.schema import (BOOL_KEYS, KEYS, STRATEGIES, ArcEdit, EditError, EditLimits, Strategy,
+                                           check_budget, parse_edit)
 from orchestration.core.domains.spec import Decode, Query, TrainSpec
 from orchestration.core.records import QuestionVerdict
 
@@ -57,7 +57,7 @@ class DefaultEdit:
     use_size_augmentations: bool = False
     use_chain_augmentations: bool = False
     use_repeat_augmentations: bool = False
-    strategy: str = "train_using_output_tokens"
+    strategy: Strategy = Strategy.train_using_output_tokens
     learning_rate: float = 1e-3
     num_train_epochs: int = 2
 
