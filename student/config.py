@@ -230,3 +230,15 @@ class StudentConfig:
         self.train.check(f"{key}.train")
         self.answer.check(f"{key}.answer")
         self.judge.check(f"{key}.judge")
+
+
+def check_students(students: list[StudentConfig], key: str) -> None:
+    """A command's list of students (``key``: its dotted key, 'students' or 'train.students'): one or
+    more distinct models, and each student's own `check`."""
+    from orchestration.core.config import ConfigError
+
+    names = [s.model for s in students]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"{key}={names}: give one or more distinct student models")
+    for i, s in enumerate(students):
+        s.check(f"{key}.{i}")

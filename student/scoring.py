@@ -1,15 +1,17 @@
 """The student's adapt-and-score step, written out top to bottom, for any domain.
 
 `score_context` answers a context's queries (its questions without the passage, or an ARC task's
-test input under several views) and lets the domain grade them; `adapt_and_score` trains a fresh
-adapter on what the domain makes of an edit, scores, and discards the adapter. Baselines (the
-unadapted score of a context) are cached per student, never re-scored per edit.
+test input under several views) and lets the domain grade them; `adapt_and_score_many` trains a
+fresh adapter per job on what the domain makes of its edit, all jobs at once (`Student.train_many`),
+answers all their queries at once (`Student.respond_many`), scores each, and discards the adapters;
+`adapt_and_score` is one job. Baselines (the unadapted score of a context) are cached per student,
+never re-scored per edit.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +47,23 @@ class Baselines:
     def __init__(self, student, grade: Grade, domain=knowledge):
         self.student, self.grade, self.domain = student, grade, domain
         self._cache: dict[str, tuple[tuple[QuestionVerdict, ...], float, float]] = {}
+
+    def prefetch(self, ctxs) -> None:
+        """Score every uncached context among ``ctxs`` in one batched pass (their queries share
+        generate calls, rows through no adapter). Best effort: if it fails, `get` scores each alone."""
+        new = list({c.context_id: c for c in ctxs if c.context_id not in self._cache}.values())
+        if len(new) < 2:
+            return
+        try:
+            t0 = time.perf_counter()
+            qs = [self.domain.queries(c, self.student.cfg) for c in new]
+            answers = self.student.respond_many(qs, self.domain.DECODE, [-1] * len(new))
+            scored = [tuple(self.domain.score(c, q, a, self.grade)) for c, q, a in zip(new, qs, answers)]
+        except Exception:
+            return
+        dt = (time.perf_counter() - t0) / len(new)  # the pass's wall time, shared
+        for c, v in zip(new, scored):
+            self._cache[c.context_id] = (v, sum(x.score for x in v) / len(v), dt)
 
     def get(self, ctx):
         """(verdicts, mean score, answer seconds) of the unadapted student on ``ctx``."""
@@ -82,33 +101,97 @@ def merge_specs(specs: list[TrainSpec]) -> TrainSpec:
                      info=info, invalid="; ".join(bad) or None)
 
 
+@dataclass(frozen=True)
+class AdaptJob:
+    """One adaptation to train and score: the edits of ``ctxs`` (one context, or several for the
+    multi-passage setting) under ``condition``. ``key`` and ``completion`` go into its result;
+    ``seed`` seeds its adapter init, batch order and data (None: the student's ``cfg.train.seed``)."""
+
+    ctxs: tuple  # the domain's contexts (knowledge: Context; ARC: ArcTask)
+    edits: tuple[str, ...]  # one per context
+    condition: str
+    completion: int
+    key: str
+    seed: int | None = None
+
+
+def _invalid_result(student, baselines, job, seed, spec, base) -> StudentResult:
+    verdicts = tuple(QuestionVerdict(v.question, v.gold, "", 0.0) for c in job.ctxs for v in baselines.get(c)[0])
+    return _result(student, baselines, job, seed, verdicts, base, {**spec.info, "invalid": spec.invalid},
+                   {"train_s": 0.0, "answer_s": 0.0})
+
+
+def _result(student, baselines, job, seed, verdicts, base, info, timings) -> StudentResult:
+    return StudentResult(key=job.key, student=student.cfg.model, context_id="+".join(c.context_id for c in job.ctxs),
+                         condition=job.condition, completion=job.completion,
+                         score=sum(v.score for v in verdicts) / len(verdicts), baseline_score=sum(base) / len(base),
+                         verdicts=verdicts, seed=seed, grader=grader_name(student, baselines.domain), train=info,
+                         timings=timings)
+
+
+def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) -> list[StudentResult | Exception]:
+    """Train one fresh adapter per job, all at once, on what the domain makes of its edits; answer
+    every job's queries with its own adapter, all at once; score each; discard the adapters.
+
+    Results come back in job order; a job that fails (its spec, its queries or its grading raised)
+    gets its exception in its place and the others go on. An error inside the fused training or
+    answering is every trained job's. An edit the domain will not run (an ARC config that does not
+    parse, or breaks the step budget) is not trained on: it scores 0 on every query, with the reason
+    in ``train['invalid']``. Several contexts in a job: the result's ``context_id`` is their ids
+    joined with '+', and its scores pool all their questions.
+
+    Timings: ``train_s`` is the job's wall seconds from the start of the fused training to its last
+    step; ``answer_s`` the wall seconds of the shared answering. ``train['group']`` is the number of
+    adaptations trained together."""
+    domain = baselines.domain
+    out: list[StudentResult | Exception | None] = [None] * len(jobs)
+    baselines.prefetch([c for job in jobs for c in job.ctxs])
+    todo = []  # (job index, seed, spec, queries per context, baseline scores)
+    for i, job in enumerate(jobs):
+        try:
+            seed = student.cfg.train.seed if job.seed is None else job.seed
+            cfg = replace(student.cfg, train=replace(student.cfg.train, seed=seed))  # the job's copy: ARC seeds its data
+            spec = merge_specs([domain.train_spec(c, e, job.condition, cfg) for c, e in zip(job.ctxs, job.edits, strict=True)])
+            base = [v.score for c in job.ctxs for v in baselines.get(c)[0]]
+            if spec.invalid:
+                out[i] = _invalid_result(student, baselines, job, seed, spec, base)
+            else:
+                todo.append((i, seed, spec, [domain.queries(c, cfg) for c in job.ctxs], base))
+        except Exception as e:  # this job's own failure
+            out[i] = e
+    if not todo:
+        return out
+    try:
+        stats = student.train_many([t[2] for t in todo], [t[1] for t in todo])
+        t0 = time.perf_counter()
+        answers = student.respond_many([[q for qs in t[3] for q in qs] for t in todo], domain.DECODE)
+        answer_s = time.perf_counter() - t0
+    except Exception as e:  # the fused work failed: every job in it did
+        for i, *_ in todo:
+            out[i] = e
+        return out
+    finally:
+        student.discard()
+    for (i, seed, spec, queries, base), st, got in zip(todo, stats, answers):
+        job = jobs[i]
+        try:
+            verdicts, at = [], 0
+            for c, qs in zip(job.ctxs, queries):
+                verdicts += domain.score(c, qs, got[at:at + len(qs)], baselines.grade)
+                at += len(qs)
+            info = {**st.__dict__, **spec.info, "group": len(todo)}
+            timings = {"train_s": round(st.train_s, 3), "answer_s": round(answer_s, 3)}
+            out[i] = _result(student, baselines, job, seed, tuple(verdicts), base, info, timings)
+        except Exception as e:
+            out[i] = e
+    return out
+
+
 def adapt_and_score(student, baselines: Baselines, ctxs: list, edits: list[str], *, condition: str,
                     completion: int, key: str, seed: int | None = None) -> StudentResult:
-    """Train one fresh adapter on what the domain makes of the edits of ``ctxs``, score every
-    context's queries with it, discard it.
-
-    One context is the usual case. Several at once is the continued-pretraining setting (one
-    adaptation on the edits of n contexts, scored on all their questions); the result's
-    ``context_id`` is then the ids joined with '+', and its scores pool all the questions.
-    An edit the domain will not run (an ARC config that does not parse, or breaks the step budget)
-    is not trained on: it scores 0 on every query, and the reason is in ``train['invalid']``.
-    """
-    domain = baselines.domain
-    seed = student.cfg.train.seed if seed is None else seed
-    cfg = replace(student.cfg, train=replace(student.cfg.train, seed=seed))  # this job's copy: ARC seeds its data
-    spec = merge_specs([domain.train_spec(c, e, condition, cfg) for c, e in zip(ctxs, edits, strict=True)])
-    base = [v.score for c in ctxs for v in baselines.get(c)[0]]
-    if spec.invalid:
-        verdicts = tuple(QuestionVerdict(v.question, v.gold, "", 0.0) for c in ctxs for v in baselines.get(c)[0])
-        info, timings = {**spec.info, "invalid": spec.invalid}, {"train_s": 0.0, "answer_s": 0.0}
-    else:
-        with student.adapted(spec, seed=seed) as stats:
-            t0 = time.perf_counter()
-            verdicts = tuple(v for c in ctxs for v in score_context(student, c, baselines.grade, domain)[0])
-            answer_s = time.perf_counter() - t0
-        info = {**stats.__dict__, **spec.info}
-        timings = {"train_s": round(stats.train_s, 3), "answer_s": round(answer_s, 3)}
-    return StudentResult(key=key, student=student.cfg.model, context_id="+".join(c.context_id for c in ctxs),
-                         condition=condition, completion=completion, score=sum(v.score for v in verdicts) / len(verdicts),
-                         baseline_score=sum(base) / len(base), verdicts=verdicts, seed=seed,
-                         grader=grader_name(student, domain), train=info, timings=timings)
+    """`adapt_and_score_many` with one job; its error, if any, is raised."""
+    (result,) = adapt_and_score_many(student, baselines, [AdaptJob(tuple(ctxs), tuple(edits), condition, completion,
+                                                                   key, seed)])
+    if isinstance(result, Exception):
+        raise result
+    return result

@@ -1,8 +1,8 @@
 """Answering through vLLM with runtime LoRA adapters (``student.answer.backend: vllm``).
 
-Training does not change: the student trains each adapter with PEFT in torch (`student.model`). What
-changes is answering. The trained adapter is saved (PEFT ``save_pretrained``: adapter_config.json +
-adapter_model.safetensors), and the questions go to one long-lived ``vllm.LLM(enable_lora=True)`` that
+Training does not change: the student trains its adapters in torch (`student.model`). What changes
+is answering. A trained adapter is saved in PEFT's format (`Student.export_peft`: adapter_config.json
++ adapter_model.safetensors), and the questions go to one long-lived ``vllm.LLM(enable_lora=True)`` that
 holds the base model, with a ``LoRARequest`` naming that folder. vLLM loads an adapter on its first
 request and keeps it in its own caches, keyed by the request's integer id; a request without one
 answers with the bare base model (the unadapted baseline).
@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 from orchestration.core.config import ConfigError
 from orchestration.core.models import require_vllm
@@ -163,10 +164,11 @@ class VLLMAnswerer:
         self.book = AdapterBook(tempfile.mkdtemp(prefix="seal-adapters-", dir=settings.vllm.adapter_dir),
                                 settings.vllm.keep_adapters)
 
-    def save_adapter(self, peft_model) -> str:
-        """Save the trained adapter of a PEFT model into a fresh folder; returns the folder."""
+    def save_adapter(self, export: Callable[[str], None]) -> str:
+        """Save a trained adapter into a fresh folder; returns the folder. ``export(folder)`` writes
+        it as a PEFT adapter folder (`Student.export_peft` of one slot)."""
         folder = self.book.new_folder()
-        peft_model.save_pretrained(str(folder))
+        export(str(folder))
         self.book.register(folder)  # counted against keep_adapters now, not at its first answer
         return str(folder)
 

@@ -105,31 +105,42 @@ class Worker:
         return self.baselines[domain]
 
     def run_job(self, payload: dict, key: str) -> StudentResult:
-        from student.scoring import adapt_and_score, base_result
+        """One job alone (a group of one); its error is raised."""
+        (result,) = self.run_group([(key, payload)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-        baselines = self.baselines_of(payload.get("domain", "knowledge"))
-        load = baselines.domain.from_json
-        cond = payload["condition"]
-        # The job's own seed (`seal train` and `seal evaluate seeds=[...]` set it); else the config's.
-        seed = payload.get("seed", self.cfg.train.seed)
-        if cond == "base":
-            return base_result(self.student, baselines, load(payload["context"]), key, seed)
-        if "contexts" in payload:  # multi-passage: one adaptation on the edits of several contexts
-            ctxs, edits = [load(c) for c in payload["contexts"]], payload["edits"]
-        else:
-            ctxs, edits = [load(payload["context"])], [payload["edit"]]
-        return adapt_and_score(self.student, baselines, ctxs, edits, condition=cond, completion=payload["sample"],
-                               key=key, seed=seed)
+    def run_group(self, jobs: list[tuple[str, dict]]) -> list[StudentResult | Exception]:
+        """The results of a group of (key, payload) jobs, in order: base jobs answer with the bare
+        model; every adaptation is trained and answered in one pass (`adapt_and_score_many`, K
+        adapters at once). A job that failed has its exception in its place: it is that job's
+        failure, not its companions'."""
+        from student.scoring import AdaptJob, adapt_and_score_many, base_result
 
-    def run_group(self, leases: list[Lease]) -> list[StudentResult | Exception]:
-        """The results of a leased group, in order; a job that raised has its exception instead (it
-        is that job's failure, not its companions')."""
-        out: list[StudentResult | Exception] = []
-        for lease in leases:
+        out: list[StudentResult | Exception | None] = [None] * len(jobs)
+        adapt: dict[str, list[tuple[int, AdaptJob]]] = {}  # domain -> its adaptations
+        for i, (key, payload) in enumerate(jobs):
             try:
-                out.append(self.run_job(lease.payload, lease.key))
+                domain = payload.get("domain", "knowledge")
+                load = self.baselines_of(domain).domain.from_json
+                # the job's own seed (seal train and `seal evaluate seeds=[...]` set it); else the config's
+                seed = payload.get("seed", self.cfg.train.seed)
+                if payload["condition"] == "base":
+                    out[i] = base_result(self.student, self.baselines_of(domain), load(payload["context"]), key, seed)
+                    continue
+                if "contexts" in payload:  # multi-passage: one adaptation on the edits of several contexts
+                    ctxs, edits = [load(c) for c in payload["contexts"]], payload["edits"]
+                else:
+                    ctxs, edits = [load(payload["context"])], [payload["edit"]]
+                adapt.setdefault(domain, []).append((i, AdaptJob(tuple(ctxs), tuple(edits), payload["condition"],
+                                                                 payload["sample"], key, seed)))
             except Exception as e:
-                out.append(e)
+                out[i] = e
+        for domain, todo in adapt.items():
+            results = adapt_and_score_many(self.student, self.baselines_of(domain), [job for _, job in todo])
+            for (i, _), r in zip(todo, results):
+                out[i] = r
         return out
 
     def serve(self, queue_path: str | Path, *, lease_s: float, until: str = "drained", poll_s: float = 0.5,
@@ -169,7 +180,7 @@ class Worker:
                 renewer = _Renewer(queue_path, live, lease_s)
                 renewer.start()
                 try:
-                    results = self.run_group(live)
+                    results = self.run_group([(lease.key, lease.payload) for lease in live])
                     fault("lease")
                 finally:
                     renewer.done.set()

@@ -33,7 +33,7 @@ from orchestration.driver.generate import teacher_version
 from orchestration.driver.steps import Slot, grouped
 from orchestration.driver.train import (EvalConfig, WorkersConfig, check_constrain, check_prompts, collect,
                                         generate_edits)
-from student.config import StudentConfig
+from student.config import StudentConfig, check_students
 from student.worker import job_kind
 from teacher.config import TeacherConfig
 
@@ -74,12 +74,8 @@ class EvaluateConfig:
 
     def check(self, key: str = "") -> None:
         """Every value and every model, before any work."""
-        names = [s.model for s in self.students]
-        if not names or len(set(names)) != len(names):
-            raise ConfigError(f"{at(key, 'students')}={names}: give one or more distinct student models")
+        check_students(self.students, at(key, "students"))
         self.teacher.check(at(key, "teacher"))
-        for i, s in enumerate(self.students):
-            s.check(at(key, f"students.{i}"))
         self.data.check(at(key, "data"))
         self.eval.check(at(key, "eval"))
         self.workers.check(at(key, "workers"))

@@ -44,7 +44,7 @@ from orchestration.core.runs import append_jsonl, open_run, read_jsonl
 from orchestration.driver import launch, report
 from orchestration.driver.ray_launch import RayConfig
 from orchestration.driver.steps import Slot, grouped, write_edits
-from student.config import StudentConfig
+from student.config import StudentConfig, check_students
 from student.worker import LAG_FLAG, VERSION_FLAG, job_kind
 from teacher.config import TeacherConfig
 
@@ -173,12 +173,8 @@ class TrainConfig:
     def check(self, key: str = "") -> None:
         """Every value and every model, before any work (``key``: where this config sits, 'train' in
         `seal compare`). The data and the prompt lengths are checked by `prepare`."""
-        names = [s.model for s in self.students]
-        if not names or len(set(names)) != len(names):
-            raise ConfigError(f"{at(key, 'students')}={names}: give one or more distinct student models")
+        check_students(self.students, at(key, "students"))
         self.teacher.check(at(key, "teacher"))
-        for i, s in enumerate(self.students):
-            s.check(at(key, f"students.{i}"))
         self.data.check(at(key, "data"))
         self.heldout.check(at(key, "heldout"))
         self.reward.check(at(key, "reward"))
@@ -489,12 +485,14 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
                 nxt = wanted_edits(cfg, r + 1, version, contexts_of(cfg, train, r + 1), [])
                 ahead = Prefetch(cfg, run, r + 1, version, model, nxt, edits)
                 ahead.start()
+            t_wait = time.perf_counter()
             workers.wait(keys, desc=f"round {r} jobs", students=[s for _, s in students])
+            wait_s = round(time.perf_counter() - t_wait, 1)  # the students' side of the round, in seconds
             results = collect(queue, keys, run, exported)
             row = {"round": r, "teacher_version": version, "contexts": [c.context_id for c in ctxs],
                    "students": {label: s.model for label, s in students},
                    "heldout": report.heldout_scores(students, wanted, results),
-                   "jobs": report.job_counts(queue, keys, len(results))}
+                   "jobs": report.job_counts(queue, keys, len(results)), "student_wait_s": wait_s}
             if r == 0:
                 row["reference"] = report.reference_scores(students, heldout, results,
                                                            domains.get(cfg.data.domain).REFERENCE)

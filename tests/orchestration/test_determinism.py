@@ -9,7 +9,7 @@ of the same variant (plain, and ``async_rounds``). The references are run once p
 The fingerprint holds every edit (text, sampling seed, the version that wrote it), every result
 (score, baseline, per-question answers and scores, training stats), every teacher version
 (sha256 of its weights; its manifest) and every metrics row. What is left out, and why:
-- wall times: ``wall_s`` of a metrics row; ``sft.runtime_s`` and ``sft.train_s`` of a version
+- wall times: ``wall_s`` and ``student_wait_s`` of a metrics row; ``sft.runtime_s`` and ``sft.train_s`` of a version
   manifest (and of the metrics row that copies it); ``timings`` and ``train.train_s`` of a result;
 - ``jobs.redelivered`` of a metrics row: a job whose holder was killed is delivered again, by design
   (it counts once in the results, which the fingerprint checks).
@@ -88,7 +88,7 @@ def fingerprint(run: Path) -> dict:
         versions[v.name] = {"manifest": manifest, "weights": weights}
     rows = []
     for row in _jsonl(run / "metrics.jsonl"):
-        row = _drop(row, "wall_s")
+        row = _drop(row, "wall_s", "student_wait_s")
         row["jobs"] = _drop(row["jobs"], "redelivered")
         if row.get("sft"):
             row["sft"] = _drop(row["sft"], "runtime_s", "train_s")
