@@ -89,7 +89,8 @@ def load_model(model: str, *, cache: str | None = None, trust_remote_code: bool 
 
 
 def autocast_dtype(setting: str, key: str = "dtype"):
-    """torch dtype to autocast to (None = fp32). 'auto' = bf16 where the hardware has fast bf16.
+    """torch dtype to autocast to (None = fp32). 'auto' = bf16 where the hardware has fast bf16
+    (a GPU that supports it; a CPU with native bf16, see `fast_cpu_bf16`), else fp32.
 
     Shared by student training and teacher generation; ``key`` names the config field in errors.
     """
@@ -103,7 +104,32 @@ def autocast_dtype(setting: str, key: str = "dtype"):
         raise ValueError(f"{key} must be 'auto', 'bf16' or 'fp32', got {setting!r}")
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return torch.bfloat16 if fast_cpu_bf16() else None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fast_cpu_bf16() -> bool:
+    """Does this CPU compute bf16 natively (AVX512-BF16 or AMX)? oneDNN also *accepts* bf16 on
+    AVX512F alone (``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is true there), but emulates it:
+    a bf16 matmul measured 2.9x slower than fp32 on such a CPU (2-core Xeon, gemma3's head shape),
+    and the batched student ran several times slower. Where the flags are unknown (not Linux), torch's
+    own check decides."""
+    import torch
+
+    flags = cpu_flags()
+    if not flags:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool({"avx512_bf16", "amx_bf16"} & flags) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def machine() -> dict:
@@ -117,14 +143,10 @@ def machine() -> dict:
 
     import torch
 
-    flags, name = set(), platform.processor()
+    flags, name = cpu_flags(), platform.processor()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name") and name in ("", platform.processor()):
-                name = line.split(":", 1)[1].strip()
-    except OSError:  # not Linux: the flags stay unknown
+        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux
         pass
     auto = autocast_dtype("auto")
     return {"cpu": name, "cores": os.cpu_count(), "avx2": "avx2" in flags,
