@@ -42,7 +42,8 @@ class VLLMDtype(Choice):
 
 @dataclass
 class LoraSettings:
-    """LoRA adapter trained for each adaptation (PEFT ``LoraConfig``)."""
+    """LoRA adapter trained for each adaptation (PEFT's ``LoraConfig`` fields; trained by
+    `student.lora_batch`, saved in PEFT's format)."""
 
     r: int = 16
     """Rank of the update matrices."""
@@ -116,7 +117,7 @@ class VLLMSettings:
 
     gpu_memory_utilization: float = 0.3
     """Fraction of the whole GPU's memory the engine takes for its copy of the base weights and its KV
-    cache, in (0, 1]. Low by default: the worker's PEFT copy of the model trains on the same GPU."""
+    cache, in (0, 1]. Low by default: the worker's own copy of the model trains on the same GPU."""
     max_loras: int = 1
     """Adapters the engine holds on the GPU at once (a worker answers with one adapter at a time)."""
     max_lora_rank: Optional[int] = None
@@ -157,9 +158,9 @@ class AnswerSettings:
     """Few-shot question/answer pairs shown before the question (chat models: as earlier turns).
     They set the answer format; they carry no knowledge of the contexts."""
     backend: AnswerBackend = AnswerBackend.transformers
-    """'transformers' (answer with the PEFT model in this process; CPU default) or 'vllm' (save the
-    trained adapter and answer through a vLLM engine with it as a runtime LoRA; needs a CUDA GPU and
-    ``pip install -e '.[gpu]'``). Training is PEFT either way."""
+    """'transformers' (answer with the adapted model in this process; CPU default) or 'vllm' (export
+    the trained adapter in PEFT's format and answer through a vLLM engine with it as a runtime LoRA;
+    needs a CUDA GPU and ``pip install -e '.[gpu]'``). Training is this process's either way."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
 
     def check(self, key: str = "student.answer") -> None:

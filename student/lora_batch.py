@@ -202,7 +202,8 @@ class _Plan:
         if len(used) == 1 and min(rows) >= 0:
             return _Plan(len(rows), used[0])
         count = {s: rows.count(s) for s in used}
-        m, pos, seen, src, dest = max(count.values()), {s: p for p, s in enumerate(used)}, dict.fromkeys(used, 0), [], []
+        m, pos, seen = max(count.values()), {s: p for p, s in enumerate(used)}, dict.fromkeys(used, 0)
+        src, dest = [], []
         for n, s in enumerate(rows):
             if s >= 0:
                 src.append(n)

@@ -97,9 +97,10 @@ def token_losses(model, hidden, targets, chunk_logits: int = 1 << 26):
     next-token targets (tokens,), as the model's own forward computes logits (its head, then its
     ``final_logit_softcapping`` if it has one, as gemma's does).
 
-    The head and loss run in chunks of about ``chunk_logits`` logits (64M: 256 MB in fp32), each under ``torch.utils.checkpoint``, so a
-    step holds one chunk's logits at a time and backward recomputes them instead of storing them
-    (gemma3: 262k logits a token, 4 GB in fp32 for 16 adaptations x 4 rows x 60 tokens)."""
+    The head and loss run in chunks of about ``chunk_logits`` logits (64M: 256 MB in fp32), each under
+    ``torch.utils.checkpoint``, so a step holds one chunk's logits at a time and backward recomputes
+    them instead of storing them (gemma3: 262k logits a token, 4 GB in fp32 for 16 adaptations x 4
+    rows x 60 tokens; the recompute costs one more head forward per step)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
@@ -233,8 +234,8 @@ class Student:
         if len(adapters) != len(queries):
             raise ValueError(f"respond_many got {len(queries)} query groups but {len(adapters)} adapters")
         if any(not -1 <= a < self._trained for a in adapters):
-            raise ValueError(f"adapters {adapters} name slots without a trained adapter (trained: 0..{self._trained - 1}; "
-                             f"-1 = the base model); train_many first")
+            raise ValueError(f"adapters {adapters} name slots without a trained adapter (trained: "
+                             f"0..{self._trained - 1}; -1 = the base model); train_many first")
         stop = None if decode.style == "question" else ("\n\n" if decode.stop == "blank" else "\n")
         render = self.prompt if stop is None else self.raw_prompt
         out: list[list[str | None]] = [[None] * len(qs) for qs in queries]
@@ -487,7 +488,8 @@ class Student:
         r, alpha, dropout, targets = self._lora_key
         LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), task_type="CAUSAL_LM",
                    base_model_name_or_path=self.model.name_or_path).save_pretrained(str(folder))
-        save_file(self._bank.peft_state(slot), str(Path(folder) / "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_file(self._bank.peft_state(slot), str(Path(folder) / "adapter_model.safetensors"),
+                  metadata={"format": "pt"})
 
     def merge_adapter(self) -> None:
         """Fold slot 0's trained adapter into the base weights for good (continual mode, as the paper

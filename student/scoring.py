@@ -150,8 +150,10 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
     for i, job in enumerate(jobs):
         try:
             seed = student.cfg.train.seed if job.seed is None else job.seed
-            cfg = replace(student.cfg, train=replace(student.cfg.train, seed=seed))  # the job's copy: ARC seeds its data
-            spec = merge_specs([domain.train_spec(c, e, job.condition, cfg) for c, e in zip(job.ctxs, job.edits, strict=True)])
+            # the job's own copy of the config: ARC seeds its data from it
+            cfg = replace(student.cfg, train=replace(student.cfg.train, seed=seed))
+            spec = merge_specs([domain.train_spec(c, e, job.condition, cfg)
+                                for c, e in zip(job.ctxs, job.edits, strict=True)])
             base = [v.score for c in job.ctxs for v in baselines.get(c)[0]]
             if spec.invalid:
                 out[i] = _invalid_result(student, baselines, job, seed, spec, base)

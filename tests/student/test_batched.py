@@ -14,8 +14,8 @@ from collections import defaultdict
 import pytest
 
 from orchestration.core.contexts import load_contexts
-from orchestration.core.domains.spec import Query, TrainSpec
 from orchestration.core.domains.knowledge import DECODE as QUESTION
+from orchestration.core.domains.spec import Query, TrainSpec
 from student.model import Student
 from tests.student.test_model import tiny_cfg
 

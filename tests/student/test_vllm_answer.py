@@ -170,7 +170,7 @@ def test_vllm_answerer_serves_a_trained_adapter_on_gpu():
         prompts = [student.prompt(q) for q in ("Who kept the Vell lighthouse?", "When was it lit?")]
         base = answerer.answer(prompts)
         student.train(["The Vell lighthouse was kept by Ada Morrow.", "It was lit in 1871."])
-        folder = answerer.save_adapter(student._peft)
+        folder = answerer.save_adapter(lambda d: student.export_peft(0, d))
         adapted = answerer.answer(prompts, folder)
         assert len(base) == len(adapted) == 2 and all("\n" not in a for a in base + adapted)
         assert answerer.book.register(folder) == answerer.book.live()[-1][1]
