@@ -31,7 +31,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 test: models lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean-venv:
 	rm -rf $(VENV)
