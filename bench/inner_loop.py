@@ -1,37 +1,48 @@
-"""Inner-loop throughput: the reference recipe vs a naive one vs the project's default. Prints JSON.
+"""Inner-loop throughput: the reference recipe, a naive one, today's PEFT loop and the project's
+batched multi-adapter loop at K = 1, 4, 8, 16, all in one run. Prints JSON.
 
-Student smollm2-135m-instruct; the same SQuAD-subset passages and restatement edits
-(bench/restate_edits.py) for every setting, all in one run, so the ratios are not hostage to
-machine noise between runs.
+The same SQuAD-subset passages and restatement edits (bench/restate_edits.py) for every setting,
+all in one run, so the ratios are not hostage to machine noise between runs. Each setting runs in
+its own subprocess, so its ``peak_rss_mb`` is its own, and adapts once on a passage outside the
+timed ones first (``warmup_s``), as a long-running worker has done before its first timed job.
 
 - reference: the SEAL reference implementation's recipe: batch 1, every sequence padded to 2048
   tokens with loss on the pads, the baseline re-scored for every adaptation. Slow, so it runs on
-  fewer passages and one epoch, and is compared per real (non-pad) trained token. It uses
-  transformers' default attention (sdpa), as the reference did.
-- naive: batch 1, dynamic padding (no pad tokens at batch 1), fp32.
-- default: the project's default StudentConfig (length-grouped batches, bf16 autocast where supported).
-naive and default first adapt once on a passage outside the timed ones (warmup_s), as a
-long-running worker has done before its first timed job.
+  fewer passages and one epoch, and is compared per real (non-pad) trained token. transformers'
+  default attention (sdpa), as the reference used. smollm2 only.
+- naive: batch 1, dynamic padding (no pad tokens at batch 1), fp32; PEFT. smollm2 only.
+- default: today's recipe as it ran before the batched loop, kept here so the baseline stays fixed
+  while the project's own path changes: one PEFT adapter at a time, length-grouped batches of 4,
+  bf16 autocast where `dtype: auto` picks it, the HF model's own loss.
+- batched[K]: the project's path (`student.scoring.adapt_and_score_many`): K adaptations trained and
+  answered in one pass, each with the default recipe. Groups of K over ``--contexts`` passages
+  (2K for K = 16, so that every K runs at least 2 groups); accuracy is over the first
+  ``--contexts`` passages, the same edits as default.
 
-real_tokens_per_s = non-pad tokens trained / training seconds; adaptations_per_min counts whole
-adaptations (train + score, plus the baseline re-score for reference). mfu = 4 x base parameters x
-default real_tokens_per_s / peak_flops (frozen base: forward + activation gradients), with peak_flops
-from a square matmul probe in the training dtype, measured in this run. mfu_ceilings holds the same
-ratio for the default's own batches run through the frozen base alone (no adapter) and for the base's
-matmuls alone: bounds on what any LoRA recipe at these batch shapes can reach here.
+real_tokens_per_s = non-pad tokens trained / training seconds (batched: a group's training wall,
+shared by its K); adaptations_per_min counts whole adaptations (train + answer). mfu = 4 x base
+parameters x real_tokens_per_s / peak_flops (frozen base: forward + activation gradients), with
+peak_flops from a square matmul probe in the training dtype, in this run. mfu_ceilings (smollm2):
+the default's own batches through the frozen base alone, and the base's matmuls alone.
+``time_breakdown`` (batched K = 8): the share of a fused step's CPU time in the LM head's matmuls
+(forward and backward; gemma3's 262k-token vocabulary), from torch.profiler.
 
-    python bench/inner_loop.py [--contexts 6] [--reference-contexts 2]
+    python bench/inner_loop.py [--contexts 16] [--ks 1,4,8,16] [--students smollm2-135m-instruct,gemma3-270m]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from _common import restatement, squad_subset
 
-MODEL = "smollm2-135m-instruct"
+STUDENTS = ("smollm2-135m-instruct", "gemma3-270m")
+HERE = Path(__file__).resolve().parent
 
 
 def peak_flops(dtype, n: int = 2048, reps: int = 8, rounds: int = 3) -> float:
@@ -50,11 +61,62 @@ def peak_flops(dtype, n: int = 2048, reps: int = 8, rounds: int = 3) -> float:
     return best
 
 
+# ----- today's PEFT loop, frozen here as the baseline --------------------------------------------
+def peft_adapter(st, seed: int):
+    """The PEFT adapter of the loop before the batched one: the base wrapped once, re-initialised in
+    place (A ~ Kaiming, B = 0 after torch.manual_seed(seed))."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    if getattr(st, "_bench_peft", None) is None:
+        lora = st.cfg.lora
+        st._bench_peft = get_peft_model(st.model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
+                                                             lora_dropout=lora.dropout,
+                                                             target_modules=list(lora.target_modules),
+                                                             task_type="CAUSAL_LM"))
+        if st.dtype is not None:
+            for m in st._bench_peft.modules():
+                if isinstance(m, LoraLayer):
+                    m.cast_input_dtype_enabled = False
+    torch.manual_seed(seed)
+    for m in st._bench_peft.modules():
+        if isinstance(m, LoraLayer):
+            m.reset_lora_parameters("default", True)
+    return st._bench_peft
+
+
+def peft_train(st, spec, seed: int) -> tuple[int, float]:
+    """(real tokens, seconds) of one adaptation with the PEFT loop: AdamW, length-grouped batches."""
+    import random
+
+    import torch
+
+    train = st.cfg.train
+    t0 = time.perf_counter()
+    model = peft_adapter(st, seed)
+    ids, labels, *_ = st._encode(spec, train.max_length)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.learning_rate,
+                            weight_decay=train.weight_decay)
+    rng, real = random.Random(seed), 0
+    model.train()
+    for _ in range(train.epochs):
+        for inp, mask, lab in st._batches(ids, labels, train, rng):
+            with st._autocast():
+                loss = model(input_ids=inp, attention_mask=mask, labels=lab, use_cache=False).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            real += int(mask.sum())
+    model.eval()
+    return real, time.perf_counter() - t0
+
+
 def reference_train(st, seqs: list[str], epochs: int) -> tuple[int, float]:
     """The reference loop: batch 1, pad to 2048, labels = input ids including the pads."""
     import torch
 
-    model = st._fresh_adapter(st.cfg.lora, st.cfg.train.seed)
+    model = peft_adapter(st, st.cfg.train.seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=st.cfg.train.learning_rate)
     model.train()
     real, t0 = 0, time.perf_counter()
@@ -67,31 +129,26 @@ def reference_train(st, seqs: list[str], epochs: int) -> tuple[int, float]:
             opt.step()
             opt.zero_grad(set_to_none=True)
     model.eval()
-    st._active = True
     return real, time.perf_counter() - t0
 
 
 def ceilings(st, contexts) -> dict:
-    """Upper bounds for the default recipe's MFU on this machine, at its own batches (same edits,
-    batching and epochs): ``base_only`` runs forward + backward (to the input embeddings) through the
-    frozen base with the adapter disabled, so no LoRA work at all; ``matmul_only`` runs just the base's
-    linear layers' matmuls (forward and activation gradient) at those batches' shapes (pads included).
-    Real tokens per second of each; the gaps say where the default's time goes."""
+    """Upper bounds for the default recipe's MFU here, at its own batches (same edits, batching and
+    epochs): ``base_only`` runs forward + backward (to the input embeddings) through the frozen base
+    with no adapter; ``matmul_only`` runs just the base's linear layers' matmuls (forward and
+    activation gradient) at those batches' shapes (pads included)."""
     import random
 
     import torch
-    from orchestration.core.domains.sequences import edit_to_sequences
-    from orchestration.core.domains.spec import TrainSpec
 
     batches = []
     for c in contexts:
-        spec = TrainSpec(sequences=tuple(edit_to_sequences(c.title, c.context, restatement(c)).sequences))
-        ids, labels, *_ = st._encode(spec, st.cfg.train.max_length)
+        ids, labels, *_ = st._encode(spec_of(c), st.cfg.train.max_length)
         rng = random.Random(st.cfg.train.seed)
         for _ in range(st.cfg.train.epochs):
             batches += list(st._batches(ids, labels, st.cfg.train, rng))
     real = sum(int(m.sum()) for _, m, _ in batches)
-    model = st._fresh_adapter(st.cfg.lora, st.cfg.train.seed)
+    model = peft_adapter(st, st.cfg.train.seed)
     embed = model.get_input_embeddings()
     with model.disable_adapter():
         t0 = time.perf_counter()
@@ -101,104 +158,215 @@ def ceilings(st, contexts) -> dict:
                 loss = model(inputs_embeds=x, attention_mask=mask, labels=lab, use_cache=False).loss
             loss.backward()
         base_s = time.perf_counter() - t0
-    weights = [m.weight for name, m in st.model.named_modules()
-               if isinstance(m, torch.nn.Linear) and "lora_" not in name]
-    dtype = weights[0].dtype
+    weights = [m.weight for name, m in st.model.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name]
     mm_s = 0.0
     with torch.no_grad():
         for _, mask, _ in batches:
-            n = mask.numel()
-            ins = {d: torch.randn(n, d, dtype=dtype) for w in weights for d in w.shape}
+            ins = {d: torch.randn(mask.numel(), d, dtype=weights[0].dtype) for w in weights for d in w.shape}
             t0 = time.perf_counter()
             for w in weights:
                 ins[w.shape[1]] @ w.t()
                 ins[w.shape[0]] @ w
             mm_s += time.perf_counter() - t0
-    st.discard()
-    return {"batches": len(batches), "real_tokens": real,
-            "base_only_real_tokens_per_s": round(real / base_s, 1),
+    return {"batches": len(batches), "real_tokens": real, "base_only_real_tokens_per_s": round(real / base_s, 1),
             "matmul_only_real_tokens_per_s": round(real / mm_s, 1)}
 
 
-def run_setting(name: str, contexts, epochs: int | None = None, attn: str | None = None, warmup=None,
-                **train) -> tuple:
+def spec_of(ctx):
+    from orchestration.core.domains.sequences import edit_to_sequences
+    from orchestration.core.domains.spec import TrainSpec
+
+    return TrainSpec(sequences=tuple(edit_to_sequences(ctx.title, ctx.context, restatement(ctx)).sequences))
+
+
+# ----- one setting, in its own process ---------------------------------------------------------
+def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k: int) -> dict:
+    import resource
+
+    import torch
+
+    from orchestration.core import domains
     from student.config import StudentConfig
     from student.model import Student
-    from student.scoring import Baselines, adapt_and_score, make_grader, score_context
-    from orchestration.core.domains.sequences import edit_to_sequences
+    from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader, score_context
 
-    cfg = StudentConfig(model=MODEL, attn_implementation=attn)
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    if epochs:
-        cfg.train.epochs = epochs
+    knowledge = domains.get("knowledge")
+    n = {"reference": reference_contexts, "naive": contexts, "default": contexts}.get(setting, contexts)
+    if setting == "batched" and 2 * k > n:
+        n = 2 * k  # at least two groups of K
+    ctxs = squad_subset(0, n)
+    warm = squad_subset(max(n, contexts, 2 * 16), 1)[0]  # a passage outside every timed set
+    cfg = StudentConfig(model=model, attn_implementation="sdpa" if setting == "reference" else None)
+    if setting in ("reference", "naive"):
+        cfg.train.batch_size, cfg.train.dtype = 1, "fp32"
+    if setting == "reference":
+        cfg.train.epochs = 1
     st = Student(cfg)
     grade = make_grader("f1")
     base = Baselines(st, grade)
-    for c in contexts:
-        base.get(c)  # baselines computed before the clock starts, as a cache would hold them
-    warmup_s = None
-    if warmup is not None:  # one adaptation before the clock: a long-running worker has paid this once
-        t0 = time.perf_counter()
-        adapt_and_score(st, base, [warmup], [restatement(warmup)], condition="edits", completion=0, key="warmup")
-        warmup_s = round(time.perf_counter() - t0, 2)
+    for c in [*ctxs, warm]:
+        base.get(c)  # baselines before the clock, as a worker's cache holds them
+    params = sum(p.numel() for p in st.model.parameters())
     real = train_s = 0.0
-    scores, t0 = [], time.perf_counter()
-    for c in contexts:
-        edit = restatement(c)
-        if name == "reference":
-            seqs = list(edit_to_sequences(c.title, c.context, edit).sequences)
+    scores: list[float] = []
+    warmup_s = None
+
+    def peft_adapt_and_score(c):
+        r_tokens, r_s = peft_train(st, spec_of(c), cfg.train.seed)
+        return r_tokens, r_s, [v.score for v in score_context(st, c, grade)[0]]
+
+    if setting in ("naive", "default"):
+        t0 = time.perf_counter()
+        peft_adapt_and_score(warm)
+        warmup_s = round(time.perf_counter() - t0, 2)
+    elif setting == "batched":
+        t0 = time.perf_counter()
+        adapt_and_score_many(st, base, [AdaptJob((warm,), (restatement(warm),), "edits", 0, f"w{i}") for i in range(k)])
+        warmup_s = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    if setting == "reference":
+        from orchestration.core.domains.sequences import edit_to_sequences
+
+        for c in ctxs:
             score_context(st, c, grade)  # the reference re-scores the baseline for every adaptation
+            seqs = list(edit_to_sequences(c.title, c.context, restatement(c)).sequences)
             r_tokens, r_s = reference_train(st, seqs, cfg.train.epochs)
             score_context(st, c, grade)
-            st.discard()
             real, train_s = real + r_tokens, train_s + r_s
-        else:
-            r = adapt_and_score(st, base, [c], [edit], condition="edits", completion=0, key=c.context_id)
-            real, train_s = real + r.train["real_tokens"], train_s + r.train["train_s"]
-            scores += [v.score for v in r.verdicts]
+    elif setting in ("naive", "default"):
+        for c in ctxs:
+            r_tokens, r_s, got = peft_adapt_and_score(c)
+            real, train_s, scores = real + r_tokens, train_s + r_s, scores + got
+    else:
+        for g in range(0, n, k):
+            group = ctxs[g:g + k]
+            results = adapt_and_score_many(st, base, [AdaptJob((c,), (restatement(c),), "edits", 0, c.context_id)
+                                                      for c in group])
+            bad = [r for r in results if isinstance(r, Exception)]
+            if bad:
+                raise bad[0]
+            real += sum(r.train["real_tokens"] for r in results)
+            train_s += max(r.train["train_s"] for r in results)  # the group's training wall
+            scores += [v.score for c, r in zip(group, results) if ctxs.index(c) < contexts for v in r.verdicts]
     wall = time.perf_counter() - t0
-    out = {"contexts": len(contexts), "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
-           "dtype": cfg.train.dtype, "warmup_s": warmup_s, "adaptations_per_min": round(60 * len(contexts) / wall, 3),
-           "real_tokens_per_s": round(real / train_s, 1), "real_tokens": int(real), "train_s": round(train_s, 2)}
+    out = {"contexts": n, "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
+           "dtype": str(st.dtype or torch.float32).replace("torch.", ""), "dtype_setting": cfg.train.dtype,
+           "warmup_s": warmup_s, "adaptations_per_min": round(60 * n / wall, 3),
+           "real_tokens_per_s": round(real / train_s, 1), "real_tokens": int(real), "train_s": round(train_s, 2),
+           "wall_s": round(wall, 2), "base_parameters": params, "threads": torch.get_num_threads()}
+    if setting == "batched":
+        out["k"] = k
     if scores:
         out["accuracy"] = round(sum(scores) / len(scores), 4)
         out["n_questions"] = len(scores)
-    params = sum(p.numel() for n, p in st.model.named_parameters() if "lora_" not in n)
-    return out, params, st
+    if setting == "default" and model == STUDENTS[0]:
+        out["ceilings"] = ceilings(st, ctxs)
+    if setting == "batched" and k == 8:
+        out["time_breakdown"] = breakdown(st, base, ctxs[:k])
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def breakdown(st, base, group) -> dict:
+    """Where a batched group's time goes: the CPU time of the LM head's matmuls (their output or
+    input has the vocabulary's width) against all ops, over one group's training and answering."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from student.scoring import AdaptJob, adapt_and_score_many
+
+    vocab = st.model.get_output_embeddings().weight.shape[0]
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        adapt_and_score_many(st, base, [AdaptJob((c,), (restatement(c),), "edits", 0, c.context_id) for c in group])
+    total = head = 0.0
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
+            if any(vocab in (s or []) for s in e.input_shapes):
+                head += e.self_cpu_time_total
+    for e in prof.key_averages():
+        total += e.self_cpu_time_total
+    return {"vocab": vocab, "lm_head_matmul_share": round(head / total, 3), "profiled_s": round(total / 1e6, 1)}
+
+
+def peak(dtype_name: str) -> dict:
+    import torch
+
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype_name]
+    return {"peak_flops": round(peak_flops(dtype)), "dtype": dtype_name}
+
+
+# ----- the run ---------------------------------------------------------------------------------
+def child(*args: str) -> dict:
+    """One setting in a fresh process; its last stdout line is its JSON."""
+    out = subprocess.run([sys.executable, str(Path(__file__)), "--child", *args], cwd=HERE, capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"setting {args} failed:\n{out.stderr[-4000:]}")
+    print(f"  {' '.join(args)}: done", file=sys.stderr, flush=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def student_report(model: str, args, peaks: dict) -> dict:
+    settings = {}
+    if model == STUDENTS[0]:
+        settings["reference"] = child("one", model, "reference", str(args.contexts), str(args.reference_contexts), "1")
+        settings["naive"] = child("one", model, "naive", str(args.naive_contexts), "0", "1")
+    settings["default"] = child("one", model, "default", str(args.contexts), "0", "1")
+    batched = {str(k): child("one", model, "batched", str(args.contexts), "0", str(k)) for k in args.ks}
+    default = settings["default"]
+
+    def mfu(s: dict) -> float:
+        p = peaks[s["dtype"]]
+        return round(4 * s["base_parameters"] * s["real_tokens_per_s"] / p, 3)
+
+    for b in batched.values():
+        b["speedup_vs_default"] = round(b["adaptations_per_min"] / default["adaptations_per_min"], 2)
+        b["mfu"] = mfu(b)
+    out = {"settings": settings, "batched": batched, "mfu": mfu(default), "dtype": default["dtype"]}
+    if "reference" in settings:
+        out["speedup_vs_reference"] = round(default["real_tokens_per_s"] / settings["reference"]["real_tokens_per_s"], 2)
+        out["speedup_vs_naive"] = round(default["real_tokens_per_s"] / settings["naive"]["real_tokens_per_s"], 2)
+        out["accuracy_default_minus_naive"] = round(default["accuracy"] - settings["naive"]["accuracy"], 4)
+    if "ceilings" in default:
+        c = default.pop("ceilings")
+        out["mfu_ceilings"] = {"base_only": round(4 * default["base_parameters"] * c["base_only_real_tokens_per_s"]
+                                                  / peaks[default["dtype"]], 3),
+                               "matmul_only": round(4 * default["base_parameters"] * c["matmul_only_real_tokens_per_s"]
+                                                    / peaks[default["dtype"]], 3), **c}
+    for k, b in batched.items():
+        b["accuracy_minus_default"] = round(b["accuracy"] - default["accuracy"], 4)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--contexts", type=int, default=6)
+    ap.add_argument("--contexts", type=int, default=16)
+    ap.add_argument("--naive-contexts", type=int, default=6)
     ap.add_argument("--reference-contexts", type=int, default=2)
+    ap.add_argument("--ks", default="1,4,8,16")
+    ap.add_argument("--students", default=",".join(STUDENTS))
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        what, *rest = args.child
+        if what == "peak":
+            print(json.dumps(peak(rest[0])))
+        else:
+            model, setting, contexts, ref, k = rest
+            print(json.dumps(run_one(model, setting, int(contexts), int(ref), int(k))))
+        return
+    args.ks = [int(k) for k in args.ks.split(",")]
     import torch
 
-    from student.model import autocast_dtype
+    from orchestration.core.models import machine
 
-    contexts = squad_subset(0, args.contexts)
-    # transformers' default attention (sdpa) for the reference, as it ran: eager attention would
-    # hold 30 layers x 9 heads x 2048^2 fp32 scores for the backward pass (> 20 GB).
-    ref, _, _ = run_setting("reference", contexts[: args.reference_contexts], epochs=1, attn="sdpa",
-                            batch_size=1, dtype="fp32")
-    warmup = squad_subset(args.contexts, 1)[0]  # a passage outside the timed ones
-    naive, _, _ = run_setting("naive", contexts, warmup=warmup, batch_size=1, dtype="fp32")
-    default, params, st = run_setting("default", contexts, warmup=warmup)
-    ceiling = ceilings(st, contexts)
-    dtype = autocast_dtype(st.cfg.train.dtype) or torch.float32
-    peak = peak_flops(dtype)
-    mfu = lambda tok_s: round(4 * params * tok_s / peak, 3)
+    t0 = time.perf_counter()
+    peaks = {d: child("peak", d)["peak_flops"] for d in ("bfloat16", "float32")}
+    students = {m: student_report(m, args, peaks) for m in args.students.split(",")}
+    top = students.get(STUDENTS[0], next(iter(students.values())))
     print(json.dumps({
-        "model": MODEL, "base_parameters": params, "threads": torch.get_num_threads(),
-        "settings": {"reference": ref, "naive": naive, "default": default},
-        "speedup_vs_reference": round(default["real_tokens_per_s"] / ref["real_tokens_per_s"], 2),
-        "speedup_vs_naive": round(default["real_tokens_per_s"] / naive["real_tokens_per_s"], 2),
-        "accuracy_default_minus_naive": round(default["accuracy"] - naive["accuracy"], 4),
-        "mfu": mfu(default["real_tokens_per_s"]),
-        "mfu_ceilings": {"base_only": mfu(ceiling["base_only_real_tokens_per_s"]),
-                         "matmul_only": mfu(ceiling["matmul_only_real_tokens_per_s"]), **ceiling},
-        "peak_flops": round(peak), "peak_dtype": str(dtype).replace("torch.", ""),
+        "model": STUDENTS[0] if STUDENTS[0] in students else next(iter(students)), "machine": machine(),
+        "threads": torch.get_num_threads(), "peak_flops": peaks,
+        **{k: v for k, v in top.items()}, "students": students, "wall_s": round(time.perf_counter() - t0, 1),
     }, indent=1))
 
 
