@@ -79,6 +79,11 @@ class TrainSettings:
     """Cap on training sequences per edit; the excess is dropped and the count is recorded."""
     max_steps: int = 0
     """Per-edit step budget: stop after this many optimizer steps (0 = no budget, run all epochs)."""
+    pass_tokens: int = 2048
+    """Padded tokens per forward/backward pass when adaptations train together: a fused step sorts
+    every adaptation's rows by length and runs them in passes of about this many tokens, then takes
+    one optimizer step. It changes speed and memory, not results (each adaptation's loss and
+    gradient are its own batch's)."""
     append_passage: bool = True
     """Add the passage itself as one more training sequence (as the reference implementation does)."""
     seed: int = 0
@@ -92,7 +97,7 @@ class TrainSettings:
 
     def check(self, key: str = "student.train") -> None:
         check_choice(self, key, "dtype", Dtype)
-        check_min(self, key, 1, "epochs", "batch_size", "max_length", "max_sequences")
+        check_min(self, key, 1, "epochs", "batch_size", "max_length", "max_sequences", "pass_tokens")
         check_min(self, key, 0, "max_steps", "weight_decay")
         check_positive(self, key, "learning_rate")
 

@@ -14,8 +14,8 @@ Departures from PEFT, on purpose:
   into those views in place, so `SlotAdamW` updates all adapters in a handful of whole-tensor ops
   per step instead of several per tensor (7 x 30 x 2 tensors per slot for smollm2-135m).
 - Rows of several slots go through batched matmuls in one of three layouts, whichever measured
-  fastest for the shape (`_Plan`): no copy when the rows come slot by slot in equal numbers (a fused
-  training step), a gather of each row's A and B for long rows, padded slot blocks for short ones.
+  fastest for the shape (`_Plan`): no copy when the rows come slot by slot in equal numbers, a
+  matmul per run of rows sharing a slot for other long rows, padded slot blocks for short ones.
 
 Initialisation is PEFT's (``reset_lora_parameters(adapter, True)``: A ~ kaiming_uniform(a=sqrt(5)),
 B = 0, layer by layer in ``model.modules()`` order after ``torch.manual_seed(seed)``), drawn from a
@@ -105,21 +105,23 @@ class LoraBank:
             if self.dropout:
                 x = F.dropout(x, self.dropout, training=module.training)
             A, B = self.A[j], self.B[j]
+            # deltas are added to the base output in place (the base matmul's backward does not
+            # read its output), scaled by the add: no extra full-size temporaries
             if plan.slot is not None:  # one slot: plain matmuls, as PEFT computes them
-                return out + F.linear(F.linear(x, A[plan.slot]) * self.scale, B[plan.slot])
+                return out.add_(F.linear(F.linear(x, A[plan.slot]), B[plan.slot]), alpha=self.scale)
             n, t, d = x.shape
             if plan.src is None:  # one block of rows per slot, no copy: [slots, m * t, in]
                 h = x.reshape(len(plan.used), plan.m * t, d) @ A[plan.sel].transpose(1, 2)
-                return out + ((h * self.scale) @ B[plan.sel].transpose(1, 2)).view(n, t, -1)
-            if t > self.r:  # long rows: copying each row's weights is cheaper than copying the rows
-                h = torch.bmm(x, A[plan.idx].transpose(1, 2))
-                delta = torch.bmm(h * self.scale, B[plan.idx].transpose(1, 2))
-                return out + (delta if plan.mask is None else delta * plan.mask)
+                return out.add_((h @ B[plan.sel].transpose(1, 2)).view(n, t, -1), alpha=self.scale)
+            if t > self.r:  # long rows: a matmul per run of consecutive rows with one slot
+                parts = [F.linear(F.linear(xs, A[s]), B[s]) if s >= 0 else out.new_zeros(len(xs), t, out.shape[-1])
+                         for xs, s in zip(x.split(plan.sizes), plan.segments)]
+                return out.add_(torch.cat(parts), alpha=self.scale)
             # short rows (decoding): copy them into blocks padded to the largest slot's row count
             blocks = x.new_zeros(len(plan.used) * plan.m, t, d).index_copy(0, plan.dest, x[plan.src])
             h = blocks.view(len(plan.used), plan.m * t, d) @ A[plan.sel].transpose(1, 2)
-            delta = ((h * self.scale) @ B[plan.sel].transpose(1, 2)).view(len(plan.used) * plan.m, t, -1)
-            return out.index_add(0, plan.src, delta[plan.dest])
+            delta = (h @ B[plan.sel].transpose(1, 2)).view(len(plan.used) * plan.m, t, -1)
+            return out.index_add_(0, plan.src, delta[plan.dest], alpha=self.scale)
 
         return hook
 
@@ -172,16 +174,17 @@ class LoraBank:
 class _Plan:
     """How the rows of one batch reach their slots; built once per forward or generate call.
 
-    Three layouts, by what measured fastest (smollm2-135m decoder, fp32, 2-core dev CPU, forward +
+    Four layouts, by what measured fastest (smollm2-135m decoder, fp32, 2-core dev CPU, forward +
     backward real tokens/s; K = 8 slots):
     - one slot for every row: plain matmuls (``slot``);
-    - rows slot by slot, equal counts (a fused training step): a reshape to [slots, m * tokens, in]
-      and two batched matmuls, no copy (``src`` None): 443 tok/s on 8 x 4 rows, against 361 for
-      gathering each row's A and B;
-    - any other order: gathering each row's A and B for a per-row bmm when rows are longer than the
-      rank (training 357 tok/s against 232 for copying rows into padded blocks; prefill 891 against
-      673), and copying rows into padded slot blocks when they are short (decoding one token per
-      row: 589 against 306 for the gather, which copies every row's weights at every step).
+    - rows slot by slot, equal counts (a fused training step of full batches): a reshape to
+      [slots, m * tokens, in] and two batched matmuls, no copy (``src`` None): 443 tok/s on 8 x 4
+      rows, against 361 for gathering each row's A and B;
+    - any other order, rows longer than the rank (training passes, prefill): two matmuls per run of
+      consecutive rows that share a slot (``segments``, ``sizes``), the runs' deltas joined once;
+    - any other order, short rows (decoding one token per row): rows copied into blocks padded to
+      the largest slot's row count (``dest``): 589 tok/s against 306 for a per-row gather, which
+      copies every row's weights at every step.
     """
 
     rows: int
@@ -191,8 +194,8 @@ class _Plan:
     m: int = 0  # rows of the slot with the most rows
     src: object = None  # (real rows,) row numbers of the rows with a slot; None: the reshape layout
     dest: object = None  # (real rows,) their place in the padded blocks [slots * m]
-    idx: object = None  # (rows,) each row's slot (-1 rows: 0, masked out)
-    mask: object = None  # (rows, 1, 1) 1 for rows with a slot, 0 for -1 rows; None if there are none
+    segments: tuple[int, ...] = ()  # the slot (or -1) of each run of consecutive rows with one slot
+    sizes: tuple[int, ...] = ()  # the runs' row counts
 
     @staticmethod
     def of(rows: list[int], device) -> _Plan:
@@ -212,12 +215,15 @@ class _Plan:
         sel = slice(used[0], used[-1] + 1) if used[-1] - used[0] == len(used) - 1 else torch.tensor(used, device=device)
         if len(rows) == len(used) * m and dest == list(range(len(rows))):
             return _Plan(len(rows), None, used, sel, m)
-
-        def tensor(values):
-            return torch.tensor(values, device=device)
-
-        mask = (tensor(rows) >= 0)[:, None, None] if min(rows) < 0 else None
-        return _Plan(len(rows), None, used, sel, m, tensor(src), tensor(dest), tensor([max(s, 0) for s in rows]), mask)
+        segments, sizes = [], []
+        for s in rows:
+            if segments and segments[-1] == s:
+                sizes[-1] += 1
+            else:
+                segments.append(s)
+                sizes.append(1)
+        return _Plan(len(rows), None, used, sel, m, torch.tensor(src, device=device), torch.tensor(dest, device=device),
+                     tuple(segments), tuple(sizes))
 
 
 def _runs(slots: list[int]) -> list[tuple[int, int]]:

@@ -121,6 +121,36 @@ def token_losses(model, hidden, targets, chunk_logits: int = 1 << 26):
     return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 
+PASS_OVERHEAD = 64
+"""A pass's fixed cost in padded tokens, for cutting passes: the frozen smollm2-135m base, fp32, on
+the 2-core dev CPU, ran forward + backward at 264 tokens/s for one 64-token row, 378 for four and
+436 for 32 (bench figures in the README), i.e. ~40-60 tokens' worth of time per pass."""
+
+
+def _passes(batches, pass_tokens: int) -> list[list[tuple[int, int, int]]]:
+    """The rows of a fused step's batches (each (input_ids, attention_mask, labels), right-padded)
+    cut into passes: (real length, batch, row), sorted longest first (ties in batch and row
+    order), then split into runs of at most ``pass_tokens`` padded tokens (rows x the run's
+    longest; a single longer row is a pass of its own) that minimise the padded tokens plus
+    `PASS_OVERHEAD` per pass (dynamic programming over the sorted rows). Within a pass, rows come
+    batch by batch, so full batches keep the bank's copy-free layout."""
+    rows = sorted(((int(b[1][j].sum()), g, j) for g, b in enumerate(batches) for j in range(len(b[0]))),
+                  key=lambda x: (-x[0], x[1], x[2]))
+    best, cut = [0.0] + [float("inf")] * len(rows), [0] * (len(rows) + 1)
+    for j in range(1, len(rows) + 1):  # best[j]: the cheapest cut of rows[:j]; cut[j]: its last pass's start
+        for i in range(j - 1, -1, -1):
+            size = (j - i) * rows[i][0]
+            if size > pass_tokens and i < j - 1:
+                break
+            if best[i] + size + PASS_OVERHEAD < best[j]:
+                best[j], cut[j] = best[i] + size + PASS_OVERHEAD, i
+    out, j = [], len(rows)
+    while j:
+        out.append(sorted(rows[cut[j]:j], key=lambda x: (x[1], x[2])))
+        j = cut[j]
+    return out[::-1]
+
+
 class Student:
     """One frozen base model and a bank of LoRA adapter slots.
 
@@ -441,30 +471,40 @@ class Student:
         return [r.stats() for r in runs]
 
     def _fused_step(self, live: list[_Run]) -> list[float]:
-        """One optimizer step of every adaptation in ``live`` on its next batch; their losses."""
+        """One optimizer step of every adaptation in ``live`` on its next batch; their losses.
+
+        The batches' rows are sorted by length and run in passes of about ``train.pass_tokens``
+        padded tokens (`_passes`), each pass's backward accumulating into its adapters' grads, so
+        a long passage row is not padded against short edit rows of other adaptations. Each
+        adaptation's loss is its own batch's mean over its labelled tokens, whichever passes its
+        rows fall in."""
         import torch
         import torch.nn.functional as F
 
         batches = [r.next[1] for r in live]
-        width = max(b[0].shape[1] for b in batches)
-        inp, mask, lab = (torch.cat([F.pad(b[n], (0, width - b[n].shape[1]), value=v) for b in batches])
-                          for n, v in ((0, self.tok.pad_token_id), (1, 0), (2, -100)))
-        rows = [r.slot for r, b in zip(live, batches) for _ in range(len(b[0]))]
-        group = torch.tensor([g for g, b in enumerate(batches) for _ in range(len(b[0]))], device=self.device)
-        with self._bank.route(rows):  # backward too: checkpointed chunks recompute under the same routing
-            with self._autocast():  # no KV cache: training never reads one back
-                losses = self._losses(inp, mask, lab, group, len(live))
-            if losses.requires_grad:  # not when no row has a labelled token
-                with self._bank.quiet_backward():
-                    losses.sum().backward()
+        counts = torch.tensor([int((b[2][:, 1:] != -100).sum()) for b in batches], device=self.device)
+        sums = torch.zeros(len(live), dtype=torch.float32, device=self.device)
+        for rows in _passes(batches, self.cfg.train.pass_tokens):
+            width = max(n for n, _, _ in rows)
+            inp, mask, lab = (torch.stack([F.pad(batches[g][n][j, :width], (0, width - min(width, batches[g][n].shape[1])),
+                                                 value=v) for _, g, j in rows])
+                              for n, v in ((0, self.tok.pad_token_id), (1, 0), (2, -100)))
+            group = torch.tensor([g for _, g, _ in rows], device=self.device)
+            with self._bank.route([live[g].slot for _, g, _ in rows]):  # backward too: checkpointed chunks recompute
+                with self._autocast():  # no KV cache: training never reads one back
+                    part = self._loss_sums(inp, mask, lab, group, len(live))
+                if part.requires_grad:  # not when no row has a labelled token
+                    with self._bank.quiet_backward():
+                        (part / counts.clamp(min=1)).sum().backward()
+            sums += part.detach()
         self._opt.step({r.slot: r.lr for r in live}, self.cfg.train.weight_decay)
         self._bank.zero_grad([r.slot for r in live])
-        return losses.tolist()
+        return (sums / counts.clamp(min=1)).tolist()
 
-    def _losses(self, inp, mask, lab, group, n: int):
-        """(n,) mean next-token loss of each group of rows over its own labelled tokens; ``group``
-        (rows,) says which of the n groups a row belongs to. Equals HF's ``model(labels=...).loss``
-        per group, without the logits of unlabelled positions."""
+    def _loss_sums(self, inp, mask, lab, group, n: int):
+        """(n,) summed next-token loss of each group of rows over its labelled tokens; ``group``
+        (rows,) says which of the n groups a row belongs to. Divided by a group's labelled tokens it
+        is HF's ``model(labels=...).loss``, computed without the logits of unlabelled positions."""
         import torch
 
         decoder = getattr(self.model, self.model.base_model_prefix)
@@ -473,8 +513,7 @@ class Student:
         keep = target != -100
         tokens = token_losses(self.model, hidden[:, :-1][keep], target[keep])  # (labelled tokens,)
         owner = group[:, None].expand_as(target)[keep]
-        sums = torch.zeros(n, dtype=tokens.dtype, device=tokens.device).index_add(0, owner, tokens)
-        return sums / torch.bincount(owner, minlength=n).clamp(min=1)
+        return torch.zeros(n, dtype=tokens.dtype, device=tokens.device).index_add(0, owner, tokens)
 
     def export_peft(self, slot: int, folder: str | Path) -> None:
         """Write slot's adapter as a PEFT adapter folder (adapter_config.json and
