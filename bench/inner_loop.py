@@ -22,8 +22,10 @@ timed ones first (``warmup_s``), as a long-running worker has done before its fi
 real_tokens_per_s = non-pad tokens trained / training seconds (batched: a group's training wall,
 shared by its K); adaptations_per_min counts whole adaptations (train + answer). mfu = 4 x base
 parameters x real_tokens_per_s / peak_flops (frozen base: forward + activation gradients), with
-peak_flops from a square matmul probe in the training dtype, in this run. mfu_ceilings (smollm2):
-the default's own batches through the frozen base alone, and the base's matmuls alone.
+peak_flops from a square matmul probe in the training dtype, in this run. mfu_ceilings (each
+student): the default's own batches through the frozen base alone, and the base's matmuls alone;
+``base_shape_scan``: the frozen base's forward + backward tokens/s at 1..32 rows of 64 tokens (what
+a bigger batch can gain on this machine at all).
 ``time_breakdown`` (batched K = 8): the share of a fused step's CPU time in the LM head's matmuls
 (forward and backward; gemma3's 262k-token vocabulary), from torch.profiler.
 
@@ -169,7 +171,37 @@ def ceilings(st, contexts) -> dict:
                 ins[w.shape[0]] @ w
             mm_s += time.perf_counter() - t0
     return {"batches": len(batches), "real_tokens": real, "base_only_real_tokens_per_s": round(real / base_s, 1),
-            "matmul_only_real_tokens_per_s": round(real / mm_s, 1)}
+            "matmul_only_real_tokens_per_s": round(real / mm_s, 1), "base_shape_scan": shape_scan(st)}
+
+
+def shape_scan(st, width: int = 64, rows=(1, 4, 8, 16, 32)) -> dict:
+    """Tokens/s of the frozen base alone, forward + backward (to the input embeddings, the head's
+    logits at every position), at ``rows`` x ``width`` random tokens: how much a bigger batch can
+    gain on this machine at all, whatever the adapters do."""
+    import torch
+
+    model, embed = st.model, st.model.get_input_embeddings()
+    decoder = getattr(model, model.base_model_prefix)
+    out = {}
+    model.train()
+    for n in rows:
+        ids = torch.randint(100, 1000, (n, width), generator=torch.Generator().manual_seed(0))
+
+        def once():
+            with st._autocast():
+                x = embed(ids).detach().requires_grad_()
+                h = decoder(inputs_embeds=x, use_cache=False).last_hidden_state
+                loss = model.get_output_embeddings()(h).float().logsumexp(-1).mean()
+            loss.backward()
+
+        once()  # warm-up
+        reps = max(1, 1024 // (n * width))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            once()
+        out[f"{n}x{width}"] = round(reps * n * width / (time.perf_counter() - t0), 1)
+    model.eval()
+    return out
 
 
 def spec_of(ctx):
@@ -259,7 +291,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
     if scores:
         out["accuracy"] = round(sum(scores) / len(scores), 4)
         out["n_questions"] = len(scores)
-    if setting == "default" and model == STUDENTS[0]:
+    if setting == "default":
         out["ceilings"] = ceilings(st, ctxs)
     if setting == "batched" and k == 8:
         out["time_breakdown"] = breakdown(st, base, ctxs[:k])
