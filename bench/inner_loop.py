@@ -30,6 +30,10 @@ a bigger batch can gain on this machine at all).
 (forward and backward; gemma3's 262k-token vocabulary), from torch.profiler.
 
     python bench/inner_loop.py [--contexts 16] [--ks 1,4,8,16] [--students smollm2-135m-instruct,gemma3-270m]
+
+Each finished setting is kept under ``--out`` (bench/out/inner_loop) and reused by a rerun, so an
+interrupted run resumes; delete the folder for a fresh run (each setting is timed in its own
+process either way, but a resumed run's settings may come from different machine states).
 """
 
 from __future__ import annotations
@@ -226,6 +230,8 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
     n = {"reference": reference_contexts, "naive": contexts, "default": contexts}.get(setting, contexts)
     if setting == "batched" and 2 * k > n:
         n = 2 * k  # at least two groups of K
+    if setting == "breakdown":
+        n = k  # one group, profiled
     ctxs = squad_subset(0, n)
     warm = squad_subset(max(n, contexts, 2 * 16), 1)[0]  # a passage outside every timed set
     cfg = StudentConfig(model=model, attn_implementation="sdpa" if setting == "reference" else None)
@@ -251,10 +257,12 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
         t0 = time.perf_counter()
         peft_adapt_and_score(warm)
         warmup_s = round(time.perf_counter() - t0, 2)
-    elif setting == "batched":
+    elif setting in ("batched", "breakdown"):
         t0 = time.perf_counter()
         adapt_and_score_many(st, base, [AdaptJob((warm,), (restatement(warm),), "edits", 0, f"w{i}") for i in range(k)])
         warmup_s = round(time.perf_counter() - t0, 2)
+    if setting == "breakdown":  # its own process: the profiler's memory can only sink itself
+        return breakdown(st, base, ctxs[:k])
     t0 = time.perf_counter()
     if setting == "reference":
         from orchestration.core.domains.sequences import edit_to_sequences
@@ -293,30 +301,37 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
         out["n_questions"] = len(scores)
     if setting == "default":
         out["ceilings"] = ceilings(st, ctxs)
-    if setting == "batched" and k == 8:
-        out["time_breakdown"] = breakdown(st, base, ctxs[:k])
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
 
 
-def breakdown(st, base, group) -> dict:
-    """Where a batched group's time goes: the CPU time of the LM head's matmuls (their output or
-    input has the vocabulary's width) against all ops, over one group's training and answering."""
+def breakdown(st, base, group, steps: int = 3) -> dict:
+    """Where a batched group's time goes, from torch.profiler over its first ``steps`` fused steps
+    and its answering (a whole group's events can exhaust memory): the self CPU time of the LM
+    head's matmuls (an input or output with the vocabulary's width), of all matmuls, and of the
+    rest (norms, rotary, attention softmax, adds, copies), as shares of all ops."""
     from torch.profiler import ProfilerActivity, profile
 
     from student.scoring import AdaptJob, adapt_and_score_many
 
     vocab = st.model.get_output_embeddings().weight.shape[0]
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        adapt_and_score_many(st, base, [AdaptJob((c,), (restatement(c),), "edits", 0, c.context_id) for c in group])
-    total = head = 0.0
-    for e in prof.key_averages(group_by_input_shape=True):
-        if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
-            if any(vocab in (s or []) for s in e.input_shapes):
-                head += e.self_cpu_time_total
-    for e in prof.key_averages():
-        total += e.self_cpu_time_total
-    return {"vocab": vocab, "lm_head_matmul_share": round(head / total, 3), "profiled_s": round(total / 1e6, 1)}
+    mms = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
+    old, st.cfg.train.max_steps = st.cfg.train.max_steps, steps
+    try:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            adapt_and_score_many(st, base, [AdaptJob((c,), (restatement(c),), "edits", 0, c.context_id) for c in group])
+    finally:
+        st.cfg.train.max_steps = old
+    head = sum(e.self_cpu_time_total for e in prof.key_averages(group_by_input_shape=True)
+               if e.key in mms and any(vocab in (s or []) for s in e.input_shapes))
+    avg = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in avg)
+    matmul = sum(e.self_cpu_time_total for e in avg if e.key in mms)
+    return {"vocab": vocab, "profiled_steps": steps, "lm_head_matmul_share": round(head / total, 3),
+            "matmul_share": round(matmul / total, 3), "other_ops_share": round(1 - matmul / total, 3),
+            "top_ops": {e.key: round(e.self_cpu_time_total / total, 3)
+                        for e in sorted(avg, key=lambda e: -e.self_cpu_time_total)[:6]},
+            "profiled_s": round(total / 1e6, 1)}
 
 
 def peak(dtype_name: str) -> dict:
@@ -327,14 +342,26 @@ def peak(dtype_name: str) -> dict:
 
 
 # ----- the run ---------------------------------------------------------------------------------
+CACHE: Path | None = None  # --out: each finished setting's JSON, reused by a rerun
+
+
 def child(*args: str) -> dict:
-    """One setting in a fresh process; its last stdout line is its JSON."""
+    """One setting in a fresh process; its last stdout line is its JSON (kept under --out, so an
+    interrupted run resumes at the first unfinished setting)."""
+    saved = CACHE / ("_".join(args) + ".json") if CACHE else None
+    if saved and saved.exists():
+        print(f"  {' '.join(args)}: reused {saved}", file=sys.stderr, flush=True)
+        return json.loads(saved.read_text())
     out = subprocess.run([sys.executable, str(Path(__file__)), "--child", *args], cwd=HERE, capture_output=True,
                          text=True)
     if out.returncode != 0:
         raise RuntimeError(f"setting {args} failed:\n{out.stderr[-4000:]}")
     print(f"  {' '.join(args)}: done", file=sys.stderr, flush=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if saved:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(result))
+    return result
 
 
 def student_report(model: str, args, peaks: dict) -> dict:
@@ -344,6 +371,11 @@ def student_report(model: str, args, peaks: dict) -> dict:
         settings["naive"] = child("one", model, "naive", str(args.naive_contexts), "0", "1")
     settings["default"] = child("one", model, "default", str(args.contexts), "0", "1")
     batched = {str(k): child("one", model, "batched", str(args.contexts), "0", str(k)) for k in args.ks}
+    if "8" in batched:
+        try:
+            batched["8"]["time_breakdown"] = child("one", model, "breakdown", str(args.contexts), "0", "8")
+        except RuntimeError as e:
+            batched["8"]["time_breakdown"] = {"error": str(e)[-500:]}
     default = settings["default"]
 
     def mfu(s: dict) -> float:
@@ -376,6 +408,8 @@ def main() -> None:
     ap.add_argument("--reference-contexts", type=int, default=2)
     ap.add_argument("--ks", default="1,4,8,16")
     ap.add_argument("--students", default=",".join(STUDENTS))
+    ap.add_argument("--out", default=str(HERE / "out" / "inner_loop"),
+                    help="where finished settings are kept; a rerun reuses them (delete the folder for a fresh run)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -387,6 +421,8 @@ def main() -> None:
             print(json.dumps(run_one(model, setting, int(contexts), int(ref), int(k))))
         return
     args.ks = [int(k) for k in args.ks.split(",")]
+    global CACHE
+    CACHE = Path(args.out)
     import torch
 
     from orchestration.core.models import machine

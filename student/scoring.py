@@ -34,11 +34,24 @@ def make_grader(name: str, judge_cfg=None, cache_path: str | Path | None = None)
     return lambda items: [fn(answer, gold) for _, gold, answer in items]
 
 
+def with_loglik(student, domain, queries: list[list], verdicts: list[list[QuestionVerdict]],
+                adapters: list[int]) -> list[list[QuestionVerdict]]:
+    """Each verdict with its gold answer's log-likelihood through its group's adapter
+    (`student.loglik`), for question-style domains; other domains' verdicts as they are."""
+    if domain.DECODE.style != "question":
+        return verdicts
+    from student.loglik import loglik_many
+
+    values = loglik_many(student, queries, adapters)
+    return [[replace(v, loglik=x) for v, x in zip(vs, xs, strict=True)] for vs, xs in zip(verdicts, values)]
+
+
 def score_context(student, ctx, grade: Grade, domain=knowledge) -> tuple[tuple[QuestionVerdict, ...], float]:
     """Answer the domain's queries about ``ctx`` (the context not in the prompt); verdicts and their mean."""
     queries = domain.queries(ctx, student.cfg)
-    verdicts = tuple(domain.score(ctx, queries, student.respond(queries, domain.DECODE), grade))
-    return verdicts, sum(v.score for v in verdicts) / len(verdicts)
+    verdicts = domain.score(ctx, queries, student.respond(queries, domain.DECODE), grade)
+    (verdicts,) = with_loglik(student, domain, [queries], [verdicts], [student._slot()])
+    return tuple(verdicts), sum(v.score for v in verdicts) / len(verdicts)
 
 
 class Baselines:
@@ -58,7 +71,8 @@ class Baselines:
             t0 = time.perf_counter()
             qs = [self.domain.queries(c, self.student.cfg) for c in new]
             answers = self.student.respond_many(qs, self.domain.DECODE, [-1] * len(new))
-            scored = [tuple(self.domain.score(c, q, a, self.grade)) for c, q, a in zip(new, qs, answers)]
+            scored = [self.domain.score(c, q, a, self.grade) for c, q, a in zip(new, qs, answers)]
+            scored = [tuple(v) for v in with_loglik(self.student, self.domain, qs, scored, [-1] * len(new))]
         except Exception:
             return
         dt = (time.perf_counter() - t0) / len(new)  # the pass's wall time, shared
@@ -166,20 +180,28 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
     try:
         stats = student.train_many([t[2] for t in todo], [t[1] for t in todo])
         t0 = time.perf_counter()
-        answers = student.respond_many([[q for qs in t[3] for q in qs] for t in todo], domain.DECODE)
+        flat = [[q for qs in t[3] for q in qs] for t in todo]
+        answers = student.respond_many(flat, domain.DECODE)
         answer_s = time.perf_counter() - t0
+        if domain.DECODE.style == "question":
+            from student.loglik import loglik_many
+
+            logliks = loglik_many(student, flat)
+        else:
+            logliks = [[None] * len(qs) for qs in flat]
     except Exception as e:  # the fused work failed: every job in it did
         for i, *_ in todo:
             out[i] = e
         return out
     finally:
         student.discard()
-    for (i, seed, spec, queries, base), st, got in zip(todo, stats, answers):
+    for (i, seed, spec, queries, base), st, got, ll in zip(todo, stats, answers, logliks):
         job = jobs[i]
         try:
             verdicts, at = [], 0
             for c, qs in zip(job.ctxs, queries):
-                verdicts += domain.score(c, qs, got[at:at + len(qs)], baselines.grade)
+                verdicts += [replace(v, loglik=x) for v, x in
+                             zip(domain.score(c, qs, got[at:at + len(qs)], baselines.grade), ll[at:at + len(qs)])]
                 at += len(qs)
             info = {**st.__dict__, **spec.info, "group": len(todo)}
             timings = {"train_s": round(st.train_s, 3), "answer_s": round(answer_s, 3)}

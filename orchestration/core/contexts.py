@@ -20,6 +20,11 @@ from pathlib import Path
 from orchestration.core.runs import read_json
 
 DEMO = "demo"  # the built-in fictional set shipped with the package
+SQUAD_SPLIT = {"heldout": (100, 200), "teacher": (200, 300), "tuning": (300, None)}
+"""How the SQuAD passages are used, as half-open ranges of indices after the standard
+random.Random(42) shuffle: held-out evaluation on the standard subset's passages 101-200, teacher
+training on 201-300, recipe tuning (bench/validity.py, bench/sweep_recipe.py) from 301 on. Nothing
+is tuned on 1-200 (tests/test_split.py checks the configs)."""
 DEMO_FILE = "demo_contexts.json"
 
 

@@ -25,6 +25,7 @@ class QuestionVerdict:
     gold: str
     answer: str
     score: float
+    loglik: float | None = None  # mean log-prob of the gold answer's tokens (question-style domains; see student.loglik)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Small statistics for reports: percentile bootstrap intervals over questions.
+"""Small statistics for reports: percentile bootstrap intervals over questions, and paired
+differences with a cluster bootstrap over contexts.
 
 Questions are the sampling unit (a held-out set is a sample of questions), so an interval says how
 much an accuracy could move on another draw of as many questions. Seeded: the same scores give the
@@ -27,3 +28,28 @@ def bootstrap_ci(scores: list[float], *, resamples: int = 1000, level: float = 0
 def spread(values: list[float]) -> float:
     """Sample standard deviation (0 for fewer than two values)."""
     return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_cluster_bootstrap(clusters: list[list[tuple[float, float]]], *, resamples: int = 2000,
+                             level: float = 0.95, seed: int = 0) -> dict:
+    """Mean paired difference a - b over questions, with a percentile interval from resampling
+    whole clusters (contexts: the questions of one passage share one adaptation, so resampling
+    questions would make the interval too narrow). ``clusters[c]`` holds (a, b) per question of
+    context c; None values (a question one side lacks) are left out. Returns {diff, lo, hi,
+    contexts, questions}; nan when there is nothing to compare."""
+    cl = [[(a, b) for a, b in c if a is not None and b is not None] for c in clusters]
+    cl = [c for c in cl if c]
+    sums = [sum(a - b for a, b in c) for c in cl]
+    sizes = [len(c) for c in cl]
+    n = sum(sizes)
+    if not n:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "contexts": 0, "questions": 0}
+    rng = random.Random(seed)
+    idx = range(len(cl))
+    stats = []
+    for _ in range(resamples):
+        pick = rng.choices(idx, k=len(cl))
+        stats.append(sum(sums[i] for i in pick) / sum(sizes[i] for i in pick))
+    stats.sort()
+    return {"diff": sum(sums) / n, "lo": stats[int((1 - level) / 2 * (resamples - 1))],
+            "hi": stats[int((1 + level) / 2 * (resamples - 1))], "contexts": len(cl), "questions": n}

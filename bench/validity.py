@@ -1,0 +1,166 @@
+"""Does an inner-loop recipe rank edits the way their content says it should? Resumable; prints JSON.
+
+On SQuAD passages outside the standard subset (the recipe-tuning range, shuffled indices >= 300 by
+default; see `orchestration.core.contexts.SQUAD_SPLIT`), each student is adapted under its default
+recipe (or one with ``--set`` overrides) on:
+
+- passage: the passage alone;
+- restate: the deterministic restatement edit of bench/restate_edits.py (never reads the questions);
+- bad: the restatement of a *different* passage (the next one in the list);
+- v0: the untrained teacher's greedy edit (``seal generate``, cached under --out);
+
+each with the passage appended as the recipe does (``append_passage``). Every question is scored
+by token F1 of the greedy answer and by the gold answer's log-likelihood (`student.loglik`).
+Paired differences use a cluster bootstrap over passages. A recipe passes when restate - passage
+> 0 and passage - bad > 0, each with the 95% interval's lower bound above 0, on log-likelihood.
+
+Rows go to ``--out/<student>.jsonl`` (one per passage and condition) as groups finish; rerunning
+skips them (a row is reused only under the same recipe).
+
+    python bench/validity.py [--students gemma3-270m,smollm2-135m-instruct] [--offset 300] [--limit 30]
+    python bench/validity.py --heldout      # passages 101-200: score the chosen recipe once
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from _common import REPO, SQUAD, restatement, squad_subset
+
+CONDITIONS = ("passage", "restate", "bad", "v0")
+PAIRS = (("restate", "passage"), ("passage", "bad"), ("v0", "passage"), ("restate", "bad"))
+
+
+def v0_edits(ctxs, teacher: str, out: Path, offset: int, limit: int) -> dict[str, str]:
+    """context_id -> the untrained teacher's greedy edit, written once by `seal generate`."""
+    from orchestration.core.config import DataConfig
+    from orchestration.driver.generate import GenerateConfig, run_generate
+    from teacher.config import TeacherConfig
+
+    path = out / f"v0_{teacher}_{offset}_{limit}.json"
+    if not path.exists():
+        run_generate(GenerateConfig(teacher=TeacherConfig(model=teacher),
+                                    data=DataConfig(source=str(SQUAD), shuffle_seed=42, offset=offset, limit=limit),
+                                    out=str(path)))
+    recs = json.loads(path.read_text())["records"]
+    got = {r["context_id"]: r["completions"][0] for r in recs}
+    missing = [c.context_id for c in ctxs if c.context_id not in got]
+    if missing:
+        raise SystemExit(f"{path} lacks contexts {missing[:3]}...; delete it to regenerate")
+    return got
+
+
+def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group: int) -> list[dict]:
+    from orchestration.core.domains import knowledge
+    from student.config import StudentConfig
+    from student.model import Student
+    from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
+
+    path = out / f"{model}.jsonl"
+    recipe = {"overrides": overrides, "group": group}
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    rows = [r for r in rows if r["recipe"] == recipe]
+    done = {(r["context_id"], r["condition"]) for r in rows}
+    todo = [(c, cond) for cond in CONDITIONS for c in ctxs if (c.context_id, cond) not in done]
+    if not todo:
+        return rows
+    cfg = StudentConfig(model=model)
+    for k, v in overrides.items():
+        section, name = k.split(".", 1)
+        setattr(getattr(cfg, section), name, v)
+    cfg.train.check()
+    st = Student(cfg)
+    base = Baselines(st, make_grader("f1"), knowledge)
+    t0 = time.perf_counter()
+    for at in range(0, len(todo), group):
+        part = todo[at:at + group]
+        jobs = [AdaptJob((c,), (edits[cond][c.context_id],), "passage" if cond == "passage" else "edits", 0,
+                         f"{c.context_id}/{cond}") for c, cond in part]
+        results = adapt_and_score_many(st, base, jobs)
+        with path.open("a") as f:
+            for (c, cond), r in zip(part, results):
+                if isinstance(r, Exception):
+                    raise r
+                row = {"context_id": c.context_id, "condition": cond, "recipe": recipe,
+                       "f1": [v.score for v in r.verdicts], "loglik": [v.loglik for v in r.verdicts],
+                       "base_f1": [v.score for v in base.get(c)[0]], "base_loglik": [v.loglik for v in base.get(c)[0]],
+                       "steps": r.train["steps"], "real_tokens": r.train["real_tokens"],
+                       "edit_chars": len(edits[cond][c.context_id])}
+                f.write(json.dumps(row) + "\n")
+                rows.append(row)
+        print(f"  {model}: {min(at + group, len(todo))}/{len(todo)} adaptations, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def summarise(rows: list[dict], ctxs) -> dict:
+    from orchestration.core.stats import bootstrap_ci, paired_cluster_bootstrap
+
+    by = {(r["context_id"], r["condition"]): r for r in rows}
+    ids = [c.context_id for c in ctxs]
+    out = {"contexts": len(ids), "questions": sum(len(by[(i, "passage")]["f1"]) for i in ids), "conditions": {}}
+    first = by[(ids[0], "passage")]
+    for metric in ("f1", "loglik"):
+        base = [x for i in ids for x in by[(i, "passage")][f"base_{metric}"]]
+        out["conditions"].setdefault("base", {})[metric] = round(sum(base) / len(base), 4)
+        for cond in CONDITIONS:
+            vals = [x for i in ids for x in by[(i, cond)][metric]]
+            lo, hi = bootstrap_ci(vals)
+            out["conditions"].setdefault(cond, {})[metric] = round(sum(vals) / len(vals), 4)
+            out["conditions"][cond][f"{metric}_ci"] = [round(lo, 4), round(hi, 4)]
+    for cond in CONDITIONS:
+        out["conditions"][cond]["mean_steps"] = round(sum(by[(i, cond)]["steps"] for i in ids) / len(ids), 1)
+    out["paired"] = {}
+    for a, b in PAIRS:
+        for metric in ("f1", "loglik"):
+            d = paired_cluster_bootstrap([list(zip(by[(i, a)][metric], by[(i, b)][metric])) for i in ids])
+            out["paired"][f"{a}-{b}"] = {**out["paired"].get(f"{a}-{b}", {}),
+                                         metric: {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}}
+    p = out["paired"]
+    out["passes"] = p["restate-passage"]["loglik"]["lo"] > 0 and p["passage-bad"]["loglik"]["lo"] > 0
+    out["passes_f1"] = p["restate-passage"]["f1"]["lo"] > 0 and p["passage-bad"]["f1"]["lo"] > 0
+    out["recipe"] = first["recipe"]
+    return out
+
+
+def main() -> None:
+    from orchestration.core.contexts import SQUAD_SPLIT
+    from orchestration.core.models import machine
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--students", default="gemma3-270m,smollm2-135m-instruct")
+    ap.add_argument("--teacher", default="smollm2-135m-instruct")
+    ap.add_argument("--offset", type=int, default=SQUAD_SPLIT["tuning"][0])
+    ap.add_argument("--limit", type=int, default=30)
+    ap.add_argument("--heldout", action="store_true", help="score the held-out passages 101-200 (once, at the end)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="recipe override, e.g. train.learning_rate=3e-4 (JSON values)")
+    ap.add_argument("--group", type=int, default=8, help="adaptations trained together (results do not depend on it)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "out" / "validity"))
+    args = ap.parse_args()
+    if args.heldout:
+        args.offset, args.limit = SQUAD_SPLIT["heldout"][0], SQUAD_SPLIT["heldout"][1] - SQUAD_SPLIT["heldout"][0]
+    elif args.offset < SQUAD_SPLIT["tuning"][0]:
+        raise SystemExit(f"--offset {args.offset} is inside passages 1-{SQUAD_SPLIT['tuning'][0]} (held-out and "
+                         f"teacher training); tune on >= {SQUAD_SPLIT['tuning'][0]}, or pass --heldout to score once")
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    out = Path(args.out) / (f"heldout_{args.offset}_{args.limit}" if args.heldout else f"tuning_{args.offset}_{args.limit}")
+    out.mkdir(parents=True, exist_ok=True)
+    ctxs = squad_subset(args.offset, args.limit)
+    edits = {"passage": {c.context_id: "" for c in ctxs},
+             "restate": {c.context_id: restatement(c) for c in ctxs},
+             "bad": {c.context_id: restatement(ctxs[(i + 1) % len(ctxs)]) for i, c in enumerate(ctxs)},
+             "v0": v0_edits(ctxs, args.teacher, out, args.offset, args.limit)}
+    report = {"machine": machine(), "offset": args.offset, "limit": args.limit, "heldout": args.heldout,
+              "teacher": args.teacher, "students": {}}
+    for model in args.students.split(","):
+        rows = run_student(model, ctxs, edits, overrides, out, args.group)
+        report["students"][model] = summarise(rows, ctxs)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The SQuAD three-way split (orchestration.core.contexts.SQUAD_SPLIT) holds in every shipped config:
+held-out contexts come from the held-out range, training contexts from the teacher-training or
+recipe-tuning ranges, and no config's training and held-out passages overlap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from orchestration.core.contexts import SQUAD_SPLIT
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def squad_ranges(node) -> dict[str, range]:
+    """role -> the shuffled passage indices a config's data / heldout section reads, for SQuAD sources."""
+    out = {}
+    for role in ("data", "heldout"):
+        d = node.get(role)
+        if d is not None and "squad" in str(d.get("source", "")):
+            assert d.get("shuffle_seed") == 42, f"{role} must use the standard shuffle (shuffle_seed: 42)"
+            start = d.get("offset", 0)
+            out[role] = range(start, start + d.limit)
+    return out
+
+
+def within(r: range, role: str) -> bool:
+    lo, hi = SQUAD_SPLIT[role]
+    return r.start >= lo and (hi is None or r.stop <= hi)
+
+
+def test_the_split_is_three_disjoint_ranges():
+    (a, b), (c, d), (e, f) = SQUAD_SPLIT["heldout"], SQUAD_SPLIT["teacher"], SQUAD_SPLIT["tuning"]
+    assert a < b <= c < d <= e and f is None
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_respects_the_split(path):
+    node = OmegaConf.load(path)
+    nodes = [node] + [node[k] for k in ("train",) if k in node]  # compare configs nest a train config
+    for n in nodes:
+        ranges = squad_ranges(n)
+        if "heldout" in ranges:
+            assert within(ranges["heldout"], "heldout"), f"{path.name}: heldout {ranges['heldout']}"
+        if "data" in ranges:
+            assert within(ranges["data"], "teacher") or within(ranges["data"], "tuning"), \
+                f"{path.name}: data {ranges['data']} must be in the teacher-training or tuning range"
+        if len(ranges) == 2:
+            assert not set(ranges["data"]) & set(ranges["heldout"]), f"{path.name}: data and heldout overlap"
+
+
+def test_some_configs_read_squad():
+    """The check above is not vacuous."""
+    assert sum(bool(squad_ranges(OmegaConf.load(p))) for p in CONFIGS) >= 4
