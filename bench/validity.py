@@ -11,7 +11,8 @@ recipe (or one with ``--set`` overrides) on:
 
 each with the passage appended as the recipe does (``append_passage``). Every question is scored
 by token F1 of the greedy answer and by the gold answer's log-likelihood (`student.loglik`).
-Paired differences use a cluster bootstrap over passages. A recipe passes when restate - passage
+Paired differences use a cluster bootstrap over passages; the per-condition intervals
+(``*_question_ci``) resample questions and are narrower than a cluster interval would be. A recipe passes when restate - passage
 > 0 and passage - bad > 0, each with the 95% interval's lower bound above 0, on log-likelihood.
 
 Rows go to ``--out/<student>.jsonl`` (one per passage and condition) as groups finish; rerunning
@@ -32,6 +33,12 @@ from _common import REPO, SQUAD, restatement, squad_subset
 
 CONDITIONS = ("passage", "restate", "bad", "v0")
 PAIRS = (("restate", "passage"), ("passage", "bad"), ("v0", "passage"), ("restate", "bad"))
+
+
+def sha(text: str | None) -> str | None:
+    import hashlib
+
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def v0_edits(ctxs, teacher: str, out: Path, offset: int, limit: int) -> dict[str, str]:
@@ -61,15 +68,25 @@ def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group
 
     path = out / f"{model}.jsonl"
     recipe = {"overrides": overrides, "group": group}
-    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-    rows = [r for r in rows if r["recipe"] == recipe]
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a kill: its adaptation runs again
+            continue
+    # a row counts only under the same recipe and the same edit text (a changed teacher or
+    # restatement script re-runs it); the latest matching row wins
+    rows = list({(r["context_id"], r["condition"]): r for r in rows
+                 if r["recipe"] == recipe and r.get("edit_sha") == sha(edits[r["condition"]].get(r["context_id"]))}.values())
     done = {(r["context_id"], r["condition"]) for r in rows}
     todo = [(c, cond) for cond in CONDITIONS for c in ctxs if (c.context_id, cond) not in done]
     if not todo:
         return rows
     cfg = StudentConfig(model=model)
     for k, v in overrides.items():
-        section, name = k.split(".", 1)
+        section, _, name = k.partition(".")
+        if not hasattr(cfg, section) or not hasattr(getattr(cfg, section), name):
+            raise SystemExit(f"--set {k}: no such student config field (use e.g. train.learning_rate, lora.r)")
         setattr(getattr(cfg, section), name, v)
     cfg.train.check()
     st = Student(cfg)
@@ -88,7 +105,7 @@ def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group
                        "f1": [v.score for v in r.verdicts], "loglik": [v.loglik for v in r.verdicts],
                        "base_f1": [v.score for v in base.get(c)[0]], "base_loglik": [v.loglik for v in base.get(c)[0]],
                        "steps": r.train["steps"], "real_tokens": r.train["real_tokens"],
-                       "edit_chars": len(edits[cond][c.context_id])}
+                       "edit_chars": len(edits[cond][c.context_id]), "edit_sha": sha(edits[cond][c.context_id])}
                 f.write(json.dumps(row) + "\n")
                 rows.append(row)
         print(f"  {model}: {min(at + group, len(todo))}/{len(todo)} adaptations, "
@@ -104,13 +121,14 @@ def summarise(rows: list[dict], ctxs) -> dict:
     out = {"contexts": len(ids), "questions": sum(len(by[(i, "passage")]["f1"]) for i in ids), "conditions": {}}
     first = by[(ids[0], "passage")]
     for metric in ("f1", "loglik"):
-        base = [x for i in ids for x in by[(i, "passage")][f"base_{metric}"]]
+        base = [x for i in ids for x in by[(i, "passage")][f"base_{metric}"] if x is not None]
         out["conditions"].setdefault("base", {})[metric] = round(sum(base) / len(base), 4)
         for cond in CONDITIONS:
             vals = [x for i in ids for x in by[(i, cond)][metric]]
-            lo, hi = bootstrap_ci(vals)
+            vals = [x for x in vals if x is not None]
+            lo, hi = bootstrap_ci(vals)  # over questions: narrower than a cluster interval
             out["conditions"].setdefault(cond, {})[metric] = round(sum(vals) / len(vals), 4)
-            out["conditions"][cond][f"{metric}_ci"] = [round(lo, 4), round(hi, 4)]
+            out["conditions"][cond][f"{metric}_question_ci"] = [round(lo, 4), round(hi, 4)]
     for cond in CONDITIONS:
         out["conditions"][cond]["mean_steps"] = round(sum(by[(i, cond)]["steps"] for i in ids) / len(ids), 1)
     out["paired"] = {}

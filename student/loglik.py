@@ -23,7 +23,7 @@ def answer_tokens(student, query: Query) -> tuple[list[int], list[int]]:
 def loglik_many(student, queries: list[list[Query]], adapters: list[int] | None = None) -> list[list[float]]:
     """``queries[i]``'s gold answers scored through slot ``adapters[i]`` (default: slot i; -1: the
     base model): for each question, the mean over the gold answer's tokens of log p(token | prompt,
-    the gold tokens before it). Batched like answering: up to ``answer.batch_size`` rows per slot
+    the gold tokens before it); None for an empty gold answer. Batched like answering: up to ``answer.batch_size`` rows per slot
     in a forward pass, right-padded, each row through its own adapter."""
     import torch
 
@@ -56,6 +56,6 @@ def loglik_many(student, queries: list[list[Query]], adapters: list[int] | None 
         owner = torch.arange(len(part), device=losses.device)[:, None].expand_as(target)[keep]
         sums = torch.zeros(len(part), dtype=losses.dtype, device=losses.device).index_add(0, owner, losses)
         counts = torch.bincount(owner, minlength=len(part)).clamp(min=1)
-        for (g, i, *_), v in zip(part, (-sums / counts).tolist()):
-            out[g][i] = v
+        for (g, i, _, t), v in zip(part, (-sums / counts).tolist()):
+            out[g][i] = v if t else None  # an empty gold answer has no tokens to score
     return out
