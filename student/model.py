@@ -125,8 +125,9 @@ def token_losses(model, hidden, targets, chunk_logits: int = 1 << 26):
 
 PASS_OVERHEAD = 64
 """A pass's fixed cost in padded tokens, for cutting passes: the frozen smollm2-135m base, fp32, on
-the 2-core dev CPU, ran forward + backward at 264 tokens/s for one 64-token row, 378 for four and
-436 for 32 (bench figures in the README), i.e. ~40-60 tokens' worth of time per pass."""
+the 2-core AVX512F (no bf16) dev CPU, ran forward + backward at 264 tokens/s for one 64-token row,
+378 for four and 436 for 32 (a one-off check; bench/inner_loop.py's ``base_shape_scan`` measures
+the same), i.e. ~40-60 tokens' worth of time per pass."""
 
 
 def _passes(batches, pass_tokens: int) -> list[list[tuple[int, int, int]]]:

@@ -34,16 +34,26 @@ def make_grader(name: str, judge_cfg=None, cache_path: str | Path | None = None)
     return lambda items: [fn(answer, gold) for _, gold, answer in items]
 
 
-def with_loglik(student, domain, queries: list[list], verdicts: list[list[QuestionVerdict]],
-                adapters: list[int]) -> list[list[QuestionVerdict]]:
-    """Each verdict with its gold answer's log-likelihood through its group's adapter
-    (`student.loglik`), for question-style domains; other domains' verdicts as they are."""
+def logliks(student, domain, queries: list[list], adapters: list[int] | None = None) -> list[list[float] | None]:
+    """The gold answers' log-likelihoods of ``queries[i]`` through slot ``adapters[i]``
+    (`student.loglik`) for question-style domains; None per group for other domains (an ARC
+    task's verdicts are not one per query)."""
     if domain.DECODE.style != "question":
-        return verdicts
+        return [None] * len(queries)
     from student.loglik import loglik_many
 
-    values = loglik_many(student, queries, adapters)
-    return [[replace(v, loglik=x) for v, x in zip(vs, xs, strict=True)] for vs, xs in zip(verdicts, values)]
+    return loglik_many(student, queries, adapters)
+
+
+def attach(verdicts: list[QuestionVerdict], values: list[float] | None) -> list[QuestionVerdict]:
+    """``verdicts`` (one per query) with their log-likelihoods; as they are when ``values`` is None."""
+    return list(verdicts) if values is None else [replace(v, loglik=x) for v, x in zip(verdicts, values, strict=True)]
+
+
+def with_loglik(student, domain, queries: list[list], verdicts: list[list[QuestionVerdict]],
+                adapters: list[int]) -> list[list[QuestionVerdict]]:
+    """Each verdict with its gold answer's log-likelihood through its group's adapter."""
+    return [attach(vs, xs) for vs, xs in zip(verdicts, logliks(student, domain, queries, adapters))]
 
 
 def score_context(student, ctx, grade: Grade, domain=knowledge) -> tuple[tuple[QuestionVerdict, ...], float]:
@@ -183,25 +193,20 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
         flat = [[q for qs in t[3] for q in qs] for t in todo]
         answers = student.respond_many(flat, domain.DECODE)
         answer_s = time.perf_counter() - t0
-        if domain.DECODE.style == "question":
-            from student.loglik import loglik_many
-
-            logliks = loglik_many(student, flat)
-        else:
-            logliks = [[None] * len(qs) for qs in flat]
+        gold_ll = logliks(student, domain, flat)
     except Exception as e:  # the fused work failed: every job in it did
         for i, *_ in todo:
             out[i] = e
         return out
     finally:
         student.discard()
-    for (i, seed, spec, queries, base), st, got, ll in zip(todo, stats, answers, logliks):
+    for (i, seed, spec, queries, base), st, got, ll in zip(todo, stats, answers, gold_ll):
         job = jobs[i]
         try:
             verdicts, at = [], 0
             for c, qs in zip(job.ctxs, queries):
-                verdicts += [replace(v, loglik=x) for v, x in
-                             zip(domain.score(c, qs, got[at:at + len(qs)], baselines.grade), ll[at:at + len(qs)])]
+                verdicts += attach(domain.score(c, qs, got[at:at + len(qs)], baselines.grade),
+                                   None if ll is None else ll[at:at + len(qs)])
                 at += len(qs)
             info = {**st.__dict__, **spec.info, "group": len(todo)}
             timings = {"train_s": round(st.train_s, 3), "answer_s": round(answer_s, 3)}
