@@ -40,7 +40,7 @@ STAGE1 = {  # learning rate x per-edit step budget (epochs over the sequences, c
 def stage2(win: dict) -> dict:
     return {
         "S4": {**win, "r": 32, "alpha": 64},
-        "S5": {**win, "append_passage": False},
+        "S5": {**win, "passage_copies": 0},
     }
 
 
@@ -62,7 +62,7 @@ def apply(student, setting: dict) -> None:
     t, lo = student.cfg.train, student.cfg.lora
     t.learning_rate, t.epochs = setting["learning_rate"], setting["epochs"]
     t.max_steps = setting.get("max_steps", 0)
-    t.append_passage = setting.get("append_passage", True)
+    t.passage_copies = setting.get("passage_copies", 1)
     lo.r, lo.alpha = setting.get("r", 16), setting.get("alpha", 32)
     lo.target_modules = setting.get("targets", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 

@@ -9,7 +9,7 @@ recipe (or one with ``--set`` overrides) on:
 - bad: the restatement of a *different* passage (the next one in the list);
 - v0: the untrained teacher's greedy edit (``seal generate``, cached under --out);
 
-each with the passage appended as the recipe does (``append_passage``). Every question is scored
+each with the passage appended as the recipe does (``passage_copies``). Every question is scored
 by token F1 of the greedy answer and by the gold answer's log-likelihood (`student.loglik`).
 Paired differences use a cluster bootstrap over passages; the per-condition intervals
 (``*_question_ci``) resample questions and are narrower than a cluster interval would be. A recipe passes when restate - passage
@@ -60,7 +60,8 @@ def v0_edits(ctxs, teacher: str, out: Path, offset: int, limit: int) -> dict[str
     return got
 
 
-def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group: int) -> list[dict]:
+def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group: int,
+                conditions: tuple[str, ...] = CONDITIONS) -> list[dict]:
     from orchestration.core.domains import knowledge
     from student.config import StudentConfig
     from student.model import Student
@@ -79,7 +80,7 @@ def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group
     rows = list({(r["context_id"], r["condition"]): r for r in rows
                  if r["recipe"] == recipe and r.get("edit_sha") == sha(edits[r["condition"]].get(r["context_id"]))}.values())
     done = {(r["context_id"], r["condition"]) for r in rows}
-    todo = [(c, cond) for cond in CONDITIONS for c in ctxs if (c.context_id, cond) not in done]
+    todo = [(c, cond) for cond in conditions for c in ctxs if (c.context_id, cond) not in done]
     if not todo:
         return rows
     cfg = StudentConfig(model=model)
@@ -113,33 +114,42 @@ def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group
     return rows
 
 
-def summarise(rows: list[dict], ctxs) -> dict:
+def summarise(rows: list[dict], ctxs, conditions: tuple[str, ...] = CONDITIONS) -> dict:
     from orchestration.core.stats import bootstrap_ci, paired_cluster_bootstrap
 
     by = {(r["context_id"], r["condition"]): r for r in rows}
     ids = [c.context_id for c in ctxs]
+    pairs = [(a, b) for a, b in PAIRS if a in conditions and b in conditions]
     out = {"contexts": len(ids), "questions": sum(len(by[(i, "passage")]["f1"]) for i in ids), "conditions": {}}
     first = by[(ids[0], "passage")]
     for metric in ("f1", "loglik"):
         base = [x for i in ids for x in by[(i, "passage")][f"base_{metric}"] if x is not None]
         out["conditions"].setdefault("base", {})[metric] = round(sum(base) / len(base), 4)
-        for cond in CONDITIONS:
+        for cond in conditions:
             vals = [x for i in ids for x in by[(i, cond)][metric]]
             vals = [x for x in vals if x is not None]
             lo, hi = bootstrap_ci(vals)  # over questions: narrower than a cluster interval
             out["conditions"].setdefault(cond, {})[metric] = round(sum(vals) / len(vals), 4)
             out["conditions"][cond][f"{metric}_question_ci"] = [round(lo, 4), round(hi, 4)]
-    for cond in CONDITIONS:
+    for cond in conditions:
         out["conditions"][cond]["mean_steps"] = round(sum(by[(i, cond)]["steps"] for i in ids) / len(ids), 1)
-    out["paired"] = {}
-    for a, b in PAIRS:
-        for metric in ("f1", "loglik"):
-            d = paired_cluster_bootstrap([list(zip(by[(i, a)][metric], by[(i, b)][metric])) for i in ids])
-            out["paired"][f"{a}-{b}"] = {**out["paired"].get(f"{a}-{b}", {}),
-                                         metric: {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}}
+    def paired(a: str, b: str, metric: str, among: list[str]) -> dict:
+        d = paired_cluster_bootstrap([list(zip(by[(i, a)][metric], by[(i, b)][metric])) for i in among])
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+
+    out["paired"] = {f"{a}-{b}": {m: paired(a, b, m, ids) for m in ("f1", "loglik")} for a, b in pairs}
+    # what an edit's length changes: restate - passage on log-likelihood within thirds of the
+    # passages ordered by the restatement's length (short, middle, long)
+    order = sorted(ids, key=lambda i: by[(i, "restate")]["edit_chars"])
+    thirds = [order[k * len(order) // 3:(k + 1) * len(order) // 3] for k in range(3)]
+    out["restate-passage_by_length"] = [
+        {"edit_chars": [by[(t[0], "restate")]["edit_chars"], by[(t[-1], "restate")]["edit_chars"]],
+         "restate_steps": round(sum(by[(i, "restate")]["steps"] for i in t) / len(t), 1),
+         "loglik": paired("restate", "passage", "loglik", t)} for t in thirds if t]
     p = out["paired"]
-    out["passes"] = p["restate-passage"]["loglik"]["lo"] > 0 and p["passage-bad"]["loglik"]["lo"] > 0
-    out["passes_f1"] = p["restate-passage"]["f1"]["lo"] > 0 and p["passage-bad"]["f1"]["lo"] > 0
+    if "passage-bad" in p:  # the check; the held-out scoring runs restate and passage only
+        out["passes"] = p["restate-passage"]["loglik"]["lo"] > 0 and p["passage-bad"]["loglik"]["lo"] > 0
+        out["passes_f1"] = p["restate-passage"]["f1"]["lo"] > 0 and p["passage-bad"]["f1"]["lo"] > 0
     out["recipe"] = first["recipe"]
     return out
 
@@ -156,6 +166,8 @@ def main() -> None:
     ap.add_argument("--heldout", action="store_true", help="score the held-out passages 101-200 (once, at the end)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="recipe override, e.g. train.learning_rate=3e-4 (JSON values)")
+    ap.add_argument("--conditions", default=",".join(CONDITIONS),
+                    help="which of passage,restate,bad,v0 to run (the check needs the first three; --heldout the first two)")
     ap.add_argument("--group", type=int, default=8, help="adaptations trained together (results do not depend on it)")
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "validity"))
     args = ap.parse_args()
@@ -164,6 +176,11 @@ def main() -> None:
     elif args.offset < SQUAD_SPLIT["tuning"][0]:
         raise SystemExit(f"--offset {args.offset} is inside passages 1-{SQUAD_SPLIT['tuning'][0]} (held-out and "
                          f"teacher training); tune on >= {SQUAD_SPLIT['tuning'][0]}, or pass --heldout to score once")
+    conditions = tuple(args.conditions.split(","))
+    need = {"passage", "restate"} if args.heldout else {"passage", "restate", "bad"}
+    if not need <= set(conditions) <= set(CONDITIONS):
+        raise SystemExit(f"--conditions {args.conditions}: needs {','.join(sorted(need))} (the check's pairs); "
+                         f"may add {','.join(c for c in CONDITIONS if c not in need)}")
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     out = Path(args.out) / (f"heldout_{args.offset}_{args.limit}" if args.heldout else f"tuning_{args.offset}_{args.limit}")
     out.mkdir(parents=True, exist_ok=True)
@@ -171,12 +188,12 @@ def main() -> None:
     edits = {"passage": {c.context_id: "" for c in ctxs},
              "restate": {c.context_id: restatement(c) for c in ctxs},
              "bad": {c.context_id: restatement(ctxs[(i + 1) % len(ctxs)]) for i, c in enumerate(ctxs)},
-             "v0": v0_edits(ctxs, args.teacher, out, args.offset, args.limit)}
+             "v0": v0_edits(ctxs, args.teacher, out, args.offset, args.limit) if "v0" in conditions else {}}
     report = {"machine": machine(), "offset": args.offset, "limit": args.limit, "heldout": args.heldout,
               "teacher": args.teacher, "students": {}}
     for model in args.students.split(","):
-        rows = run_student(model, ctxs, edits, overrides, out, args.group)
-        report["students"][model] = summarise(rows, ctxs)
+        rows = run_student(model, ctxs, edits, overrides, out, args.group, conditions)
+        report["students"][model] = summarise(rows, ctxs, conditions)
     print(json.dumps(report, indent=1))
 
 

@@ -84,8 +84,10 @@ class TrainSettings:
     every adaptation's rows by length and runs them in passes of about this many tokens, then takes
     one optimizer step. It changes speed and memory, not results (each adaptation's loss and
     gradient are its own batch's)."""
-    append_passage: bool = True
-    """Add the passage itself as one more training sequence (as the reference implementation does)."""
+    passage_copies: int = 1
+    """Copies of the passage itself added to an edit's training sequences: 1 as the reference
+    implementation does, 0 for none, more to weight the passage against a long edit. Training on
+    the passage alone (condition 'passage', or an empty edit) always uses it once."""
     seed: int = 0
     """Seeds adapter initialisation and batch order; recorded with every result."""
     dtype: Dtype = Dtype.auto
@@ -98,7 +100,7 @@ class TrainSettings:
     def check(self, key: str = "student.train") -> None:
         check_choice(self, key, "dtype", Dtype)
         check_min(self, key, 1, "epochs", "batch_size", "max_length", "max_sequences", "pass_tokens")
-        check_min(self, key, 0, "max_steps", "weight_decay")
+        check_min(self, key, 0, "max_steps", "weight_decay", "passage_copies")
         check_positive(self, key, "learning_rate")
 
 

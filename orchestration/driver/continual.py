@@ -132,7 +132,7 @@ def run_continual(cfg: ContinualConfig, resolved) -> dict:
         append_jsonl(run / "continual.jsonl", json.dumps(rows[0]))
     train = cfg.student.train
     for i, (ctx, edit) in enumerate(zip(contexts, edits)):
-        seqs = edit_to_sequences(ctx.title, ctx.context, edit, append_passage=train.append_passage or not edit,
+        seqs = edit_to_sequences(ctx.title, ctx.context, edit, passage_copies=train.passage_copies,
                                  max_sequences=train.max_sequences)
         stats = student.train(list(seqs.sequences), fresh=cfg.merge or i == 0)
         if cfg.merge:

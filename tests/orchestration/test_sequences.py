@@ -21,9 +21,12 @@ def test_title_prefix_and_passage_appended():
     assert (out.n_items, out.n_dropped) == (2, 0)
 
 
-def test_passage_not_appended_when_off_and_empty_edit():
-    assert edit_to_sequences("T", "P", "x", append_passage=False).sequences == ("T\nx",)
-    assert edit_to_sequences("T", "P", "   \n\n").sequences == ("T\nP",)
+def test_passage_copies_and_empty_edit():
+    assert edit_to_sequences("T", "P", "x", passage_copies=0).sequences == ("T\nx",)
+    assert edit_to_sequences("T", "P", "x", passage_copies=3).sequences == ("T\nx", "T\nP", "T\nP", "T\nP")
+    # an edit with no items trains on the passage once, whatever the copies
+    assert edit_to_sequences("T", "P", "   \n\n", passage_copies=0).sequences == ("T\nP",)
+    assert edit_to_sequences("T", "P", "", passage_copies=3).sequences == ("T\nP",)
 
 
 def test_cap_is_counted_and_keeps_passage():

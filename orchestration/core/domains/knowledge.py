@@ -39,8 +39,8 @@ def prompt_fields(ctx: Context) -> tuple[str, str]:
 def train_spec(ctx: Context, edit: str, condition: str, student_cfg) -> TrainSpec:
     """The edit's items (titled) plus the passage; condition 'passage' trains on the passage alone."""
     train = student_cfg.train
-    append = True if condition == "passage" else train.append_passage
-    seqs = edit_to_sequences(ctx.title, ctx.context, edit, append_passage=append, max_sequences=train.max_sequences)
+    copies = 1 if condition == "passage" else train.passage_copies
+    seqs = edit_to_sequences(ctx.title, ctx.context, edit, passage_copies=copies, max_sequences=train.max_sequences)
     return TrainSpec(sequences=seqs.sequences, info={"n_items": seqs.n_items, "n_dropped": seqs.n_dropped})
 
 

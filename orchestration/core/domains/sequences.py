@@ -3,7 +3,7 @@
 The edit is split into items: one per line, with list markers ("1.", "-", "*") removed and a
 ``Question:`` line kept together with the ``Answer:`` line after it. Each item is prefixed with the
 passage title (a bare "It opened in 1874." teaches nothing about *what* opened), the passage itself
-is appended as one more sequence by default, and empty items are dropped. The count cap is applied
+is appended as one more sequence by default (``passage_copies``), and empty items are dropped. The count cap is applied
 here and the token cap at tokenisation; both are reported, never applied silently.
 """
 
@@ -38,13 +38,14 @@ def split_items(edit: str) -> list[str]:
     return items
 
 
-def edit_to_sequences(title: str, passage: str, edit: str, *, append_passage: bool = True,
+def edit_to_sequences(title: str, passage: str, edit: str, *, passage_copies: int = 1,
                       max_sequences: int = 64) -> EditSequences:
-    """Training sequences for one (context, edit); the passage, if appended, is never capped away."""
+    """Training sequences for one (context, edit): the edit's items, then ``passage_copies`` copies of
+    the passage (never capped away). An edit with no items trains on the passage once."""
     items = split_items(edit)
-    room = max(0, max_sequences - (1 if append_passage else 0))
+    copies = passage_copies if items else 1
+    room = max(0, max_sequences - copies)
     kept = items[:room]
     seqs = [f"{title}\n{item}" for item in kept]
-    if append_passage:
-        seqs.append(f"{title}\n{passage.strip()}")
+    seqs += [f"{title}\n{passage.strip()}"] * copies
     return EditSequences(tuple(seqs), n_items=len(items), n_dropped=len(items) - len(kept))
