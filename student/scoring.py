@@ -17,7 +17,7 @@ from typing import Callable
 
 from orchestration.core.domains import knowledge
 from orchestration.core.domains.spec import TrainSpec
-from orchestration.core.records import QuestionVerdict, StudentResult
+from orchestration.core.records import QuestionVerdict, StudentResult, mean_loglik
 from student.graders import GRADERS
 
 Grade = Callable[[list[tuple[str, str, str]]], list[float]]  # [(question, gold, answer)] -> scores
@@ -109,7 +109,7 @@ def base_result(student, baselines: Baselines, ctx, key: str, seed: int | None =
                          completion=0, score=score, baseline_score=score, verdicts=verdicts,
                          seed=student.cfg.train.seed if seed is None else seed,
                          grader=grader_name(student, baselines.domain),
-                         timings={"answer_s": round(answer_s, 3)})
+                         timings={"answer_s": round(answer_s, 3)}, baseline_loglik=mean_loglik(verdicts))
 
 
 def merge_specs(specs: list[TrainSpec]) -> TrainSpec:
@@ -140,7 +140,7 @@ class AdaptJob:
 
 
 def _invalid_result(student, baselines, job, seed, spec, base) -> StudentResult:
-    verdicts = tuple(QuestionVerdict(v.question, v.gold, "", 0.0) for c in job.ctxs for v in baselines.get(c)[0])
+    verdicts = tuple(QuestionVerdict(v.question, v.gold, "", 0.0) for v in base)
     return _result(student, baselines, job, seed, verdicts, base, {**spec.info, "invalid": spec.invalid},
                    {"train_s": 0.0, "answer_s": 0.0})
 
@@ -148,7 +148,8 @@ def _invalid_result(student, baselines, job, seed, spec, base) -> StudentResult:
 def _result(student, baselines, job, seed, verdicts, base, info, timings) -> StudentResult:
     return StudentResult(key=job.key, student=student.cfg.model, context_id="+".join(c.context_id for c in job.ctxs),
                          condition=job.condition, completion=job.completion,
-                         score=sum(v.score for v in verdicts) / len(verdicts), baseline_score=sum(base) / len(base),
+                         score=sum(v.score for v in verdicts) / len(verdicts),
+                         baseline_score=sum(v.score for v in base) / len(base), baseline_loglik=mean_loglik(base),
                          verdicts=verdicts, seed=seed, grader=grader_name(student, baselines.domain), train=info,
                          timings=timings)
 
@@ -178,7 +179,7 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
             cfg = replace(student.cfg, train=replace(student.cfg.train, seed=seed))
             spec = merge_specs([domain.train_spec(c, e, job.condition, cfg)
                                 for c, e in zip(job.ctxs, job.edits, strict=True)])
-            base = [v.score for c in job.ctxs for v in baselines.get(c)[0]]
+            base = [v for c in job.ctxs for v in baselines.get(c)[0]]  # the unadapted verdicts
             if spec.invalid:
                 out[i] = _invalid_result(student, baselines, job, seed, spec, base)
             else:

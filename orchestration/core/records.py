@@ -1,22 +1,32 @@
 """Plain records exchanged between the two sides: frozen dataclasses that round-trip through JSON.
 
 No pickle anywhere: a record is written with `to_json` and read back with `from_json`, which checks
-the field names, so a result file from another version fails loudly instead of half-loading.
+the field names, so a result file from another version fails loudly instead of half-loading (a
+field added later with a default reads as that default from older rows).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 
 def _fields_checked(cls, line: str) -> dict:
+    """The row's fields: every one a field of ``cls``, and every field without a default present
+    (a row written before a defaulted field was added reads with the default)."""
     raw = json.loads(line)
     names = {f.name for f in fields(cls)}
-    if set(raw) != names:
-        raise ValueError(f"row fields {sorted(set(raw) ^ names)} do not match {cls.__name__}")
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    if not required <= set(raw) <= names:
+        raise ValueError(f"row fields {sorted((set(raw) - names) | (required - set(raw)))} do not match {cls.__name__}")
     return raw
+
+
+def mean_loglik(verdicts) -> float | None:
+    """Mean over ``verdicts`` of their gold answers' log-likelihoods; None if any lacks one (or none)."""
+    values = [v.loglik for v in verdicts]
+    return None if not values or None in values else sum(values) / len(values)
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,9 @@ class StudentResult:
     """One student's score on one context, after one adaptation (or none, for the baseline).
 
     ``key`` is the idempotency key: one row per key, ever. ``score`` is the grader's mean over the
-    context's questions; ``baseline_score`` is the same student's unadapted score on them.
+    context's questions; ``baseline_score`` is the same student's unadapted score on them, and
+    ``baseline_loglik`` the unadapted mean gold-answer log-likelihood (None outside question-style
+    domains, and in rows written before it was recorded). ``loglik`` is this result's.
     """
 
     key: str
@@ -48,6 +60,11 @@ class StudentResult:
     grader: str
     train: dict[str, Any] = field(default_factory=dict)  # TrainStats + edit split counts; {} for base
     timings: dict[str, float] = field(default_factory=dict)  # seconds: train_s, answer_s
+    baseline_loglik: float | None = None
+
+    @property
+    def loglik(self) -> float | None:
+        return mean_loglik(self.verdicts)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -1,7 +1,11 @@
 """Reward rules: pure functions from per-edit gains to the set of rewarded edit ids.
 
-A gain is a student's adapted score minus its own unadapted baseline on the same questions (scores
-are the grader's mean over a context's questions; F1 gives a finer signal than 0/1). With several
+A gain is a student's value after adapting on the edit minus the same value for a baseline, on the
+same questions. The value (``signal``) is the grader's mean score over the context's questions, or
+the mean gold-answer log-likelihood (`student.loglik`: continuous, and defined even when every
+greedy answer is wrong). The baseline is the unadapted student (``base``), or the domain's fixed
+recipe on the same context (``reference``: the passage alone for knowledge, `default_ttt` for ARC),
+which every edit's training data contains too, so the gain is what the edit adds. With several
 students the gains of one edit are aggregated first (mean or min), then the rule applies:
 
 - ``binary_gain``: the edit raised the score (gain > 0). The paper's rule.
@@ -31,6 +35,16 @@ class Aggregate(Choice):
     min = "min"
 
 
+class Baseline(Choice):
+    base = "base"
+    reference = "reference"
+
+
+class Signal(Choice):
+    score = "score"
+    loglik = "loglik"
+
+
 @dataclass
 class RewardConfig:
     """How student results become rewards for the teacher's edits."""
@@ -43,10 +57,36 @@ class RewardConfig:
     """Minimum gain for 'threshold'."""
     positive_only: bool = True
     """'best_of_k' rewards a context's best edit only if its gain > 0."""
+    baseline: Baseline = Baseline.base
+    """What a gain is measured against: 'base' (the unadapted student, the paper's rule) or
+    'reference' (the domain's fixed recipe on the same context: the passage-only adaptation for
+    knowledge, `default_ttt` for ARC), one extra adaptation per (student, context), queued and
+    stored like any result."""
+    signal: Signal = Signal.score
+    """What is compared: 'score' (the grader's mean over the context's questions) or 'loglik' (the
+    mean gold-answer log-likelihood after the answer prompt, without the passage; question-style
+    domains only)."""
 
     def check(self, key: str = "reward") -> None:
         check_choice(self, key, "rule", Rule)
         check_choice(self, key, "aggregate", Aggregate)
+        check_choice(self, key, "baseline", Baseline)
+        check_choice(self, key, "signal", Signal)
+
+
+def value(res, signal: str) -> float | None:
+    """A result's value under ``signal`` (None: it has no log-likelihood)."""
+    return res.score if signal == "score" else res.loglik
+
+
+def gains(res, reference, signal: str) -> dict[str, float | None]:
+    """A result's gain over each baseline under ``signal``: {'base': ..., 'reference': ...}; None
+    where a side has no value (no reference result, or no log-likelihood)."""
+    v = value(res, signal)
+    base = res.baseline_score if signal == "score" else res.baseline_loglik
+    ref = None if reference is None else value(reference, signal)
+    return {"base": None if v is None or base is None else v - base,
+            "reference": None if v is None or ref is None else v - ref}
 
 
 @dataclass(frozen=True)

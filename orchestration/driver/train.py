@@ -3,9 +3,12 @@
 Step r = 0 .. rounds, with teacher version v (v0 = the configured model):
   1. generate: v writes one greedy edit per held-out context (its evaluation) and, for r < rounds,
      k sampled edits for each of this round's training contexts (disjoint across rounds);
-  2. enqueue one adapt job per (edit, student) -- plus base and passage on the held-out set at r = 0;
+  2. enqueue one adapt job per (edit, student) -- plus base and passage on the held-out set at r = 0,
+     and the reference condition on each training context with ``reward.baseline: reference``;
   3. wait while the student workers drain the jobs (`launch.py`);
-  4. for r < rounds: gains (adapted - baseline, aggregated over students) -> reward rule ->
+  4. for r < rounds: gains (adapted - baseline under ``reward.signal``; the baseline is the unadapted
+     student or, with ``reward.baseline: reference``, the passage-only adaptation queued in step 2;
+     aggregated over students; per edit in rewards.jsonl) -> reward rule ->
      TRL SFT on the rewarded (prompt, edit) pairs -> version v+1 in checkpoints/ (none rewarded:
      the teacher is kept as is);
   5. one row in metrics.jsonl, and a line of the console table.
@@ -188,6 +191,10 @@ class TrainConfig:
             raise ConfigError(f"{at(key, 'data.domain')}={self.data.domain!r} but {at(key, 'heldout.domain')}="
                               f"{self.heldout.domain!r}; train and evaluate in one domain")
         check_constrain(self.teacher, self.data.domain, key)
+        if self.reward.signal == R.Signal.loglik and domains.get(self.data.domain).DECODE.style != "question":
+            raise ConfigError(f"{at(key, 'reward.signal')}=loglik needs a gold answer per question (data.domain="
+                              f"knowledge); data.domain={self.data.domain!r} is graded otherwise: set "
+                              f"{at(key, 'reward.signal')}=score")
         if self.launcher == Launcher.ray and importlib.util.find_spec("ray") is None:
             raise ConfigError(f"{at(key, 'launcher')}=ray needs the ray package: pip install -e '.[dist]' "
                               f"(or set launcher=local)")
@@ -334,16 +341,23 @@ def step_jobs(cfg: TrainConfig, students, r: int, version: int, wanted, heldout:
         kind = job_kind(s.model)
         # the adaptation seed travels with the job: a worker never reads it from shared state
         base = {"domain": domain.NAME, "edit": "", "edit_id": None, "sample": 0, "seed": s.train.seed}
-        if r == 0:  # reference conditions on the held-out set, once per run
-            for c in heldout:
-                for cond in domain.REFERENCE:
-                    jobs.append(Job(f"{cond}/{c.context_id}@{s.model}", kind, {
-                        **base, "context": domain.to_json(c), "condition": cond}, teacher_version=version, round=r))
+        refs = [(c, cond) for c in heldout for cond in domain.REFERENCE] if r == 0 else []  # once per run
+        if cfg.reward.baseline == "reference":  # each training context's fixed recipe, for its gains
+            refs += [(c, domain.REFERENCE[1]) for c in {w.context.context_id: w.context for w in wanted
+                                                        if w.purpose == "train"}.values()]
+        for c, cond in refs:
+            jobs.append(Job(reference_key(cond, c.context_id, s.model), kind, {
+                **base, "context": domain.to_json(c), "condition": cond}, teacher_version=version, round=r))
         for w in wanted:
             jobs.append(Job(f"{w.edit_id}@{s.model}", kind, {
                 **base, "context": domain.to_json(w.context), "edit": None, "edit_id": w.edit_id, "sample": w.sample,
                 "condition": "heldout" if w.purpose == "heldout" else "edit"}, teacher_version=version, round=r))
     return jobs
+
+
+def reference_key(condition: str, context_id: str, student: str) -> str:
+    """The job key of a reference condition (base, passage, default_ttt) of one student on one context."""
+    return f"{condition}/{context_id}@{student}"
 
 
 def with_edit_text(jobs: list[Job], edits: dict[str, SelfEdit]) -> list[Job]:
@@ -377,21 +391,44 @@ class Prefetch(threading.Thread):
 
 
 # ----- step 4: rewards and the ReST^EM update ----------------------------------------------------
-def reward_round(cfg: TrainConfig, students, wanted, results: dict[str, StudentResult]) -> tuple[list[str], dict]:
-    """(rewarded edit ids, reward statistics) of a round's training edits."""
+def reward_round(cfg: TrainConfig, run: Path, r: int, students, wanted,
+                 results: dict[str, StudentResult]) -> tuple[list[str], dict]:
+    """(rewarded edit ids, reward statistics) of a round's training edits. Each scored edit's gains
+    over both baselines (the reference's where it ran) go to rewards.jsonl, one row per edit and
+    round, written once: a resumed round reads the same stored results and gets the same rows."""
     train = [w for w in wanted if w.purpose == "train"]
+    rw, ref_cond = cfg.reward, domains.get(cfg.data.domain).REFERENCE[1]
     per: dict[str, dict[str, float]] = {}
+    both: dict[str, dict[str, dict]] = {}
     for w in train:
         for _, s in students:
             res = results.get(f"{w.edit_id}@{s.model}")
-            if res is not None:
-                per.setdefault(w.edit_id, {})[s.model] = res.score - res.baseline_score
+            if res is None:
+                continue
+            g = R.gains(res, results.get(reference_key(ref_cond, w.context.context_id, s.model)), rw.signal)
+            both.setdefault(w.edit_id, {})[s.model] = g
+            if g[rw.baseline] is not None:  # a missing reference or log-likelihood: no gain, never a zero
+                per.setdefault(w.edit_id, {})[s.model] = g[rw.baseline]
     meta = {w.edit_id: (w.context.context_id, w.sample) for w in train}
-    gains, incomplete = R.edit_gains(per, [s.model for _, s in students], meta, cfg.reward.aggregate)
-    ids = R.rewarded(cfg.reward, gains)
-    stats = {"rule": cfg.reward.rule, "edits": len(train), "scored": len(gains), "incomplete": len(incomplete),
-             "rewarded": len(ids), "mean_gain": sum(g.gain for g in gains) / len(gains) if gains else None,
-             "max_gain": max((g.gain for g in gains), default=None)}
+    gains, incomplete = R.edit_gains(per, [s.model for _, s in students], meta, rw.aggregate)
+    ids = R.rewarded(rw, gains)
+    done = {json.loads(x)["edit_id"] for x in read_jsonl(run / "rewards.jsonl") if json.loads(x)["round"] == r}
+    kept, gain_of = set(ids), {g.edit_id: g.gain for g in gains}
+    new = [json.dumps({"round": r, "edit_id": w.edit_id, "context_id": w.context.context_id, "sample": w.sample,
+                       "signal": rw.signal, "baseline": rw.baseline, "gains": both[w.edit_id],
+                       "gain": gain_of.get(w.edit_id), "rewarded": w.edit_id in kept}, sort_keys=True)
+           for w in train if w.edit_id in both and w.edit_id not in done]
+    if new:
+        append_jsonl(run / "rewards.jsonl", "\n".join(new))
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    stats = {"rule": rw.rule, "signal": rw.signal, "baseline": rw.baseline, "edits": len(train),
+             "scored": len(gains), "incomplete": len(incomplete), "rewarded": len(ids),
+             "mean_gain": mean(g.gain for g in gains), "max_gain": max((g.gain for g in gains), default=None),
+             **{f"mean_gain_{b}": mean(g[b] for e in both.values() for g in e.values()) for b in ("base", "reference")}}
     return ids, stats
 
 
@@ -497,7 +534,7 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
                 row["reference"] = report.reference_scores(students, heldout, results,
                                                            domains.get(cfg.data.domain).REFERENCE)
             if r < cfg.rounds:
-                ids, stats = reward_round(cfg, students, wanted, results)
+                ids, stats = reward_round(cfg, run, r, students, wanted, results)
                 manifest = update_teacher(cfg, run, r, version, model, ids, stats, edits)
                 if manifest is not None:
                     queue.set_flag(VERSION_FLAG, str(manifest["version"]))

@@ -120,6 +120,39 @@ def test_inline_run_then_resume(tmp_path, tiny_chat_model, tiny_model):
         run_train(changed, changed_resolved)
 
 
+def test_reference_baseline_on_the_loglik_signal(tmp_path, tiny_chat_model, tiny_model):
+    """reward.baseline=reference queues the passage-only adaptation of each training context, and
+    every gain is the edit's log-likelihood minus that reference's (rewards.jsonl, both gains)."""
+    from orchestration.core.records import StudentResult
+
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline",
+                            reward={"rule": "threshold", "delta": -100.0, "baseline": "reference", "signal": "loglik"})
+    run = tmp_path / "run"
+    cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
+    rows = run_train(cfg, resolved)
+    train = load_contexts("demo", limit=2)
+    refs = {f"passage/{t.context_id}@{tiny_model}" for t in train}
+    assert set(result_keys(run)) == expected_keys(tiny_model) | refs
+    results = {r.key: r for r in map(StudentResult.from_json, (run / "results.jsonl").read_text().splitlines())}
+    rewards = [json.loads(x) for x in (run / "rewards.jsonl").read_text().splitlines()]
+    assert len(rewards) == 4 and {(r["baseline"], r["signal"], r["round"]) for r in rewards} == {("reference", "loglik", 0)}
+    for rw in rewards:
+        res, ref = results[f"{rw['edit_id']}@{tiny_model}"], results[f"passage/{rw['context_id']}@{tiny_model}"]
+        assert rw["gain"] == pytest.approx(res.loglik - ref.loglik) and rw["rewarded"]
+        assert rw["gains"][tiny_model]["base"] == pytest.approx(res.loglik - res.baseline_loglik)
+    stats = rows[0]["rewards"]
+    assert (stats["baseline"], stats["signal"], stats["rewarded"]) == ("reference", "loglik", 4)
+    assert stats["mean_gain"] == pytest.approx(stats["mean_gain_reference"])
+
+
+def test_loglik_signal_is_refused_for_arc(tmp_path):
+    with pytest.raises(ConfigError, match="reward.signal=loglik"):
+        cfg, resolved = load_config(TrainConfig, ROOT / "configs" / "arc_demo.yaml",
+                                    ["reward.signal=loglik", f"run_dir={tmp_path / 'run'}"])
+        run_train(cfg, resolved)
+    assert not (tmp_path / "run").exists()
+
+
 def test_sigkill_worker_holding_a_lease(tmp_path, tiny_chat_model, tiny_model):
     # Enough epochs that a job takes a while, so the kill lands while the lease is held.
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "process")
@@ -192,6 +225,8 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_the_round_goes_on(tmp_pat
     ("heldout.offset=0", "held-out"),
     ("students=[{model: a},{model: a}]", "distinct"),
     ("reward.rule=best", "reward.rule"),
+    ("reward.baseline=passage", "reward.baseline"),
+    ("reward.signal=f1", "reward.signal"),
     ("workers.mode=threads", "workers.mode"),
     ("edits_per_context=0", "edits_per_context"),
     ("teacher.generation.constrain=true", "data.domain='knowledge' has free-text edits"),
