@@ -53,3 +53,31 @@ def paired_cluster_bootstrap(clusters: list[list[tuple[float, float]]], *, resam
     stats.sort()
     return {"diff": sum(sums) / n, "lo": stats[int((1 - level) / 2 * (resamples - 1))],
             "hi": stats[int((1 + level) / 2 * (resamples - 1))], "contexts": len(cl), "questions": n}
+
+
+def per_question(groups: list[tuple[str, list[float | None]]]) -> dict[str, list[float | None]]:
+    """Context id -> the per-question mean over that context's groups (its completions, its seeds),
+    from (context id, per-question values) pairs; None for a question any group lacks a value for."""
+    by: dict[str, list[list[float | None]]] = {}
+    for ctx, values in groups:
+        by.setdefault(ctx, []).append(values)
+    out = {}
+    for ctx, lists in by.items():
+        n = min(map(len, lists))
+        out[ctx] = [None if any(v[i] is None for v in lists) else sum(v[i] for v in lists) / len(lists)
+                    for i in range(n)]
+    return out
+
+
+def paired_by_context(a: dict[str, list[float | None]], b: dict[str, list[float | None]], **kw) -> dict:
+    """`paired_cluster_bootstrap` of a - b over the contexts both sides have (``per_question`` maps)."""
+    return paired_cluster_bootstrap([list(zip(a[c], b[c])) for c in sorted(a) if c in b], **kw)
+
+
+def fmt_paired(d: dict, digits: int = 3) -> str:
+    """'+0.012 [-0.050, +0.071] (4 contexts, 33 q.)'."""
+    if not d["questions"]:
+        return "n/a"
+    f = f"{{:+.{digits}f}}"
+    return (f"{f.format(d['diff'])} [{f.format(d['lo'])}, {f.format(d['hi'])}] "
+            f"({d['contexts']} contexts, {d['questions']} q.)")

@@ -8,7 +8,8 @@ contexts, seeds, rounds, k; only the roles and students differ):
 and, for the transfer matrix, one `seal evaluate` folder per split arm:
   transfer-<student>/  the last teacher trained with X, scored on every student Y
 report.md and report.png sit next to them. Every figure has its question count and a 95%
-bootstrap interval over questions.
+bootstrap interval over questions; the paired differences (v_last - v0, v_last - passage) a
+cluster bootstrap over contexts.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Optional
 from orchestration.core.config import Choice, ConfigError, at
 from orchestration.core.records import StudentResult
 from orchestration.core.runs import open_run, read_jsonl, write_atomic
-from orchestration.core.stats import bootstrap_ci
+from orchestration.core.stats import bootstrap_ci, fmt_paired
+from orchestration.driver.report import paired_heldout
 from orchestration.driver.train import SAME, TrainConfig, prepare, teacher_at
 
 
@@ -183,6 +185,17 @@ def write_report(run: Path) -> str:
         for c in cs:
             cells = [f"{a:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] n={n}" for a, ci, n in zip(c["accuracy"], c["ci"], c["n"])]
             lines.append(f"| {arm} | {c['student']} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences on the held-out questions: mean [95% cluster-bootstrap interval over "
+              "contexts] (contexts, questions), on the grader's score and the gold-answer log-likelihood.", "",
+              "| arm | student | pair | score | loglik |", "|---|---|---|---|---|"]
+    for arm, d in arm_dirs.items():
+        rows = [json.loads(x) for x in read_jsonl(d / "metrics.jsonl")]
+        if not rows:
+            continue
+        recipe = next(c for c in next(iter(rows[0]["reference"].values())) if c != "base")
+        for label, pairs in paired_heldout(d, rows, recipe).items():
+            lines += [f"| {arm} | {label} | {what} | {fmt_paired(x['score'])} | {fmt_paired(x['loglik'])} |"
+                      for what, x in pairs.items()]
     lines += ["", "| arm | wall time (min) | adaptations |", "|---|---|---|"]
     for arm, d in arm_dirs.items():
         rows = [json.loads(x) for x in read_jsonl(d / "metrics.jsonl")]

@@ -27,7 +27,7 @@ from orchestration.core.edits import edits_for
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult
 from orchestration.core.runs import open_run, read_jsonl, write_atomic
-from orchestration.core.stats import bootstrap_ci, spread
+from orchestration.core.stats import bootstrap_ci, fmt_paired, paired_by_context, per_question, spread
 from orchestration.driver import launch
 from orchestration.driver.generate import teacher_version
 from orchestration.driver.steps import Slot, grouped
@@ -167,7 +167,30 @@ def summarize(cfg: EvaluateConfig, results: dict[str, StudentResult]) -> list[di
     return rows
 
 
-def write_tables(run: Path, cfg: EvaluateConfig, rows: list[dict]) -> str:
+def paired_rows(cfg: EvaluateConfig, results: dict[str, StudentResult]) -> list[dict]:
+    """Per student, each edit condition against the fixed recipe and against base, and the recipe
+    against base: the paired difference of the per-question values (each question's mean over seeds
+    and edits), with a cluster bootstrap over contexts (`stats.paired_by_context`), on the grader's
+    score and on the gold-answer log-likelihood."""
+    recipe = domains.get(cfg.data.domain).REFERENCE[1]
+    pairs = [(a, b) for a in ("teacher", "file", recipe) for b in (recipe, "base") if a != b]
+    out = []
+    for s in cfg.students:
+        mine = [r for k, r in results.items() if k.endswith(f"@{s.model}")]
+        for a, b in pairs:
+            if not {a, b} <= set(cfg.conditions):
+                continue
+            row = {"student": s.model, "pair": f"{a} - {b}"}
+            for metric in ("score", "loglik"):
+                side = {c: per_question([(r.context_id, [getattr(v, metric) for v in r.verdicts])
+                                         for r in mine if r.condition == c]) for c in (a, b)}
+                row[metric] = paired_by_context(side[a], side[b], resamples=cfg.bootstrap)
+            if row["score"]["questions"]:
+                out.append(row)
+    return out
+
+
+def write_tables(run: Path, cfg: EvaluateConfig, rows: list[dict], paired: list[dict] = ()) -> str:
     csv_text = io.StringIO(newline="")
     w = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
     w.writeheader()
@@ -186,6 +209,13 @@ def write_tables(run: Path, cfg: EvaluateConfig, rows: list[dict]) -> str:
             cells.append("n/a" if r is None else f"{r['accuracy']:.3f} ± {r['spread']:.3f} "
                                                    f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n_questions']}")
         lines.append(f"| {s.model} | " + " | ".join(cells) + " |")
+    if paired:
+        lines += ["", f"Paired differences: mean [95% cluster-bootstrap interval over contexts] (contexts, "
+                      f"questions), on the {grader} score and the gold-answer log-likelihood",
+                  "", "| student | pair | score | loglik |", "|---|---|---|---|"]
+        lines += [f"| {p['student']} | {p['pair']} | {fmt_paired(p['score'])} | {fmt_paired(p['loglik'])} |"
+                  for p in paired]
+        write_atomic(run / "paired.json", json.dumps(paired, indent=1))
     text = "\n".join(lines) + "\n"
     write_atomic(run / "evaluate.md", text)
     return text
@@ -221,6 +251,6 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
             workers.stop()
         results = collect(q, keys, run, exported)
     rows = summarize(cfg, results)
-    print(write_tables(run, cfg, rows))
+    print(write_tables(run, cfg, rows, paired_rows(cfg, results)))
     print(f"run folder: {run}")
     return rows

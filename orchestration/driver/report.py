@@ -75,8 +75,9 @@ def table_line(labels: list[str], row: dict) -> str:
             f"{row['wall_s']:>7}")
 
 
-def final_table(cfg, labels: list[str], rows: list[dict]) -> str:
-    """Held-out accuracy per student: the reference conditions, teacher v0 and teacher v_last, with counts."""
+def final_table(cfg, labels: list[str], rows: list[dict], run: Path | None = None) -> str:
+    """Held-out accuracy per student: the reference conditions, teacher v0 and teacher v_last, with
+    counts; and, given the run folder, the paired differences v_last - v0 and v_last - passage."""
     from orchestration.core import domains
 
     domain = domains.get(cfg.data.domain)
@@ -90,9 +91,53 @@ def final_table(cfg, labels: list[str], rows: list[dict]) -> str:
         for cell in (*(ref[c] for c in domain.REFERENCE), first["heldout"][name], last["heldout"][name]):
             cells.append(f"{_fmt(cell['accuracy']).strip()} (n={cell['n_questions']})")
         lines.append(f"{name[-24:]:<24} " + " ".join(f"{c:>12}" for c in cells))
+    if run is not None:
+        lines += paired_lines(paired_heldout(run, rows, domain.REFERENCE[1]), grader)
     if cfg.heldout.source in ("demo", "synthetic"):
         lines.append("This is a demonstration on built-in data written for it, with tiny models, not a benchmark.")
     return "\n".join(lines)
+
+
+def paired_heldout(run: Path, rows: list[dict], reference: str) -> dict:
+    """student label -> {'v_last - v0' and 'v_last - <reference>': {'score': ..., 'loglik': ...}}: the
+    paired differences on the held-out questions (`stats.paired_by_context`: a cluster bootstrap over
+    contexts), from results.jsonl. v_last is the final version, not the best one; with
+    ``eval.sampled`` each question's value is its mean over the version's edits."""
+    from orchestration.core.runs import read_jsonl
+    from orchestration.core.stats import paired_by_context, per_question
+
+    results = list(map(StudentResult.from_json, read_jsonl(run / "results.jsonl")))
+    first, last = rows[0], rows[-1]
+
+    def values(prefix: str, model: str, metric: str) -> dict:
+        return per_question([(r.context_id, [getattr(v, metric) for v in r.verdicts]) for r in results
+                             if r.key.startswith(prefix) and r.key.endswith(f"@{model}")])
+
+    out = {}
+    name = f"v{last['teacher_version']}"
+    for label, model in first["students"].items():
+        out[label] = {}
+        for metric in ("score", "loglik"):
+            v0 = values(f"v{first['teacher_version']}/heldout/", model, metric)
+            vl = values(f"{name}/heldout/", last["students"][label], metric)
+            ref = values(f"{reference}/", model, metric)
+            if last["teacher_version"] != first["teacher_version"]:  # else there is nothing to compare
+                out[label].setdefault(f"{name} - v0", {})[metric] = paired_by_context(vl, v0)
+            out[label].setdefault(f"{name} - {reference}", {})[metric] = paired_by_context(vl, ref)
+    return out
+
+
+def paired_lines(paired: dict, grader: str) -> list[str]:
+    """The paired differences of `paired_heldout` as table lines."""
+    from orchestration.core.stats import fmt_paired
+
+    lines = [f"\nPaired differences on the held-out questions: mean [95% cluster-bootstrap interval over "
+             f"contexts] (contexts, questions); {grader} score and gold-answer log-likelihood"]
+    for label, pairs in paired.items():
+        for what, d in pairs.items():
+            lines.append(f"{label[-24:]:<24} {what:<16} {grader}: {fmt_paired(d['score'])}   "
+                         f"loglik: {fmt_paired(d['loglik'])}")
+    return lines
 
 
 def machine_line(cfg, run: Path) -> str:

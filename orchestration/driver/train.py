@@ -557,7 +557,7 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
             ahead.join()
         workers.stop()
         queue.close()
-    print(report.final_table(cfg, labels(cfg), rows))
+    print(report.final_table(cfg, labels(cfg), rows, run))
     print(report.machine_line(cfg, run))
     print(f"run folder: {run}")
     return rows

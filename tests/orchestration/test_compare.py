@@ -35,6 +35,10 @@ def test_compare_writes_report_plot_and_transfer_matrix(tmp_path, tiny_chat_mode
     assert (len(xs), len(ys), len(cells)) == (2, 2, 4) and set(ys) == set(students)
     report = (run / "report.md").read_text()
     assert "Transfer matrix" in report and all(a in report for a in arms)
+    # every arm's paired lines: v1 - v0 and v1 - passage per student, with their counts
+    for a in arms:
+        assert f"| {a} | " in report and report.count(f"| {a} | ") >= 3
+    assert report.count("| v1 - v0 |") == 3 and report.count("| v1 - passage |") == 3 and "contexts," in report
 
     curves = {a: arm_curves(run / a) for a in arms}
     assert [len(c["rounds"]) for cs in curves.values() for c in cs] == [2, 2, 2]

@@ -41,6 +41,13 @@ def test_evaluate_two_students_all_conditions_two_seeds(tmp_path, tiny_model, ti
     assert tiny_model in table and tiny_chat_model in table and "95% bootstrap" in table
     with open(tmp_path / "run" / "evaluate.csv") as f:
         assert len(list(csv.DictReader(f))) == 8
+    # paired: each edit condition against the recipe and base, the recipe against base, per student
+    paired = json.loads((tmp_path / "run" / "paired.json").read_text())
+    assert [(p["student"], p["pair"]) for p in paired] == [
+        (s, pair) for s in (tiny_model, tiny_chat_model)
+        for pair in ("teacher - passage", "teacher - base", "file - passage", "file - base", "passage - base")]
+    assert all(p["score"]["contexts"] == len(ctxs) and p["loglik"]["questions"] == n_q for p in paired)
+    assert "| teacher - passage |" in table and "cluster-bootstrap" in table
 
 
 def test_multi_passage_one_adaptation_on_several_contexts(tmp_path, tiny_model, tiny_chat_model):
@@ -68,3 +75,26 @@ def test_bootstrap_interval():
     assert lo < 0.5 < hi and (lo, hi) == bootstrap_ci(scores, resamples=500)  # seeded
     assert bootstrap_ci([0.3] * 10) == (pytest.approx(0.3), pytest.approx(0.3))
     assert spread([0.2]) == 0.0 and spread([0.1, 0.3]) == pytest.approx(0.1414, abs=1e-3)
+
+
+def test_paired_cluster_bootstrap_and_per_question():
+    from orchestration.core.stats import fmt_paired, paired_by_context, paired_cluster_bootstrap, per_question
+
+    same = paired_cluster_bootstrap([[(0.5, 0.5)] * 3] * 4)
+    assert (same["diff"], same["lo"], same["hi"], same["contexts"], same["questions"]) == (0.0, 0.0, 0.0, 4, 12)
+    shift = paired_cluster_bootstrap([[(x + 0.25, x) for x in (0.0, 0.5, 1.0)]] * 5)
+    assert shift["diff"] == pytest.approx(0.25) and shift["lo"] == pytest.approx(0.25)
+    # whole contexts move together: +1 on every question of half the contexts, 0 on the others.
+    # Resampling contexts sees 10 independent draws, not 50, so its interval is wider than the questions'
+    clusters = [[(1.0, 0.0)] * 5] * 5 + [[(0.0, 0.0)] * 5] * 5
+    d = paired_cluster_bootstrap(clusters, resamples=1000)
+    q_lo, q_hi = bootstrap_ci([a - b for c in clusters for a, b in c], resamples=1000)
+    assert d["diff"] == pytest.approx(0.5) and d["hi"] - d["lo"] > 1.5 * (q_hi - q_lo)
+    assert d == paired_cluster_bootstrap(clusters, resamples=1000)  # seeded
+    # per question: the mean over a context's groups; None where any group lacks the value
+    pq = per_question([("a", [1.0, 0.0, None]), ("a", [0.0, 0.0, 1.0]), ("b", [0.5])])
+    assert pq == {"a": [0.5, 0.0, None], "b": [0.5]}
+    got = paired_by_context(pq, {"a": [0.0, 0.0, 0.0], "c": [1.0]})  # only the context both have
+    assert (got["contexts"], got["questions"], got["diff"]) == (1, 2, pytest.approx(0.25))
+    assert fmt_paired(got).endswith("(1 contexts, 2 q.)")
+    assert fmt_paired(paired_by_context({}, {})) == "n/a"

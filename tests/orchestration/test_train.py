@@ -95,12 +95,17 @@ def leased_job(run: Path):
         return rows[0]["key"], att["worker"]
 
 
-def test_inline_run_then_resume(tmp_path, tiny_chat_model, tiny_model):
+def test_inline_run_then_resume(tmp_path, capsys, tiny_chat_model, tiny_model):
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline")
     run = tmp_path / "run"
     cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
     rows = run_train(cfg, resolved)
     check_complete(run, tiny_model)
+    out = capsys.readouterr().out  # the final table's paired lines, with their counts
+    n_q = sum(len(c.questions) for c in load_contexts("demo", offset=20, limit=2))
+    for pair in ("v1 - v0", "v1 - passage"):
+        line = next(x for x in out.splitlines() if pair in x)
+        assert line.count(f"(2 contexts, {n_q} q.)") == 2, line
     assert rows[0]["rewards"]["rewarded"] == 4 and rows[0]["new_version"] == 1
     manifest = json.loads((run / "checkpoints" / "v1" / "manifest.json").read_text())
     edits = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
