@@ -23,3 +23,79 @@ def restatement(ctx) -> str:
     from restate_edits import make_edit  # bench/ is on sys.path: the scripts run from it
 
     return "\n".join(make_edit(ctx.context))
+
+
+def edit_sha(text: str | None) -> str | None:
+    """16 hex digits of the text's sha256 (None for None): a cached row is reused only for the same edit."""
+    import hashlib
+
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def student_for(model: str, overrides: dict):
+    """The built-in or hub student under the default recipe with ``overrides`` ({'train.epochs': 1})."""
+    from student.config import StudentConfig
+    from student.model import Student
+
+    cfg = StudentConfig(model=model)
+    for k, v in overrides.items():
+        section, _, name = k.partition(".")
+        if not hasattr(cfg, section) or not hasattr(getattr(cfg, section), name):
+            raise SystemExit(f"--set {k}: no such student config field (use e.g. train.learning_rate, lora.r)")
+        setattr(getattr(cfg, section), name, v)
+    cfg.train.check()
+    cfg.lora.check()
+    return Student(cfg)
+
+
+def cached_adaptations(model: str, todo: list[dict], path: Path, recipe: dict, group: int = 8) -> list[dict]:
+    """Adapt ``model`` once per item of ``todo`` and score it, caching one JSON row per item in ``path``.
+
+    An item is {'id': unique str, 'ctx': Context, 'edit': str, 'train_as': 'passage' | 'edits',
+    'seed': int or None (the student's), ...}; its row holds the item's other fields, per-question
+    F1 and gold-answer log-likelihood (adapted and base), the training steps and tokens, and the
+    edit's length. A row is reused only under the same ``recipe`` (a dict; rows of other recipes
+    stay in the file) and the same edit text; a line torn by a kill is redone. Items run in groups
+    of ``group`` adaptations (results do not depend on it)."""
+    import json
+    import time
+
+    rows: dict[str, dict] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        key = r.get("id") or f"{r['context_id']}/{r['condition']}"  # rows written before ids
+        if r["recipe"] == recipe:
+            rows[key] = {**r, "id": key}
+    want = {t["id"]: edit_sha(t["edit"]) for t in todo}
+    have = {i: r for i, r in rows.items() if i in want and r.get("edit_sha") == want[i]}
+    left = [t for t in todo if t["id"] not in have]
+    if left:
+        from orchestration.core.domains import knowledge
+        from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
+
+        st = student_for(model, recipe.get("overrides", {}))
+        base = Baselines(st, make_grader("f1"), knowledge)
+        t0 = time.perf_counter()
+        for at in range(0, len(left), group):
+            part = left[at:at + group]
+            jobs = [AdaptJob((t["ctx"],), (t["edit"],), t["train_as"], 0, t["id"], t.get("seed")) for t in part]
+            results = adapt_and_score_many(st, base, jobs)
+            with path.open("a") as f:
+                for t, r in zip(part, results):
+                    if isinstance(r, Exception):
+                        raise r
+                    b = base.get(t["ctx"])[0]
+                    extra = {k: v for k, v in t.items() if k not in ("ctx", "edit", "train_as")}
+                    row = {**extra, "context_id": t["ctx"].context_id, "recipe": recipe,
+                           "f1": [v.score for v in r.verdicts], "loglik": [v.loglik for v in r.verdicts],
+                           "base_f1": [v.score for v in b], "base_loglik": [v.loglik for v in b],
+                           "steps": r.train["steps"], "real_tokens": r.train["real_tokens"],
+                           "edit_chars": len(t["edit"]), "edit_sha": want[t["id"]]}
+                    f.write(json.dumps(row) + "\n")
+                    have[t["id"]] = row
+            print(f"  {model}: {min(at + group, len(left))}/{len(left)} adaptations, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return [have[t["id"]] for t in todo]

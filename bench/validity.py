@@ -26,19 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from _common import REPO, SQUAD, restatement, squad_subset
+from _common import REPO, SQUAD, cached_adaptations, restatement, squad_subset
 
 CONDITIONS = ("passage", "restate", "bad", "v0")
 PAIRS = (("restate", "passage"), ("passage", "bad"), ("v0", "passage"), ("restate", "bad"))
-
-
-def sha(text: str | None) -> str | None:
-    import hashlib
-
-    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def v0_edits(ctxs, teacher: str, out: Path, offset: int, limit: int) -> dict[str, str]:
@@ -62,56 +55,10 @@ def v0_edits(ctxs, teacher: str, out: Path, offset: int, limit: int) -> dict[str
 
 def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group: int,
                 conditions: tuple[str, ...] = CONDITIONS) -> list[dict]:
-    from orchestration.core.domains import knowledge
-    from student.config import StudentConfig
-    from student.model import Student
-    from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
-
-    path = out / f"{model}.jsonl"
-    recipe = {"overrides": overrides, "group": group}
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a kill: its adaptation runs again
-            continue
-    # a row counts only under the same recipe and the same edit text (a changed teacher or
-    # restatement script re-runs it); the latest matching row wins
-    rows = list({(r["context_id"], r["condition"]): r for r in rows
-                 if r["recipe"] == recipe and r.get("edit_sha") == sha(edits[r["condition"]].get(r["context_id"]))}.values())
-    done = {(r["context_id"], r["condition"]) for r in rows}
-    todo = [(c, cond) for cond in conditions for c in ctxs if (c.context_id, cond) not in done]
-    if not todo:
-        return rows
-    cfg = StudentConfig(model=model)
-    for k, v in overrides.items():
-        section, _, name = k.partition(".")
-        if not hasattr(cfg, section) or not hasattr(getattr(cfg, section), name):
-            raise SystemExit(f"--set {k}: no such student config field (use e.g. train.learning_rate, lora.r)")
-        setattr(getattr(cfg, section), name, v)
-    cfg.train.check()
-    st = Student(cfg)
-    base = Baselines(st, make_grader("f1"), knowledge)
-    t0 = time.perf_counter()
-    for at in range(0, len(todo), group):
-        part = todo[at:at + group]
-        jobs = [AdaptJob((c,), (edits[cond][c.context_id],), "passage" if cond == "passage" else "edits", 0,
-                         f"{c.context_id}/{cond}") for c, cond in part]
-        results = adapt_and_score_many(st, base, jobs)
-        with path.open("a") as f:
-            for (c, cond), r in zip(part, results):
-                if isinstance(r, Exception):
-                    raise r
-                row = {"context_id": c.context_id, "condition": cond, "recipe": recipe,
-                       "f1": [v.score for v in r.verdicts], "loglik": [v.loglik for v in r.verdicts],
-                       "base_f1": [v.score for v in base.get(c)[0]], "base_loglik": [v.loglik for v in base.get(c)[0]],
-                       "steps": r.train["steps"], "real_tokens": r.train["real_tokens"],
-                       "edit_chars": len(edits[cond][c.context_id]), "edit_sha": sha(edits[cond][c.context_id])}
-                f.write(json.dumps(row) + "\n")
-                rows.append(row)
-        print(f"  {model}: {min(at + group, len(todo))}/{len(todo)} adaptations, "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
-    return rows
+    """One row per (passage, condition) under the recipe, cached in ``out/<model>.jsonl``."""
+    todo = [{"id": f"{c.context_id}/{cond}", "ctx": c, "edit": edits[cond][c.context_id], "condition": cond,
+             "train_as": "passage" if cond == "passage" else "edits"} for cond in conditions for c in ctxs]
+    return cached_adaptations(model, todo, out / f"{model}.jsonl", {"overrides": overrides, "group": group}, group)
 
 
 def summarise(rows: list[dict], ctxs, conditions: tuple[str, ...] = CONDITIONS) -> dict:

@@ -81,3 +81,32 @@ def fmt_paired(d: dict, digits: int = 3) -> str:
     f = f"{{:+.{digits}f}}"
     return (f"{f.format(d['diff'])} [{f.format(d['lo'])}, {f.format(d['hi'])}] "
             f"({d['contexts']} contexts, {d['questions']} q.)")
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):  # ties share their mean rank
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman rank correlation (ties get their mean rank); None when either side is constant or
+    has fewer than two values."""
+    if len(a) != len(b):
+        raise ValueError("spearman() needs two lists of one length")
+    if len(a) < 2:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    if not va or not vb:
+        return None
+    return sum((x - ma) * (y - mb) for x, y in zip(ra, rb)) / (va * vb) ** 0.5

@@ -98,3 +98,12 @@ def test_paired_cluster_bootstrap_and_per_question():
     assert (got["contexts"], got["questions"], got["diff"]) == (1, 2, pytest.approx(0.25))
     assert fmt_paired(got).endswith("(1 contexts, 2 q.)")
     assert fmt_paired(paired_by_context({}, {})) == "n/a"
+
+
+def test_spearman():
+    from orchestration.core.stats import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660, abs=1e-4)  # ties: mean ranks
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1], [2]) is None
