@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from _common import REPO, SQUAD, cached_adaptations, restatement, squad_subset
@@ -101,6 +102,25 @@ def summarise(rows: list[dict], ctxs, conditions: tuple[str, ...] = CONDITIONS) 
     return out
 
 
+def markdown(model: str, r: dict) -> str:
+    """The README's table of one student's summary."""
+    def cell(d):
+        return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+    c = r["conditions"]
+    lines = [f"{model}: {r['contexts']} passages, {r['questions']} questions; passes (loglik): {r.get('passes')}, "
+             f"on F1: {r.get('passes_f1')}", "",
+             "| condition | F1 | loglik | mean steps |", "|---|---|---|---|",
+             f"| base (unadapted) | {c['base']['f1']:.3f} | {c['base']['loglik']:.3f} | 0 |"]
+    lines += [f"| {k} | {v['f1']:.3f} | {v['loglik']:.3f} | {v['mean_steps']} |" for k, v in c.items() if k != "base"]
+    lines += ["", "| paired difference | F1 | loglik |", "|---|---|---|"]
+    lines += [f"| {k} | {cell(v['f1'])} | {cell(v['loglik'])} |" for k, v in r["paired"].items()]
+    lines += ["", "| restatement length (chars) | restate steps | restate - passage, loglik |", "|---|---|---|"]
+    lines += [f"| {t['edit_chars'][0]}-{t['edit_chars'][1]} | {t['restate_steps']} | {cell(t['loglik'])} "
+              f"({t['loglik']['contexts']} passages) |" for t in r["restate-passage_by_length"]]
+    return "\n".join(lines)
+
+
 def main() -> None:
     from orchestration.core.contexts import SQUAD_SPLIT
     from orchestration.core.models import machine
@@ -142,6 +162,8 @@ def main() -> None:
         rows = run_student(model, ctxs, edits, overrides, out, args.group, conditions)
         report["students"][model] = summarise(rows, ctxs, conditions)
     print(json.dumps(report, indent=1))
+    for model, r in report["students"].items():  # the README's tables, on stderr
+        print("\n" + markdown(model, r), file=sys.stderr)
 
 
 if __name__ == "__main__":
