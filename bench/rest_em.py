@@ -1,12 +1,20 @@
-"""ReST^EM on SQuAD: 2 rounds of `seal train configs/rest_em_squad.yaml`, held-out accuracy per round
-as JSON. Prints JSON.
+"""The experiment that can show a teacher learning: ReST^EM rounds, then v0 and v_last on the held-out passages. Prints JSON.
 
-Teacher smollm2-135m-instruct, student gemma3-270m, training contexts from the standard SQuAD
-subset and a disjoint held-out set (see the config). The run folder is kept, so an interrupted run
-resumes where it stopped when the same command is given again; the JSON is rebuilt from its
-metrics.jsonl. Wall time is the sum of the rounds' wall times (a resumed run adds up its parts).
+1. ``seal train configs/rest_em_squad.yaml`` in RUN/train: training passages from the
+   teacher-training range (shuffled indices 200-299), each version scored after its round on a
+   20-passage slice of the same range that no round trains on;
+2. ``seal evaluate`` of teacher v0 (RUN/heldout-v0, with base and passage) and of the last version
+   (RUN/heldout-vN, teacher only) on the standard subset's passages 101-200, both built-in
+   students: the only runs that touch those passages;
+3. the JSON: held-out F1 and gold-answer log-likelihood per version and student, the paired
+   differences v_last - v0, v_last - passage and v0 - passage (cluster bootstrap over passages),
+   and per round the rewarded fraction, the reward's mean and spread (rewards.jsonl) and the SFT
+   losses.
 
-    python bench/rest_em.py [--run-dir bench/out/rest_em] [key=value ...]
+Every stage resumes: rerun the same command after an interruption. Wall times are summed from the
+runs' own records where they have them.
+
+    python bench/rest_em.py [--run-dir bench/out/rest_em] [--students smollm2-135m-instruct,gemma3-270m] [key=value ...]
 """
 
 from __future__ import annotations
@@ -17,40 +25,107 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from _common import REPO
+
+
+def heldout_eval(cfg, teacher_model: str, students: list[str], run: Path, conditions: list[str]):
+    """`seal evaluate` of one teacher version on the held-out passages 101-200."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from orchestration.core.config import DataConfig
+    from orchestration.core.contexts import SQUAD_SPLIT
+    from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
+    from student.config import StudentConfig
+
+    lo, hi = SQUAD_SPLIT["heldout"]
+    data = {"source": cfg.data.source, "shuffle_seed": cfg.data.shuffle_seed, "offset": lo, "limit": hi - lo}
+    by_model = {s.model: s for s in cfg.students}
+    ev = EvaluateConfig(teacher=dataclasses.replace(cfg.teacher, model=teacher_model),
+                        students=[by_model.get(m, StudentConfig(model=m)) for m in students],
+                        data=DataConfig(**data), conditions=conditions, workers=cfg.workers, run_dir=str(run),
+                        models_cache=cfg.models_cache)
+    resolved = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), OmegaConf.structured(ev))
+    return run_evaluate(ev, resolved)
+
+
+def per_student(run: Path, student: str, condition: str, metric: str) -> dict:
+    from orchestration.core.records import StudentResult
+    from orchestration.core.runs import read_jsonl
+    from orchestration.core.stats import per_question
+
+    res = [r for r in map(StudentResult.from_json, read_jsonl(run / "results.jsonl"))
+           if r.condition == condition and r.key.endswith(f"@{student}")]
+    return per_question([(r.context_id, [getattr(v, metric) for v in r.verdicts]) for r in res])
+
+
+def summary(values: dict) -> dict:
+    from orchestration.core.stats import bootstrap_ci
+
+    flat = [x for v in values.values() for x in v if x is not None]
+    lo, hi = bootstrap_ci(flat)
+    return {"mean": sum(flat) / len(flat) if flat else None, "question_ci": [lo, hi],
+            "contexts": len(values), "questions": len(flat)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", default=str(REPO / "bench" / "out" / "rest_em"))
+    p.add_argument("--students", default="smollm2-135m-instruct,gemma3-270m",
+                   help="students scored on the held-out passages at v0 and v_last")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. rounds=1")
     args = p.parse_args()
 
     from orchestration.core.config import load_config
-    from orchestration.driver.train import TrainConfig, run_train
+    from orchestration.core.runs import read_jsonl
+    from orchestration.core.stats import paired_by_context, spread
+    from orchestration.driver.train import TrainConfig, run_train, teacher_at
 
+    root = Path(args.run_dir)
     cfg, resolved = load_config(TrainConfig, REPO / "configs" / "rest_em_squad.yaml",
-                                [f"run_dir={args.run_dir}", *args.overrides])
+                                [f"run_dir={root / 'train'}", *args.overrides])
     os.chdir(REPO)  # the config's data paths are relative to the repository root
+    students = args.students.split(",")
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # the round tables go to stderr, the JSON to stdout
+    with contextlib.redirect_stdout(sys.stderr):  # the runs' tables go to stderr, the JSON to stdout
         rows = run_train(cfg, resolved)
-    student = cfg.students[0].model
-    ref = rows[0]["reference"][student]
-    out = {
-        "command": "python bench/rest_em.py " + " ".join(args.overrides),
-        "student": student, "teacher": cfg.teacher.model, "grader": cfg.students[0].grader,
-        "train_contexts": cfg.rounds * cfg.contexts_per_round, "edits_per_context": cfg.edits_per_context,
-        "heldout_contexts": cfg.heldout.limit,
-        "base": ref["base"], "passage": ref["passage"],
-        "rounds": [{"round": r["round"], "teacher_version": r["teacher_version"],
-                    "heldout": r["heldout"][student], "rewarded": (r.get("rewards") or {}).get("rewarded"),
-                    "scored": (r.get("rewards") or {}).get("scored"),
-                    "mean_gain": (r.get("rewards") or {}).get("mean_gain"), "wall_s": r["wall_s"]} for r in rows],
-        "wall_s_rounds": round(sum(r["wall_s"] for r in rows), 1),
-        "wall_s_this_call": round(time.perf_counter() - t0, 1),
-    }
+        version, last = teacher_at(cfg, root / "train", cfg.rounds + 1)
+        runs = {0: root / "heldout-v0", version: root / f"heldout-v{version}"}
+        heldout_eval(cfg, cfg.teacher.model, students, runs[0], ["base", "passage", "teacher"])
+        if version:
+            heldout_eval(cfg, last, students, runs[version], ["teacher"])
+    rewards = [json.loads(x) for x in read_jsonl(root / "train" / "rewards.jsonl")]
+    out = {"command": "python bench/rest_em.py " + " ".join(args.overrides),
+           "teacher": cfg.teacher.model, "reward_student": [s.model for s in cfg.students],
+           "reward": {"rule": cfg.reward.rule, "baseline": cfg.reward.baseline, "signal": cfg.reward.signal},
+           "rounds": [], "heldout": {}, "runs_on_heldout_101_200": [str(r) for r in runs.values()],
+           "v_last": version}
+    for r in rows:
+        gains = [x["gain"] for x in rewards if x["round"] == r["round"] and x["gain"] is not None]
+        rw = r.get("rewards") or {}
+        out["rounds"].append({"round": r["round"], "teacher_version": r["teacher_version"],
+                              "intermediate_heldout": r["heldout"], "scored": rw.get("scored"),
+                              "rewarded": rw.get("rewarded"),
+                              "rewarded_fraction": rw["rewarded"] / rw["scored"] if rw.get("scored") else None,
+                              "reward_mean": sum(gains) / len(gains) if gains else None,
+                              "reward_spread": spread(gains) if gains else None,
+                              "sft": r.get("sft"), "wall_s": r["wall_s"]})
+    for s in students:
+        got = {}
+        for metric in ("score", "loglik"):
+            v0 = per_student(runs[0], s, "teacher", metric)
+            vl = per_student(runs[version], s, "teacher", metric)
+            passage = per_student(runs[0], s, "passage", metric)
+            got[metric] = {"base": summary(per_student(runs[0], s, "base", metric)), "passage": summary(passage),
+                           "v0": summary(v0), f"v{version}": summary(vl),
+                           f"v{version}-v0": paired_by_context(vl, v0), f"v{version}-passage": paired_by_context(vl, passage),
+                           "v0-passage": paired_by_context(v0, passage)}
+        out["heldout"][s] = got
+    out["wall_s_train_rounds"] = round(sum(r["wall_s"] for r in rows), 1)
+    out["wall_s_this_call"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out, indent=1))
 
 
