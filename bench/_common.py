@@ -32,10 +32,9 @@ def edit_sha(text: str | None) -> str | None:
     return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def student_for(model: str, overrides: dict):
-    """The built-in or hub student under the default recipe with ``overrides`` ({'train.epochs': 1})."""
+def config_for(model: str, overrides: dict):
+    """The student's config under the default recipe with ``overrides`` ({'train.epochs': 1}), checked."""
     from student.config import StudentConfig
-    from student.model import Student
 
     cfg = StudentConfig(model=model)
     for k, v in overrides.items():
@@ -45,21 +44,40 @@ def student_for(model: str, overrides: dict):
         setattr(getattr(cfg, section), name, v)
     cfg.train.check()
     cfg.lora.check()
-    return Student(cfg)
+    return cfg
 
 
-def cached_adaptations(model: str, todo: list[dict], path: Path, recipe: dict, group: int = 8) -> list[dict]:
+def recipe_of(cfg) -> dict:
+    """Every setting that changes an adaptation's result, resolved (the student's own learning rate,
+    what dtype 'auto' means on this machine); not the pass size or group, which change only speed."""
+    import json
+    from dataclasses import asdict
+
+    from orchestration.core.models import machine
+    from student.config import learning_rate_of
+
+    train = {k: v for k, v in asdict(cfg.train).items() if k != "pass_tokens"}
+    train["learning_rate"] = learning_rate_of(cfg)
+    if train["dtype"] == "auto":
+        train["dtype"] = machine()["dtype_auto"]
+    return json.loads(json.dumps({"train": train, "lora": asdict(cfg.lora)}))
+
+
+def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict, group: int = 8) -> list[dict]:
     """Adapt ``model`` once per item of ``todo`` and score it, caching one JSON row per item in ``path``.
 
     An item is {'id': unique str, 'ctx': Context, 'edit': str, 'train_as': 'passage' | 'edits',
     'seed': int or None (the student's), ...}; its row holds the item's other fields, per-question
     F1 and gold-answer log-likelihood (adapted and base), the training steps and tokens, and the
-    edit's length. A row is reused only under the same ``recipe`` (a dict; rows of other recipes
-    stay in the file) and the same edit text; a line torn by a kill is redone. Items run in groups
-    of ``group`` adaptations (results do not depend on it)."""
+    edit's length. The student runs its default recipe with ``overrides``; a row is reused only under
+    the same resolved recipe (`recipe_of`; rows of other recipes stay in the file) and the same edit
+    text; a line torn by a kill is redone. Items run in groups of ``group`` adaptations (results do
+    not depend on it)."""
     import json
     import time
 
+    cfg = config_for(model, overrides)
+    recipe = recipe_of(cfg)
     rows: dict[str, dict] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
@@ -76,7 +94,9 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, recipe: dict, g
         from orchestration.core.domains import knowledge
         from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
 
-        st = student_for(model, recipe.get("overrides", {}))
+        from student.model import Student
+
+        st = Student(cfg)
         base = Baselines(st, make_grader("f1"), knowledge)
         t0 = time.perf_counter()
         for at in range(0, len(left), group):

@@ -98,11 +98,13 @@ def peft_train(st, spec, seed: int) -> tuple[int, float]:
 
     import torch
 
+    from student.config import learning_rate_of
+
     train = st.cfg.train
     t0 = time.perf_counter()
     model = peft_adapter(st, seed)
     ids, labels, *_ = st._encode(spec, train.max_length)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.learning_rate,
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate_of(st.cfg),
                             weight_decay=train.weight_decay)
     rng, real = random.Random(seed), 0
     model.train()
@@ -122,8 +124,10 @@ def reference_train(st, seqs: list[str], epochs: int) -> tuple[int, float]:
     """The reference loop: batch 1, pad to 2048, labels = input ids including the pads."""
     import torch
 
+    from student.config import learning_rate_of
+
     model = peft_adapter(st, st.cfg.train.seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=st.cfg.train.learning_rate)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate_of(st.cfg))
     model.train()
     real, t0 = 0, time.perf_counter()
     for _ in range(epochs):

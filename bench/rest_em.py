@@ -15,6 +15,8 @@ Every stage resumes: rerun the same command after an interruption. Wall times ar
 runs' own records where they have them.
 
     python bench/rest_em.py [--run-dir bench/out/rest_em] [--students smollm2-135m-instruct,gemma3-270m] [key=value ...]
+    python bench/rest_em.py --run-dir /tmp/smoke --heldout-limit 2 rounds=1 contexts_per_round=1 \
+        edits_per_context=2 heldout.limit=1 teacher.generation.max_new_tokens=32    # a smoke test
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from pathlib import Path
 from _common import REPO
 
 
-def heldout_eval(cfg, teacher_model: str, students: list[str], run: Path, conditions: list[str]):
-    """`seal evaluate` of one teacher version on the held-out passages 101-200."""
+def heldout_eval(cfg, teacher_model: str, students: list[str], run: Path, conditions: list[str], limit: int):
+    """`seal evaluate` of one teacher version on the first ``limit`` held-out passages (101-200)."""
     import dataclasses
 
     from omegaconf import OmegaConf
@@ -42,7 +44,7 @@ def heldout_eval(cfg, teacher_model: str, students: list[str], run: Path, condit
     from student.config import StudentConfig
 
     lo, hi = SQUAD_SPLIT["heldout"]
-    data = {"source": cfg.data.source, "shuffle_seed": cfg.data.shuffle_seed, "offset": lo, "limit": hi - lo}
+    data = {"source": cfg.data.source, "shuffle_seed": cfg.data.shuffle_seed, "offset": lo, "limit": min(limit, hi - lo)}
     by_model = {s.model: s for s in cfg.students}
     ev = EvaluateConfig(teacher=dataclasses.replace(cfg.teacher, model=teacher_model),
                         students=[by_model.get(m, StudentConfig(model=m)) for m in students],
@@ -76,6 +78,7 @@ def main() -> None:
     p.add_argument("--run-dir", default=str(REPO / "bench" / "out" / "rest_em"))
     p.add_argument("--students", default="smollm2-135m-instruct,gemma3-270m",
                    help="students scored on the held-out passages at v0 and v_last")
+    p.add_argument("--heldout-limit", type=int, default=100, help="held-out passages from 101 (fewer: a smoke test)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. rounds=1")
     args = p.parse_args()
 
@@ -94,9 +97,9 @@ def main() -> None:
         rows = run_train(cfg, resolved)
         version, last = teacher_at(cfg, root / "train", cfg.rounds + 1)
         runs = {0: root / "heldout-v0", version: root / f"heldout-v{version}"}
-        heldout_eval(cfg, cfg.teacher.model, students, runs[0], ["base", "passage", "teacher"])
+        heldout_eval(cfg, cfg.teacher.model, students, runs[0], ["base", "passage", "teacher"], args.heldout_limit)
         if version:
-            heldout_eval(cfg, last, students, runs[version], ["teacher"])
+            heldout_eval(cfg, last, students, runs[version], ["teacher"], args.heldout_limit)
     rewards = [json.loads(x) for x in read_jsonl(root / "train" / "rewards.jsonl")]
     out = {"command": "python bench/rest_em.py " + " ".join(args.overrides),
            "teacher": cfg.teacher.model, "reward_student": [s.model for s in cfg.students],

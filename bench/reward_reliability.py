@@ -117,7 +117,7 @@ def main() -> None:
                          "seed": s})
             todo += [{"id": f"{c.context_id}/{i}/s{s}", "ctx": c, "edit": edits[c.context_id][i], "train_as": "edits",
                       "seed": s} for i in range(args.k)]
-    rows = cached_adaptations(args.student, todo, out / f"{args.student}.jsonl", {"overrides": {}}, args.group)
+    rows = cached_adaptations(args.student, todo, out / f"{args.student}.jsonl", {}, args.group)
     report = {"machine": machine(), "student": args.student, "teacher": args.teacher, "template": args.template,
               "offset": args.offset, "limit": args.limit, "k": args.k, "seeds": seeds,
               "edits": len(ctxs) * args.k, "questions": sum(len(c.questions) for c in ctxs),

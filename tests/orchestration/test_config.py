@@ -142,3 +142,15 @@ def test_bad_overrides_name_the_key(override, needle):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(AdaptConfig, "configs/nope.yaml")
+
+
+def test_the_learning_rate_defaults_per_student():
+    from orchestration.core.catalog import BUILTINS, DEFAULT_LEARNING_RATE
+    from student.config import StudentConfig, learning_rate_of
+
+    assert learning_rate_of(StudentConfig(model="gemma3-270m")) == BUILTINS["gemma3-270m"].learning_rate == 3e-4
+    assert learning_rate_of(StudentConfig(model="smollm2-135m-instruct")) == 1e-3
+    assert learning_rate_of(StudentConfig(model="org/other")) == DEFAULT_LEARNING_RATE
+    cfg = StudentConfig(model="gemma3-270m")
+    cfg.train.learning_rate = 5e-4  # a set value wins
+    assert learning_rate_of(cfg) == 5e-4

@@ -29,6 +29,7 @@ def test_adapt_and_score_smoke(tiny_model, ctx):
     r = adapt_and_score(st, base, [ctx], ["A fact.\nAnother fact."], condition="edits", completion=0, key="k")
     assert r.condition == "edits" and r.key == "k" and len(r.verdicts) == len(ctx.questions)
     assert 0.0 <= r.score <= 1.0 and r.baseline_score == base.get(ctx)[1]
+    assert r.train["learning_rate"] == 1e-3  # a folder, not a built-in: the general default, recorded
     assert r.train["sequences"] == 3 and r.train["n_items"] == 2  # 2 items + passage
     assert r.train["steps"] == 4  # 2 epochs x ceil(3 / 2)
     assert r.train["real_tokens"] > 0 and r.timings["train_s"] > 0
