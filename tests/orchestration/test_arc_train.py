@@ -153,3 +153,26 @@ def test_seal_generate_refuses_the_arc_domain_up_front(tmp_path, capsys):
                  f"out={out}"]) == 2
     err = capsys.readouterr().err
     assert "data.domain=arc" in err and "task_id" in err and not out.exists()
+
+
+def test_the_reference_baseline_on_arc_is_default_ttt(tmp_path, tiny_chat_model, tiny_model):
+    """reward.baseline=reference fits ARC: each training task's default_ttt adaptation is queued,
+    and every gain is the edit's pass@2 minus that reference's."""
+    from orchestration.core.records import StudentResult
+
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline",
+                            data={"domain": "arc", "source": "synthetic", "limit": 2},
+                            heldout={"domain": "arc", "source": "synthetic", "offset": 2, "limit": 1},
+                            students=[arc_student(tiny_model)], rounds=1, contexts_per_round=1,
+                            reward={"rule": "threshold", "delta": -1.0, "baseline": "reference"})
+    run = tmp_path / "run"
+    cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}", "teacher.prompt=arc-config"])
+    run_train(cfg, resolved)
+    task = synthetic_tasks()[0]
+    results = {r.key: r for r in map(StudentResult.from_json, (run / "results.jsonl").read_text().splitlines())}
+    ref = results[f"default_ttt/{task.context_id}@{tiny_model}"]
+    assert ref.train["steps"] > 0
+    rewards = [json.loads(x) for x in (run / "rewards.jsonl").read_text().splitlines()]
+    assert len(rewards) == 2 and all(r["baseline"] == "reference" for r in rewards)
+    for rw in rewards:
+        assert rw["gain"] == results[f"{rw['edit_id']}@{tiny_model}"].score - ref.score
