@@ -117,5 +117,5 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict
                     f.write(json.dumps(row) + "\n")
                     have[t["id"]] = row
             print(f"  {model}: {min(at + group, len(left))}/{len(left)} adaptations, "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)  # stdout is the JSON
     return [have[t["id"]] for t in todo]
