@@ -26,7 +26,9 @@ fraction are not. Rows are cached in --out/<student>.jsonl (resumable).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from _common import REPO, SQUAD, cached_adaptations, squad_subset
@@ -43,9 +45,10 @@ def v0_samples(teacher: str, template: str, offset: int, limit: int, k: int, max
     if not path.exists():
         t = TeacherConfig(model=teacher, prompt=template)
         t.generation.max_new_tokens = max_new_tokens
-        run_generate(GenerateConfig(teacher=t, data=DataConfig(source=str(SQUAD), shuffle_seed=42, offset=offset,
-                                                              limit=limit),
-                                    out=str(path), sample=True, edits_per_context=k))
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
+            run_generate(GenerateConfig(teacher=t, data=DataConfig(source=str(SQUAD), shuffle_seed=42, offset=offset,
+                                                                  limit=limit),
+                                        out=str(path), sample=True, edits_per_context=k))
     return {r["context_id"]: r["completions"] for r in json.loads(path.read_text())["records"]}
 
 

@@ -25,6 +25,7 @@ skips them (a row is reused only under the same recipe).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -43,9 +44,10 @@ def v0_edits(ctxs, teacher: str, out: Path, offset: int, limit: int) -> dict[str
 
     path = out / f"v0_{teacher}_{offset}_{limit}.json"
     if not path.exists():
-        run_generate(GenerateConfig(teacher=TeacherConfig(model=teacher),
-                                    data=DataConfig(source=str(SQUAD), shuffle_seed=42, offset=offset, limit=limit),
-                                    out=str(path)))
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
+            run_generate(GenerateConfig(teacher=TeacherConfig(model=teacher),
+                                        data=DataConfig(source=str(SQUAD), shuffle_seed=42, offset=offset, limit=limit),
+                                        out=str(path)))
     recs = json.loads(path.read_text())["records"]
     got = {r["context_id"]: r["completions"][0] for r in recs}
     missing = [c.context_id for c in ctxs if c.context_id not in got]
