@@ -47,7 +47,7 @@ from orchestration.core.runs import append_jsonl, open_run, read_jsonl
 from orchestration.driver import launch, report
 from orchestration.driver.ray_launch import RayConfig
 from orchestration.driver.steps import Slot, grouped, write_edits
-from student.config import StudentConfig, check_students
+from student.config import StudentConfig, check_students, learning_rate_of
 from student.worker import LAG_FLAG, VERSION_FLAG, job_kind
 from teacher.config import TeacherConfig
 
@@ -276,9 +276,12 @@ def students_at(cfg: TrainConfig, model: str) -> list[tuple[str, StudentConfig]]
     """(label, student config) of the students that score a step whose teacher is ``model``.
 
     With roles=same the student is the teacher's current version: its model (and so its job kind,
-    workers and baselines) changes with every version, while its label stays ``same-model``."""
+    workers and baselines) changes with every version, while its label stays ``same-model``. Its
+    learning rate stays the one of v0's model (a built-in's own default holds for its versions too)."""
     if cfg.roles == "same":
-        return [(SAME, dataclasses.replace(cfg.students[0], model=model))]
+        s0 = cfg.students[0]
+        lr = learning_rate_of(dataclasses.replace(s0, model=cfg.teacher.model))
+        return [(SAME, dataclasses.replace(s0, model=model, train=dataclasses.replace(s0.train, learning_rate=lr)))]
     return [(s.model, s) for s in cfg.students]
 
 

@@ -362,6 +362,17 @@ def test_async_rounds_prefetch_the_next_rounds_edits(tmp_path, tiny_chat_model, 
         assert {j["teacher_version"] for j in q.jobs() if j["key"].startswith("r1/")} == {0}
 
 
+def test_same_roles_keep_the_learning_rate_of_v0s_model():
+    from orchestration.driver.train import students_at
+
+    cfg = TrainConfig(roles="same")
+    cfg.teacher.model = "gemma3-270m"  # a built-in with its own rate; its versions are folders
+    ((_, s),) = students_at(cfg, "runs/x/checkpoints/v1")
+    assert s.model == "runs/x/checkpoints/v1" and s.train.learning_rate == 3e-4
+    cfg.students[0].train.learning_rate = 5e-4  # a set rate wins
+    assert students_at(cfg, "runs/x/checkpoints/v2")[0][1].train.learning_rate == 5e-4
+
+
 def test_rounds_take_fresh_contexts_unless_reused():
     from orchestration.driver.train import contexts_of
 
