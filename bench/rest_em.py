@@ -55,21 +55,19 @@ def heldout_eval(cfg, teacher_model: str, students: list[str], run: Path, condit
 
 
 def per_student(run: Path, student: str, condition: str, metric: str) -> dict:
-    from orchestration.core.records import StudentResult
+    from orchestration.core.records import StudentResult, question_values
     from orchestration.core.runs import read_jsonl
-    from orchestration.core.stats import per_question
 
-    res = [r for r in map(StudentResult.from_json, read_jsonl(run / "results.jsonl"))
-           if r.condition == condition and r.key.endswith(f"@{student}")]
-    return per_question([(r.context_id, [getattr(v, metric) for v in r.verdicts]) for r in res])
+    return question_values([r for r in map(StudentResult.from_json, read_jsonl(run / "results.jsonl"))
+                            if r.condition == condition and r.key.endswith(f"@{student}")], metric)
 
 
 def summary(values: dict) -> dict:
-    from orchestration.core.stats import bootstrap_ci
+    from orchestration.core.stats import bootstrap_ci, mean
 
     flat = [x for v in values.values() for x in v if x is not None]
     lo, hi = bootstrap_ci(flat)
-    return {"mean": sum(flat) / len(flat) if flat else None, "question_ci": [lo, hi],
+    return {"mean": mean(flat), "question_ci": [lo, hi],
             "contexts": len(values), "questions": len(flat)}
 
 
@@ -84,7 +82,7 @@ def main() -> None:
 
     from orchestration.core.config import load_config
     from orchestration.core.runs import read_jsonl
-    from orchestration.core.stats import paired_by_context, spread
+    from orchestration.core.stats import mean, paired_by_context, spread
     from orchestration.driver.train import TrainConfig, run_train, teacher_at
 
     root = Path(args.run_dir)
@@ -113,7 +111,7 @@ def main() -> None:
                               "intermediate_heldout": r["heldout"], "scored": rw.get("scored"),
                               "rewarded": rw.get("rewarded"),
                               "rewarded_fraction": rw["rewarded"] / rw["scored"] if rw.get("scored") else None,
-                              "reward_mean": sum(gains) / len(gains) if gains else None,
+                              "reward_mean": mean(gains),
                               "reward_spread": spread(gains) if gains else None,
                               "sft": r.get("sft"), "wall_s": r["wall_s"]})
     for s in students:

@@ -52,14 +52,9 @@ def v0_samples(teacher: str, template: str, offset: int, limit: int, k: int, max
     return {r["context_id"]: r["completions"] for r in json.loads(path.read_text())["records"]}
 
 
-def mean(xs):
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
 def design(rows: list[dict], ctxs, k: int, seeds: list[int], signal: str, baseline: str) -> dict:
     """The reliability figures of one reward design."""
-    from orchestration.core.stats import spearman
+    from orchestration.core.stats import mean, spearman
 
     metric = "f1" if signal == "score" else "loglik"
     by = {r["id"]: r for r in rows}
@@ -97,7 +92,7 @@ def main() -> None:
     ap.add_argument("--offset", type=int, default=SQUAD_SPLIT["teacher"][0])
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--k", type=int, default=5, help="sampled edits per passage")
-    ap.add_argument("--seeds", default="0,1", help="adaptation seeds (the first two are correlated)")
+    ap.add_argument("--seeds", default="0,1", help="adaptation seeds (the first two are the pair whose rewards are correlated)")
     ap.add_argument("--max-new-tokens", type=int, default=192, help="edit length cap (rest_em_squad's)")
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "reward_reliability"))

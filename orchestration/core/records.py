@@ -76,6 +76,14 @@ class StudentResult:
         return cls(**raw)
 
 
+def question_values(results, metric: str) -> dict[str, list[float | None]]:
+    """Context id -> each question's ``metric`` ('score' or 'loglik'), averaged over ``results`` of
+    that context (its edits, its seeds; `stats.per_question`): the input of `stats.paired_by_context`."""
+    from orchestration.core.stats import per_question
+
+    return per_question([(r.context_id, [getattr(v, metric) for v in r.verdicts]) for r in results])
+
+
 @dataclass(frozen=True)
 class SelfEdit:
     """One edit written by the teacher, with everything needed to reproduce and to train on it.

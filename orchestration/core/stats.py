@@ -25,6 +25,12 @@ def bootstrap_ci(scores: list[float], *, resamples: int = 1000, level: float = 0
     return lo, hi
 
 
+def mean(values) -> float | None:
+    """Mean of the values that are not None; None when there are none."""
+    xs = [x for x in values if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
 def spread(values: list[float]) -> float:
     """Sample standard deviation (0 for fewer than two values)."""
     return statistics.stdev(values) if len(values) > 1 else 0.0

@@ -25,9 +25,9 @@ from orchestration.core.config import ConfigError, DataConfig, at, check_min, ch
 from orchestration.core import domains
 from orchestration.core.edits import edits_for
 from orchestration.core.queue import Job, Queue
-from orchestration.core.records import SelfEdit, StudentResult
+from orchestration.core.records import SelfEdit, StudentResult, question_values
 from orchestration.core.runs import open_run, read_jsonl, write_atomic
-from orchestration.core.stats import bootstrap_ci, fmt_paired, paired_by_context, per_question, spread
+from orchestration.core.stats import bootstrap_ci, fmt_paired, paired_by_context, spread
 from orchestration.driver import launch
 from orchestration.driver.generate import teacher_version
 from orchestration.driver.steps import Slot, grouped
@@ -182,8 +182,7 @@ def paired_rows(cfg: EvaluateConfig, results: dict[str, StudentResult]) -> list[
                 continue
             row = {"student": s.model, "pair": f"{a} - {b}"}
             for metric in ("score", "loglik"):
-                side = {c: per_question([(r.context_id, [getattr(v, metric) for v in r.verdicts])
-                                         for r in mine if r.condition == c]) for c in (a, b)}
+                side = {c: question_values([r for r in mine if r.condition == c], metric) for c in (a, b)}
                 row[metric] = paired_by_context(side[a], side[b], resamples=cfg.bootstrap)
             if row["score"]["questions"]:
                 out.append(row)

@@ -103,15 +103,16 @@ def paired_heldout(run: Path, rows: list[dict], reference: str) -> dict:
     paired differences on the held-out questions (`stats.paired_by_context`: a cluster bootstrap over
     contexts), from results.jsonl. v_last is the final version, not the best one; with
     ``eval.sampled`` each question's value is its mean over the version's edits."""
+    from orchestration.core.records import question_values
     from orchestration.core.runs import read_jsonl
-    from orchestration.core.stats import paired_by_context, per_question
+    from orchestration.core.stats import paired_by_context
 
     results = list(map(StudentResult.from_json, read_jsonl(run / "results.jsonl")))
     first, last = rows[0], rows[-1]
 
     def values(prefix: str, model: str, metric: str) -> dict:
-        return per_question([(r.context_id, [getattr(v, metric) for v in r.verdicts]) for r in results
-                             if r.key.startswith(prefix) and r.key.endswith(f"@{model}")])
+        return question_values([r for r in results if r.key.startswith(prefix) and r.key.endswith(f"@{model}")],
+                               metric)
 
     out = {}
     name = f"v{last['teacher_version']}"

@@ -399,6 +399,8 @@ def reward_round(cfg: TrainConfig, run: Path, r: int, students, wanted,
     """(rewarded edit ids, reward statistics) of a round's training edits. Each scored edit's gains
     over both baselines (the reference's where it ran) go to rewards.jsonl, one row per edit and
     round, written once: a resumed round reads the same stored results and gets the same rows."""
+    from orchestration.core.stats import mean
+
     train = [w for w in wanted if w.purpose == "train"]
     rw, ref_cond = cfg.reward, domains.get(cfg.data.domain).REFERENCE[1]
     per: dict[str, dict[str, float]] = {}
@@ -423,10 +425,6 @@ def reward_round(cfg: TrainConfig, run: Path, r: int, students, wanted,
            for w in train if w.edit_id in both and w.edit_id not in done]
     if new:
         append_jsonl(run / "rewards.jsonl", "\n".join(new))
-
-    def mean(xs):
-        xs = [x for x in xs if x is not None]
-        return sum(xs) / len(xs) if xs else None
 
     stats = {"rule": rw.rule, "signal": rw.signal, "baseline": rw.baseline, "edits": len(train),
              "scored": len(gains), "incomplete": len(incomplete), "rewarded": len(ids),
