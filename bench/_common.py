@@ -25,11 +25,11 @@ def restatement(ctx) -> str:
     return "\n".join(make_edit(ctx.context))
 
 
-def edit_sha(text: str | None) -> str | None:
-    """16 hex digits of the text's sha256 (None for None): a cached row is reused only for the same edit."""
+def edit_sha(text: str) -> str:
+    """16 hex digits of the text's sha256: a cached row is reused only for the same edit."""
     import hashlib
 
-    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def config_for(model: str, overrides: dict):
@@ -84,17 +84,15 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
-        key = r.get("id") or f"{r['context_id']}/{r['condition']}"  # rows written before ids
         if r["recipe"] == recipe:
-            rows[key] = {**r, "id": key}
+            rows[r["id"]] = r
     want = {t["id"]: edit_sha(t["edit"]) for t in todo}
     have = {i: r for i, r in rows.items() if i in want and r.get("edit_sha") == want[i]}
     left = [t for t in todo if t["id"] not in have]
     if left:
         from orchestration.core.domains import knowledge
-        from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
-
         from student.model import Student
+        from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
 
         st = Student(cfg)
         base = Baselines(st, make_grader("f1"), knowledge)
