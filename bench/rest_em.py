@@ -3,9 +3,10 @@
 1. ``seal train configs/rest_em_squad.yaml`` in RUN/train: training passages from the
    teacher-training range (shuffled indices 200-299), each version scored after its round on a
    20-passage slice of the same range that no round trains on;
-2. ``seal evaluate`` of teacher v0 (RUN/heldout-v0, with base and passage) and of the last version
-   (RUN/heldout-vN, teacher only) on the standard subset's passages 101-200, both built-in
-   students: the only runs that touch those passages;
+2. ``seal evaluate`` of teacher v0 (RUN/heldout-v0-STUDENT, with base and passage) and of the last
+   version (RUN/heldout-vN-STUDENT, teacher only) on the standard subset's passages 101-200, one
+   student at a time (the first listed, the reward student, first): the only runs that touch
+   those passages;
 3. the JSON: held-out F1 and gold-answer log-likelihood per version and student, the paired
    differences v_last - v0, v_last - passage and v0 - passage (cluster bootstrap over passages),
    and per round the rewarded fraction, the reward's mean and spread (rewards.jsonl) and the SFT
@@ -94,15 +95,16 @@ def main() -> None:
     with contextlib.redirect_stdout(sys.stderr):  # the runs' tables go to stderr, the JSON to stdout
         rows = run_train(cfg, resolved)
         version, last = teacher_at(cfg, root / "train", cfg.rounds + 1)
-        runs = {0: root / "heldout-v0", version: root / f"heldout-v{version}"}
-        heldout_eval(cfg, cfg.teacher.model, students, runs[0], ["base", "passage", "teacher"], args.heldout_limit)
-        if version:
-            heldout_eval(cfg, last, students, runs[version], ["teacher"], args.heldout_limit)
+        runs = {s: {0: root / f"heldout-v0-{s}", version: root / f"heldout-v{version}-{s}"} for s in students}
+        for s in students:  # one student at a time, so the first one's result is complete first
+            heldout_eval(cfg, cfg.teacher.model, [s], runs[s][0], ["base", "passage", "teacher"], args.heldout_limit)
+            if version:
+                heldout_eval(cfg, last, [s], runs[s][version], ["teacher"], args.heldout_limit)
     rewards = [json.loads(x) for x in read_jsonl(root / "train" / "rewards.jsonl")]
     out = {"command": "python bench/rest_em.py " + " ".join(args.overrides),
            "teacher": cfg.teacher.model, "reward_student": [s.model for s in cfg.students],
            "reward": {"rule": cfg.reward.rule, "baseline": cfg.reward.baseline, "signal": cfg.reward.signal},
-           "rounds": [], "heldout": {}, "runs_on_heldout_101_200": [str(r) for r in runs.values()],
+           "rounds": [], "heldout": {}, "runs_on_heldout_101_200": [str(r) for by in runs.values() for r in by.values()],
            "v_last": version}
     for r in rows:
         gains = [x["gain"] for x in rewards if x["round"] == r["round"] and x["gain"] is not None]
@@ -117,10 +119,11 @@ def main() -> None:
     for s in students:
         got = {}
         for metric in ("score", "loglik"):
-            v0 = per_student(runs[0], s, "teacher", metric)
-            vl = per_student(runs[version], s, "teacher", metric)
-            passage = per_student(runs[0], s, "passage", metric)
-            got[metric] = {"base": summary(per_student(runs[0], s, "base", metric)), "passage": summary(passage),
+            at = runs[s]
+            v0 = per_student(at[0], s, "teacher", metric)
+            vl = per_student(at[version], s, "teacher", metric)
+            passage = per_student(at[0], s, "passage", metric)
+            got[metric] = {"base": summary(per_student(at[0], s, "base", metric)), "passage": summary(passage),
                            "v0": summary(v0), f"v{version}": summary(vl),
                            f"v{version}-v0": paired_by_context(vl, v0), f"v{version}-passage": paired_by_context(vl, passage),
                            "v0-passage": paired_by_context(v0, passage)}
