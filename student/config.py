@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from orchestration.core.config import (Choice, Dtype, check_choice, check_dropout, check_fraction, check_min,
-                                       check_nonempty, check_positive)
+from orchestration.core.config import (Choice, ConfigError, Dtype, check_choice, check_dropout, check_fraction,
+                                       check_min, check_nonempty, check_positive)
 from orchestration.core.domains.arc import ArcSettings
 
 
@@ -149,7 +149,14 @@ class VLLMSettings:
     """Engine dtype in vLLM's names: 'auto' (vLLM's choice from the checkpoint), 'bfloat16', 'float16'
     or 'float32'."""
     enforce_eager: bool = False
-    """Skip CUDA graph capture (starts faster, decodes slower)."""
+    """Skip CUDA graph capture and torch.compile (starts faster, decodes slower)."""
+    kv_cache_gib: Optional[float] = None
+    """The engine's KV cache in GiB (vLLM's ``kv_cache_memory_bytes``), > 0. None = on a GPU, what
+    ``gpu_memory_utilization`` leaves after the weights; on vLLM's CPU platform, where
+    ``gpu_memory_utilization`` would reserve that fraction of the machine's whole RAM, 2 GiB."""
+    max_cpu_loras: Optional[int] = None
+    """Adapters vLLM keeps loaded in host memory (its LRU cache behind ``max_loras``), >= max_loras;
+    None = ``keep_adapters``, so the engine holds no more adapters than there are folders on disk."""
     keep_adapters: int = 4
     """Saved adapter folders kept on disk; beyond this the least recently used is deleted."""
     adapter_dir: Optional[str] = None
@@ -159,7 +166,17 @@ class VLLMSettings:
     def check(self, key: str = "student.answer.vllm") -> None:
         check_choice(self, key, "dtype", VLLMDtype)
         check_fraction(self, key, "gpu_memory_utilization")
-        check_min(self, key, 1, "max_loras", "max_lora_rank", "max_model_len", "keep_adapters")
+        check_min(self, key, 1, "max_loras", "max_lora_rank", "max_model_len", "keep_adapters", "max_cpu_loras")
+        check_positive(self, key, "kv_cache_gib")
+        if self.max_loras > self.cpu_loras:
+            raise ConfigError(f"{key}.max_loras={self.max_loras} is above max_cpu_loras={self.cpu_loras} "
+                              f"(None means keep_adapters), and vLLM needs max_cpu_loras >= max_loras: raise "
+                              f"{key}.max_cpu_loras (or keep_adapters), or lower max_loras")
+
+    @property
+    def cpu_loras(self) -> int:
+        """``max_cpu_loras`` as the engine gets it."""
+        return self.max_cpu_loras or self.keep_adapters
 
 
 @dataclass
@@ -179,7 +196,8 @@ class AnswerSettings:
     backend: AnswerBackend = AnswerBackend.transformers
     """'transformers' (answer with the adapted model in this process; CPU default) or 'vllm' (export
     the trained adapter in PEFT's format and answer through a vLLM engine with it as a runtime LoRA;
-    needs a CUDA GPU and ``pip install -e '.[gpu]'``). Training is this process's either way."""
+    on a CUDA GPU with ``pip install -e '.[gpu]'``, or on the CPU with vLLM's CPU build, ``make
+    vllm-env``). Training is this process's either way."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
 
     def check(self, key: str = "student.answer") -> None:
@@ -255,8 +273,6 @@ class StudentConfig:
 def check_students(students: list[StudentConfig], key: str) -> None:
     """A command's list of students (``key``: its dotted key, 'students' or 'train.students'): one or
     more distinct models, and each student's own `check`."""
-    from orchestration.core.config import ConfigError
-
     names = [s.model for s in students]
     if not names or len(set(names)) != len(names):
         raise ConfigError(f"{key}={names}: give one or more distinct student models")

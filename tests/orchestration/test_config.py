@@ -46,7 +46,7 @@ def test_every_shipped_config_loads(path):
     for key, value in leaves(yaml.safe_load(path.read_text())):
         got = lookup(typed, key)
         assert got == value or (isinstance(got, str) and got == str(value)), f"{path.name}: {key}={got!r}, YAML {value!r}"
-    # and passes its checks, but for the GPU configs on a machine without vllm (refused for that alone)
+    # and passes its checks, but for the vllm configs on a machine without vllm (refused for that alone)
     if "backend: vllm" in path.read_text() and importlib.util.find_spec("vllm") is None:
         with pytest.raises(ConfigError, match=r"backend=vllm needs"):
             cfg.check()

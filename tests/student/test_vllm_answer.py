@@ -1,6 +1,7 @@
-"""Answering through vLLM without vLLM: sampling and engine arguments, prompt tokens, the adapter
-book (ids, LRU eviction, overwritten folders), and the error a machine without vllm or a GPU gets.
-The one test that runs the engine carries the ``gpu`` marker."""
+"""Answering through vLLM without vLLM: the engine arguments' checks, the adapter book (ids, LRU
+eviction, overwritten folders), and the error a machine without vllm gets. Its behaviour against the
+transformers path is tested where vllm runs (tests/with_vllm, `make test-vllm`); the test marked ``gpu``
+covers what only CUDA has."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from orchestration.core.config import ConfigError
 from student.config import AnswerSettings, StudentConfig, VLLMSettings
 from orchestration.core.models import require_vllm
-from student.vllm_answer import AdapterBook, VLLMAnswerer, answer_kwargs, clean_answer, engine_kwargs, token_prompts
+from student.vllm_answer import AdapterBook, VLLMAnswerer, answer_kwargs, engine_kwargs
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -22,38 +23,16 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-@pytest.mark.parametrize("max_new, stop, expected", [
-    (16, ("\n",), {"n": 1, "temperature": 0.0, "max_tokens": 16, "stop": ["\n"], "skip_special_tokens": True}),
-    (4, ["\n", "Question:"], {"n": 1, "temperature": 0.0, "max_tokens": 4, "stop": ["\n", "Question:"],
-                              "skip_special_tokens": True}),
-])
-def test_answer_kwargs_greedy_until_newline(max_new, stop, expected):
-    assert answer_kwargs(max_new, stop) == expected
-    assert answer_kwargs(16) == answer_kwargs(16, ("\n",))
-
-
 def test_answer_kwargs_refuses_no_tokens():
     with pytest.raises(ValueError, match="student.answer.max_new_tokens"):
         answer_kwargs(0)
 
 
-@pytest.mark.parametrize("text, expected", [
-    (" Paris\nQuestion: next", "Paris"),
-    ("1918", "1918"),
-    ("\nlate", ""),
-    ("  William Shakespeare  ", "William Shakespeare"),
-])
-def test_clean_answer(text, expected):
-    assert clean_answer(text) == expected
-
-
-def test_engine_kwargs_rank_follows_lora_r_unless_set():
-    kw = engine_kwargs("/m", VLLMSettings(), lora_rank=16)
-    assert kw == {"model": "/m", "tokenizer": "/m", "enable_lora": True, "max_lora_rank": 16, "max_loras": 1,
-                  "gpu_memory_utilization": 0.3, "dtype": "auto", "enforce_eager": False,
-                  "trust_remote_code": False, "max_model_len": 2048}
-    kw = engine_kwargs("/m", VLLMSettings(max_lora_rank=64, max_model_len=None), lora_rank=32, trust_remote_code=True)
-    assert kw["max_lora_rank"] == 64 and "max_model_len" not in kw and kw["trust_remote_code"]
+def test_max_cpu_loras_follows_keep_adapters_and_is_checked():
+    assert engine_kwargs("/m", VLLMSettings(keep_adapters=6), lora_rank=16)["max_cpu_loras"] == 6
+    assert engine_kwargs("/m", VLLMSettings(max_cpu_loras=3), lora_rank=16)["max_cpu_loras"] == 3
+    with pytest.raises(ConfigError, match=r"student.answer.vllm.max_loras=4 is above max_cpu_loras=2"):
+        VLLMSettings(max_loras=4, keep_adapters=2).check()
 
 
 @pytest.mark.parametrize("settings, rank, needle", [
@@ -65,16 +44,6 @@ def test_engine_kwargs_rank_follows_lora_r_unless_set():
 def test_engine_kwargs_errors_name_the_key(settings, rank, needle):
     with pytest.raises(ValueError, match=needle):
         engine_kwargs("/m", settings, rank)
-
-
-def test_token_prompts_match_the_tokenizer(tiny_model):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    prompts = ["Question: Who kept the Vell lighthouse?\nAnswer:", "A"]
-    for special in (True, False):
-        want = tok(prompts, add_special_tokens=special)["input_ids"]
-        assert token_prompts(tok, prompts, special) == [{"prompt_token_ids": ids} for ids in want]
 
 
 def save(folder, content: bytes = b"weights"):
@@ -139,20 +108,14 @@ def test_new_folder_skips_existing_names(tmp_path):
     assert AdapterBook(tmp_path).new_folder() == tmp_path / "a000001"
 
 
-@pytest.mark.skipif(HAS_VLLM and has_gpu(), reason="vllm and a GPU are present: nothing to refuse")
+@pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here: nothing to refuse")
 def test_require_vllm_raises_clear_error_here(tiny_model):
     with pytest.raises(ConfigError, match="student.answer.backend=transformers") as e:
         require_vllm("student.answer.backend")
     assert str(e.value).startswith("student.answer.backend=vllm needs")
     with pytest.raises(ConfigError, match="student.answer.backend=vllm needs"):
         VLLMAnswerer(tiny_model, AnswerSettings(backend="vllm"), lora_rank=16)
-    if not HAS_VLLM:
-        assert "pip install -e '.[gpu]'" in str(e.value)
-
-
-def test_config_defaults_keep_the_cpu_path():
-    cfg = StudentConfig()
-    assert cfg.answer.backend == "transformers" and cfg.answer.vllm.max_lora_rank is None
+    assert "pip install -e '.[gpu]'" in str(e.value) and "make vllm-env" in str(e.value)
 
 
 @pytest.mark.gpu

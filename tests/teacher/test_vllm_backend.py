@@ -1,21 +1,21 @@
-"""The vLLM backend without vLLM: request building, output conversion, model paths, and the error a
-machine without vllm or a GPU gets. The one test that runs the engine carries the ``gpu`` marker."""
+"""The vLLM backend without vLLM: request checks and seeds, the KV-cache size, model paths, and the
+error a machine without vllm gets. Its behaviour against the transformers backend is tested where
+vllm runs (tests/with_vllm, `make test-vllm`); the test marked ``gpu`` covers what only CUDA has (CUDA
+graph capture, a KV cache sized by gpu_memory_utilization)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-from types import SimpleNamespace
 
 import pytest
 
 from orchestration.core import catalog
 from orchestration.core.config import ConfigError
 from teacher.config import GenerationSettings, TeacherConfig
-from teacher.generate import Generation, make_backend
-from orchestration.core.models import require_vllm, vllm_problem
-from teacher.vllm_backend import (engine_kwargs, model_path, prompt_seed, requests, sampling_kwargs, to_generation,
-                                  to_generations)
+from teacher.generate import make_backend
+from orchestration.core.models import kv_cache_kwargs, require_vllm, vllm_problem
+from teacher.vllm_backend import engine_kwargs, model_path, prompt_seed, requests, sampling_kwargs
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -27,16 +27,6 @@ def has_gpu() -> bool:
 
 
 GEN = GenerationSettings(temperature=0.7, top_p=0.9, max_new_tokens=64)
-BASE = {"max_tokens": 64, "seed": 5, "stop_token_ids": [2, 7], "skip_special_tokens": True}
-
-
-@pytest.mark.parametrize("n, greedy, expected", [
-    (1, True, {**BASE, "n": 1, "temperature": 0.0}),  # greedy: temperature 0, no top_p
-    (1, False, {**BASE, "n": 1, "temperature": 0.7, "top_p": 0.9}),
-    (4, False, {**BASE, "n": 4, "temperature": 0.7, "top_p": 0.9}),
-])
-def test_sampling_kwargs(n, greedy, expected):
-    assert sampling_kwargs(GEN, n, greedy, 5, (2, 7)) == expected
 
 
 @pytest.mark.parametrize("gen, n, greedy, needle", [
@@ -62,36 +52,6 @@ def test_requests_one_token_prompt_and_own_seed_per_prompt():
     assert [p["seed"] for p in requests([[1]] * 3, GEN, 1, True, 11, [])[1]] == seeds
     assert {p["n"] for p in params} == {3} and all(p["stop_token_ids"] == [2] for p in params)
     assert requests([], GEN, 2, False, 0, []) == ([], [])
-
-
-@pytest.mark.parametrize("text, ids, reason, expected", [
-    ("  Fact one.\nFact two. \n", [4, 5, 6, 2], "stop", Generation("Fact one.\nFact two.", 4, True)),
-    ("cut short", [4, 5, 6], "length", Generation("cut short", 3, False)),
-    ("", [2], "stop", Generation("", 1, True)),
-    ("aborted", [4], None, Generation("aborted", 1, False)),
-])
-def test_to_generation(text, ids, reason, expected):
-    assert to_generation(text, ids, reason) == expected
-
-
-def test_to_generations_in_sample_order():
-    out = SimpleNamespace(outputs=[SimpleNamespace(index=1, text="b", token_ids=(1, 2), finish_reason="length"),
-                                   SimpleNamespace(index=0, text="a", token_ids=(1,), finish_reason="stop")])
-    assert to_generations(out) == [Generation("a", 1, True), Generation("b", 2, False)]
-
-
-def test_engine_kwargs():
-    cfg = TeacherConfig(trust_remote_code=True)
-    cfg.generation.seed, cfg.generation.gpu_memory_utilization = 3, 0.4
-    kw = engine_kwargs("/models/x", cfg)
-    assert kw == {"model": "/models/x", "tokenizer": "/models/x", "dtype": "auto", "seed": 3,
-                  "gpu_memory_utilization": 0.4, "trust_remote_code": True, "enable_prefix_caching": True,
-                  "enforce_eager": False}
-    cfg.generation.dtype, cfg.generation.max_model_len = "bf16", 4096
-    kw = engine_kwargs("/models/x", cfg)
-    assert kw["dtype"] == "bfloat16" and kw["max_model_len"] == 4096
-    cfg.generation.dtype = "fp32"
-    assert engine_kwargs("/models/x", cfg)["dtype"] == "float32"
 
 
 @pytest.mark.parametrize("field, value, needle", [
@@ -122,40 +82,54 @@ def test_model_path_refuses_adapter_versions(tmp_path):
         model_path(str(tmp_path / "v2"))
 
 
-@pytest.mark.parametrize("has_vllm, has_cuda, needles", [
-    (False, False, ["vllm package", "pip install -e '.[gpu]'", "x.backend=transformers"]),
-    (False, True, ["vllm package", "pip install -e '.[gpu]'", "x.backend=transformers"]),
-    (True, False, ["CUDA GPU", "x.backend=transformers"]),
+@pytest.mark.parametrize("has_vllm, device_type, needles", [
+    (False, None, ["vllm package", "pip install -e '.[gpu]'", "make vllm-env", "x.backend=transformers"]),
+    (True, "", ["finds no platform", "make vllm-env", "x.backend=transformers"]),
 ])
-def test_vllm_problem_names_field_and_fix(has_vllm, has_cuda, needles):
-    msg = vllm_problem(has_vllm, has_cuda, "x.backend")
+def test_vllm_problem_names_field_and_fix(has_vllm, device_type, needles):
+    msg = vllm_problem(has_vllm, device_type, "x.backend")
     assert msg.startswith("x.backend=vllm") and all(n in msg for n in needles)
 
 
-def test_vllm_problem_none_when_runnable():
-    assert vllm_problem(True, True, "x.backend") is None
+@pytest.mark.parametrize("device_type", ["cuda", "cpu"])
+def test_vllm_problem_none_where_vllm_has_a_platform(device_type):
+    assert vllm_problem(True, device_type, "x.backend") is None
 
 
-@pytest.mark.skipif(HAS_VLLM and has_gpu(), reason="vllm and a GPU are present: nothing to refuse")
+@pytest.mark.parametrize("gib, on_cpu, expected", [
+    (None, False, {}),  # a GPU engine sizes its cache from gpu_memory_utilization
+    (None, True, {"kv_cache_memory_bytes": 2 << 30}),  # the CPU platform's default
+    (0.5, False, {"kv_cache_memory_bytes": 1 << 29}),
+    (0.5, True, {"kv_cache_memory_bytes": 1 << 29}),
+])
+def test_kv_cache_is_sized_explicitly_on_the_cpu_platform(gib, on_cpu, expected):
+    assert kv_cache_kwargs(gib, on_cpu) == expected
+    cfg = TeacherConfig()
+    cfg.generation.kv_cache_gib = gib
+    kw = engine_kwargs("/models/x", cfg, on_cpu)
+    assert {k: v for k, v in kw.items() if k == "kv_cache_memory_bytes"} == expected
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here: nothing to refuse")
 def test_require_vllm_raises_clear_error_here():
     with pytest.raises(ConfigError, match="teacher.generation.backend=transformers") as e:
         require_vllm("teacher.generation.backend")
     assert str(e.value).startswith("teacher.generation.backend=vllm needs")
 
 
-@pytest.mark.skipif(HAS_VLLM and has_gpu(), reason="vllm and a GPU are present: nothing to refuse")
+@pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here: nothing to refuse")
 def test_make_backend_vllm_refused_before_loading(tiny_model):
     cfg = TeacherConfig(model=tiny_model)
     cfg.generation.backend = "vllm"
     with pytest.raises(ConfigError, match=r"teacher\.generation\.backend=vllm needs") as e:
         make_backend(tiny_model, cfg)
-    if not HAS_VLLM:
-        assert "pip install -e '.[gpu]'" in str(e.value)
+    assert "pip install -e '.[gpu]'" in str(e.value) and "make vllm-env" in str(e.value)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_VLLM and has_gpu()), reason="needs vllm and a CUDA GPU")
 def test_vllm_backend_generates_on_gpu():
+    """With CUDA graphs (enforce_eager false) and the cache sized by gpu_memory_utilization."""
     from teacher.prompts import render
 
     cfg = TeacherConfig(model="smollm2-135m-instruct")
