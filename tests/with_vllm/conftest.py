@@ -8,6 +8,7 @@ These tests run where vllm is installed: ``make test-vllm`` (vLLM's CPU build in
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -46,7 +47,9 @@ def teacher_cfg():
 def vllm_teacher(teacher_cfg):
     from teacher.vllm_backend import VLLMBackend
 
+    t0 = time.perf_counter()
     backend = VLLMBackend(MODEL, teacher_cfg)
+    FIGURES.setdefault("engine_start_s", {})["teacher"] = round(time.perf_counter() - t0, 1)
     yield backend
     backend.close()
 
@@ -74,7 +77,9 @@ def vllm_student():
     """A student that trains in torch and answers through vLLM (one engine for the session)."""
     from student.model import Student
 
+    t0 = time.perf_counter()
     student = Student(student_cfg("vllm"))
+    FIGURES.setdefault("engine_start_s", {})["student_with_its_torch_model"] = round(time.perf_counter() - t0, 1)
     yield student
     student._vllm.close()
 

@@ -28,7 +28,7 @@ def test_seal_train_runs_with_both_vllm_backends(tmp_path, figures):
     results = [StudentResult.from_json(x) for x in read_jsonl(run / "results.jsonl")]
     # Every wanted edit was written (2 contexts x 2 samples, one greedy held-out edit per context and
     # version) and scored by the student, on every question, with the gold answers' log-likelihood.
-    train_edits = [e for e in edits if "/train/" in e["edit_id"]]
+    train_edits = [e for e in edits if e["purpose"] == "train"]
     assert len(train_edits) == 4 and all(e["text"] and e["n_tokens"] >= 1 for e in edits)
     assert len([r for r in results if r.condition == "edit"]) == 4
     assert all(r.verdicts and r.score is not None and r.loglik is not None for r in results)
