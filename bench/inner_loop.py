@@ -237,7 +237,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
 
     knowledge = domains.get("knowledge")
     n = {"reference": reference_contexts, "naive": contexts, "default": contexts}.get(setting, contexts)
-    if setting == "batched" and 2 * k > n:
+    if setting in ("batched", "vllm") and 2 * k > n:
         n = 2 * k  # at least two groups of K
     if setting == "breakdown":
         n = k  # one group, profiled
