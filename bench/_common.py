@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# vLLM logs to stdout unless told otherwise; the benches print their JSON there.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 REPO = Path(__file__).resolve().parent.parent
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "squad_val.json"
