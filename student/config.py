@@ -205,9 +205,9 @@ class AnswerSettings:
         check_min(self, key, 1, "max_new_tokens", "batch_size")
         self.vllm.check(f"{key}.vllm")
         if self.backend == AnswerBackend.vllm:
-            from orchestration.core.models import require_vllm
+            from orchestration.core.models import vllm_platform
 
-            require_vllm(f"{key}.backend")
+            vllm_platform(f"{key}.backend")
 
 
 @dataclass

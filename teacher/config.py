@@ -84,9 +84,9 @@ class GenerationSettings:
             raise ConfigError(f"{key}.constrain=true is implemented for the transformers backend only; "
                               f"set {key}.backend=transformers or constrain=false")
         if self.backend == Backend.vllm:
-            from orchestration.core.models import require_vllm
+            from orchestration.core.models import vllm_platform
 
-            require_vllm(f"{key}.backend")
+            vllm_platform(f"{key}.backend")
 
 
 @dataclass

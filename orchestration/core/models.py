@@ -217,11 +217,3 @@ def kv_cache_kwargs(kv_cache_gib: float | None, on_cpu: bool) -> dict:
     else nothing (a GPU engine sizes its cache from ``gpu_memory_utilization``)."""
     gib = CPU_KV_CACHE_GIB if kv_cache_gib is None and on_cpu else kv_cache_gib
     return {} if gib is None else {"kv_cache_memory_bytes": int(gib * (1 << 30))}
-
-
-def require_vllm(what: str):
-    """The vllm module, once `vllm_platform` has found a platform it can run on."""
-    vllm_platform(what)
-    import vllm
-
-    return vllm

@@ -11,7 +11,7 @@ import pytest
 
 from orchestration.core.config import ConfigError
 from student.config import AnswerSettings, StudentConfig, VLLMSettings
-from orchestration.core.models import require_vllm
+from orchestration.core.models import vllm_platform
 from student.vllm_answer import AdapterBook, VLLMAnswerer, answer_kwargs, engine_kwargs
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -109,9 +109,9 @@ def test_new_folder_skips_existing_names(tmp_path):
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here: nothing to refuse")
-def test_require_vllm_raises_clear_error_here(tiny_model):
+def test_vllm_platform_raises_clear_error_here(tiny_model):
     with pytest.raises(ConfigError, match="student.answer.backend=transformers") as e:
-        require_vllm("student.answer.backend")
+        vllm_platform("student.answer.backend")
     assert str(e.value).startswith("student.answer.backend=vllm needs")
     with pytest.raises(ConfigError, match="student.answer.backend=vllm needs"):
         VLLMAnswerer(tiny_model, AnswerSettings(backend="vllm"), lora_rank=16)

@@ -14,7 +14,7 @@ from orchestration.core import catalog
 from orchestration.core.config import ConfigError
 from teacher.config import GenerationSettings, TeacherConfig
 from teacher.generate import make_backend
-from orchestration.core.models import kv_cache_kwargs, require_vllm, vllm_problem
+from orchestration.core.models import kv_cache_kwargs, vllm_platform, vllm_problem
 from teacher.vllm_backend import engine_kwargs, model_path, prompt_seed, requests, sampling_kwargs
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -111,9 +111,9 @@ def test_kv_cache_is_sized_explicitly_on_the_cpu_platform(gib, on_cpu, expected)
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here: nothing to refuse")
-def test_require_vllm_raises_clear_error_here():
+def test_vllm_platform_raises_clear_error_here():
     with pytest.raises(ConfigError, match="teacher.generation.backend=transformers") as e:
-        require_vllm("teacher.generation.backend")
+        vllm_platform("teacher.generation.backend")
     assert str(e.value).startswith("teacher.generation.backend=vllm needs")
 
 
