@@ -101,6 +101,7 @@ def main() -> None:
             if version:
                 heldout_eval(cfg, last, [s], runs[s][version], ["teacher"], args.heldout_limit)
     rewards = [json.loads(x) for x in read_jsonl(root / "train" / "rewards.jsonl")]
+    finished = {e["edit_id"]: e["finished"] for e in map(json.loads, read_jsonl(root / "train" / "edits.jsonl"))}
     out = {"command": "python bench/rest_em.py " + " ".join(args.overrides),
            "teacher": cfg.teacher.model, "reward_student": [s.model for s in cfg.students],
            "reward": {"rule": cfg.reward.rule, "baseline": cfg.reward.baseline, "signal": cfg.reward.signal},
@@ -113,6 +114,9 @@ def main() -> None:
                               "intermediate_heldout": r["heldout"], "scored": rw.get("scored"),
                               "rewarded": rw.get("rewarded"),
                               "rewarded_fraction": rw["rewarded"] / rw["scored"] if rw.get("scored") else None,
+                              "rewarded_cut_at_max_new_tokens": sum(not finished[x["edit_id"]] for x in rewards
+                                                                    if x["round"] == r["round"] and x["rewarded"]),
+                              "drop_unfinished": cfg.teacher.sft.drop_unfinished,
                               "reward_mean": mean(gains),
                               "reward_spread": spread(gains) if gains else None,
                               "sft": r.get("sft"), "wall_s": r["wall_s"]})

@@ -122,6 +122,11 @@ class SFTSettings:
     are always kept (each one is needed to rebuild the next)."""
     seed: int = 0
     """Seed of the SFT run (data order, adapter init); recorded in the version manifest."""
+    drop_unfinished: bool = False
+    """true: rewarded edits cut at ``teacher.generation.max_new_tokens`` (``finished: false``) are left
+    out of the SFT set; trained on without their end, they teach the teacher to run to the limit.
+    The manifest counts them (``dropped_unfinished``); a round whose rewarded edits are all cut
+    trains no version."""
 
     def check(self, key: str = "teacher.sft") -> None:
         check_choice(self, key, "save", Save)

@@ -442,10 +442,14 @@ def update_teacher(cfg: TrainConfig, run: Path, r: int, version: int, model: str
     done = version_of_round(run, r)
     if done is not None or not ids:
         return done
-    new = max(list_versions(run / "checkpoints"), default=0) + 1
     examples = [SFTExample(i, edits[i].prompt, edits[i].text, edits[i].chat, edits[i].finished) for i in ids]
-    manifest = sft_update(model, examples, cfg.teacher, run / "checkpoints" / f"v{new}", cache=cfg.models_cache,
-                          manifest={"version": new, "parent_version": version, "round": r, "rewards": stats})
+    kept = [x for x in examples if x.finished or not cfg.teacher.sft.drop_unfinished]
+    if not kept:
+        return None
+    new = max(list_versions(run / "checkpoints"), default=0) + 1
+    manifest = sft_update(model, kept, cfg.teacher, run / "checkpoints" / f"v{new}", cache=cfg.models_cache,
+                          manifest={"version": new, "parent_version": version, "round": r, "rewards": stats,
+                                    "dropped_unfinished": len(examples) - len(kept)})
     trim_cpu_memory()
     prune(run / "checkpoints", cfg.teacher.sft.keep_last, report.best_version(run))
     return manifest
@@ -543,7 +547,10 @@ def run_train(cfg: TrainConfig, resolved) -> list[dict]:
                 row["rewards"] = stats
                 row["new_version"] = manifest["version"] if manifest else None
                 row["sft"] = manifest["sft"] if manifest else None
-                if manifest is None:
+                if manifest is None and ids:
+                    print(f"round {r}: all {len(ids)} rewarded edits were cut at max_new_tokens "
+                          f"(teacher.sft.drop_unfinished); the teacher stays v{version}")
+                elif manifest is None:
                     print(f"round {r}: no rewarded edit among {stats['scored']} scored; the teacher stays v{version}")
             if ahead is not None:
                 ahead.finish()

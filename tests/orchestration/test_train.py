@@ -381,3 +381,20 @@ def test_rounds_take_fresh_contexts_unless_reused():
     assert [contexts_of(cfg, train, r) for r in range(3)] == [["a", "b"], ["c", "d"], []]
     cfg.reuse_contexts = True  # SEAL's ARC: the same tasks every round; the final step trains nothing
     assert [contexts_of(cfg, train, r) for r in range(3)] == [["a", "b"], ["a", "b"], []]
+
+
+def test_drop_unfinished_leaves_cut_edits_out_of_the_sft_set(tmp_path, tiny_chat_model, tiny_model):
+    """teacher.sft.drop_unfinished: every rewarded edit cut at max_new_tokens stays out of the SFT
+    set, and the manifest counts them (12 tokens from the seeded random tiny model: some edits are cut,
+    some end)."""
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline")
+    run = tmp_path / "run"
+    cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}", "teacher.sft.drop_unfinished=true",
+                                                       "edits_per_context=4"])
+    rows = run_train(cfg, resolved)
+    edits = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
+    train = [e for e in edits if e["purpose"] == "train"]
+    whole = [e["edit_id"] for e in train if e["finished"]]
+    assert rows[0]["rewards"]["rewarded"] == len(train) == 8 and 0 < len(whole) < len(train)
+    manifest = json.loads((run / "checkpoints" / "v1" / "manifest.json").read_text())
+    assert manifest["edit_ids"] == whole and manifest["dropped_unfinished"] == len(train) - len(whole)
