@@ -140,29 +140,6 @@ class DataConfig:
         check_min(self, key, 0, "offset")
         check_min(self, key, 1, "limit", hint=" (or null for all)")
 
-    def load(self, key: str = "data"):
-        """The contexts this config names, loaded by its domain. An empty selection and repeated
-        contexts are refused: each context is scored once, keyed by its id."""
-        from orchestration.core import domains
-        from orchestration.core.contexts import refuse_duplicates
-
-        self.check(key)
-        out = domains.get(self.domain).load(self)
-        if self.ids:
-            by_id = {c.context_id: c for c in out} | {c.title: c for c in out if self.domain == "arc"}
-            missing = [i for i in self.ids if i not in by_id]
-            if missing:
-                raise ConfigError(f"{key}.ids: {missing} are not among the {len(out)} contexts of "
-                                  f"{key}.source={self.source} (after offset/limit); check the ids or widen the slice")
-            out = [by_id[i] for i in self.ids]
-        if not out:
-            limit = "null" if self.limit is None else self.limit
-            raise ConfigError(f"{key}.source={self.source} with {key}.offset={self.offset}, {key}.limit={limit} "
-                              f"selects no contexts; point {key}.source at a non-empty file, or lower "
-                              f"{key}.offset / raise {key}.limit")
-        refuse_duplicates(out, f"{key}.source={self.source}")
-        return out
-
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None):
     """Return (typed config object, DictConfig as written: interpolations unresolved, for `open_run`)."""

@@ -18,6 +18,7 @@ from orchestration.core.config import ConfigError, DataConfig, at, check_min
 from orchestration.core.edits import edits_for
 from orchestration.core.records import StudentResult
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl, write_atomic
+from orchestration.core import domains
 from student.config import StudentConfig
 
 CONDITIONS = ("base", "passage", "edits")
@@ -84,7 +85,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
 
     cfg.check()
     d = cfg.data
-    contexts = d.load("data")
+    contexts = domains.load_data(d, "data")
     edits = edits_for(contexts, cfg.edits) if "edits" in cfg.conditions else {}
     run = open_run("adapt", cfg.run_dir, resolved)
     results_path = run / "results.jsonl"

@@ -22,6 +22,7 @@ from orchestration.core.catalog import cache_dir, check_model
 from orchestration.core.config import ConfigError, DataConfig, at
 from orchestration.core.edits import edits_for
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl, write_atomic
+from orchestration.core import domains
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
 
@@ -63,7 +64,6 @@ def step_edits(cfg: ContinualConfig, contexts) -> list[str]:
         return [by_ctx[c.context_id][0] for c in contexts]
     from teacher.generate import make_backend
 
-    from orchestration.core import domains
     from orchestration.driver.steps import Slot, write_edits
 
     backend = make_backend(cfg.teacher.model, cfg.teacher, cache=cfg.models_cache)
@@ -108,7 +108,7 @@ def run_continual(cfg: ContinualConfig, resolved) -> dict:
 
     cfg.check()
     d = cfg.data
-    contexts = d.load("data")
+    contexts = domains.load_data(d, "data")
     if len(contexts) < 2:
         raise ConfigError(f"data gives {len(contexts)} context(s); continual mode needs a sequence of 2 or more")
     if cfg.edits == "teacher":

@@ -224,7 +224,7 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
     """Run (or resume) `seal evaluate`; returns the summary rows (also in evaluate.csv/.md)."""
     cfg.check()
     d = cfg.data
-    contexts = d.load("data")
+    contexts = domains.load_data(d, "data")
     file_edits = edits_for(contexts, cfg.edits) if "file" in cfg.conditions else {}
     if "teacher" in cfg.conditions:
         check_prompts(cfg.teacher, d.domain, cfg.models_cache, "teacher", {"data": contexts})

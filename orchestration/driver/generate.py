@@ -79,7 +79,7 @@ def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
 
     cfg.check()
     d = cfg.data
-    contexts = d.load("data")
+    contexts = domains.load_data(d, "data")
     check_prompts(cfg.teacher, d.domain, cfg.models_cache, "teacher", {"data": contexts})
     out = Path(cfg.out)
     partial = out.with_name(out.name + ".partial.jsonl")

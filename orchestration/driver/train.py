@@ -249,8 +249,8 @@ def prepare(cfg: TrainConfig, key: str = "") -> tuple[list[Context], list[Contex
     """(train, heldout) contexts of a config that passed ``cfg.check(key)``, refusing what only the data
     shows: too few contexts, overlap, prompts over ``teacher.max_prompt_tokens``. Runs before any work
     and before the run folder exists."""
-    train = cfg.data.load(at(key, "data"))
-    heldout = cfg.heldout.load(at(key, "heldout"))
+    train = domains.load_data(cfg.data, at(key, "data"))
+    heldout = domains.load_data(cfg.heldout, at(key, "heldout"))
     cfg.check_contexts(train, heldout, key)
     used = list({c.context_id: c for r in range(cfg.rounds) for c in contexts_of(cfg, train, r)}.values())
     check_prompts(cfg.teacher, cfg.data.domain, cfg.models_cache, at(key, "teacher"),
