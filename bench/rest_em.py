@@ -58,9 +58,10 @@ def heldout_eval(cfg, teacher_model: str, students: list[str], run: Path, condit
 def per_student(run: Path, student: str, condition: str, metric: str) -> dict:
     from orchestration.core.records import StudentResult, question_values
     from orchestration.core.runs import read_jsonl
+    from orchestration.driver.keys import JobKey
 
     return question_values([r for r in map(StudentResult.from_json, read_jsonl(run / "results.jsonl"))
-                            if r.condition == condition and r.key.endswith(f"@{student}")], metric)
+                            if r.condition == condition and JobKey.parse(r.key).model == student], metric)
 
 
 def summary(values: dict) -> dict:
@@ -84,7 +85,8 @@ def main() -> None:
     from orchestration.core.config import load_config
     from orchestration.core.runs import read_jsonl
     from orchestration.core.stats import mean, paired_by_context, spread
-    from orchestration.driver.train import TrainConfig, run_train, teacher_at
+    from orchestration.driver.rounds import teacher_at
+    from orchestration.driver.train import TrainConfig, run_train
 
     root = Path(args.run_dir)
     cfg, resolved = load_config(TrainConfig, REPO / "configs" / "rest_em_squad.yaml",

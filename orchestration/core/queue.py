@@ -8,23 +8,19 @@ No server: the driver and every worker open the same file. The contract:
 - **Retries and dead letters.** Each delivery is one attempt, kept in `attempts(key)`. A `nack`, or a
   lease that runs out, costs an attempt; after `max_attempts` the job is 'dead' with its last error,
   and the other jobs go on being leased (one poisoned job never stops a round).
-- **Idempotent.** A job key is unique forever: putting it again does nothing, and one key holds at
-  most one result. A late ack from a delivery whose lease expired still counts if no result exists
-  yet (the work is valid); any later ack of the key returns False and changes nothing.
-- **Stale.** `drop` marks jobs the driver no longer wants (too old a teacher version, or a round it
-  has given up on) as 'stale'; they are never leased again and their acks are refused.
-- **No attempt left open.** A job that reaches a final state closes every attempt row it still has
-  open: the holder of a job finished by an earlier delivery's late ack is 'superseded', the holder
-  of a dropped job 'dropped'. Such a holder may die without a word, and nothing else would close it.
-- **Groups.** Jobs put with the same `group` are leased together (`lease_group`: the oldest
-  leasable job and every leasable job of its group) and acked together (`ack_many`, one
-  transaction), so a worker that dies mid-group leaves the whole group to be delivered again: the
-  same jobs then run with the same companions (a batched worker's numbers depend on them).
-- **JSON only.** Payloads and results are stored with `json.dumps`, never pickle, so the file can be
-  read by any version of the code (and by `sqlite3` on the command line).
-- **Safe across processes.** Every write is one `BEGIN IMMEDIATE` transaction, so two workers can
-  never lease the same job. Each process (and each thread) opens its own `Queue`: a connection
-  must not be shared.
+- **Idempotent.** A job key is unique forever: putting it again does nothing; it holds one result at
+  most. A late ack (its lease expired) still counts if no result exists yet; later acks return False.
+- **Stale.** `drop` marks jobs the driver no longer wants (too old a teacher version, a round given
+  up on) 'stale': never leased again, their acks refused.
+- **No attempt left open.** A job in a final state closes its open attempt rows: 'superseded' (an
+  earlier delivery's late ack finished it) or 'dropped'. Their holder may die without a word.
+- **Groups.** Jobs of one `group` are leased together (`lease_group`) and acked together
+  (`ack_many`, one transaction): a worker that dies mid-group leaves the whole group to be
+  delivered again, so the same jobs run with the same companions (batched numbers depend on them).
+- **JSON only.** Payloads and results are `json.dumps` text, never pickle: any version of the code
+  (and `sqlite3` on the command line) reads the file.
+- **Safe across processes.** Every write is one `BEGIN IMMEDIATE` transaction, so two workers never
+  lease the same job. Each process (and thread) opens its own `Queue`: never share a connection.
 
 Job states: pending -> leased -> done | dead | stale (leased -> pending again after a nack or expiry).
 `max_attempts` belongs to the `Queue` object, not the file: the driver and workers should agree on it.

@@ -24,9 +24,11 @@ import importlib
 import os
 import sqlite3
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 from orchestration.core import catalog
-from orchestration.core.config import ConfigError, load_config
+from orchestration.core.config import Choice, ConfigError, check_choice, check_min, load_config
 from orchestration.core.contexts import ContextDataError
 
 DEBUG_ENV = "SEAL_DEBUG"
@@ -67,6 +69,78 @@ CONFIG_COMMANDS = {
 }
 
 
+# ----- `seal worker`: its config is the run's own, of one of the commands that queue jobs --------
+WORKER_SCHEMAS = {name: CONFIG_COMMANDS[name][:2] for name in ("train", "evaluate")}
+
+
+class Until(Choice):
+    drained = "drained"
+    stopped = "stopped"
+
+
+@dataclass
+class WorkerCommand:
+    """`seal worker run_dir=PATH student=NAME [...]`: serve one student's adapt jobs of a run."""
+
+    run_dir: str = "???"
+    """The run folder (its config.yaml says how the student is adapted and scored)."""
+    student: str = "???"
+    """Which of the run's students (its ``model`` value) to serve."""
+    threads: int = 0
+    """torch threads (0 = the run config's student.threads)."""
+    until: Until = Until.drained
+    """'drained': exit when none of this student's jobs is pending or leased; 'stopped': keep polling
+    until the driver sets the queue's stop flag."""
+    parent_pid: Optional[int] = None
+    """Exit when this process is gone (set by `seal train` for the workers it starts)."""
+
+    def check(self, key: str = "") -> None:
+        check_choice(self, key, "until", Until)
+        check_min(self, key, 0, "threads")
+        check_min(self, key, 1, "parent_pid")
+
+
+def run_worker(cmd: WorkerCommand) -> int:
+    """Serve jobs per ``cmd``; returns the number of jobs acked."""
+    import json
+    from pathlib import Path
+
+    from orchestration.core.catalog import cache_dir, check_model
+    from orchestration.core.runs import CONFIG_FILE, MANIFEST_FILE
+    from orchestration.driver.launch import QUEUE_FILE
+    from student.worker import Worker
+
+    cmd.check()
+    cfg_path, manifest = Path(cmd.run_dir) / CONFIG_FILE, Path(cmd.run_dir) / MANIFEST_FILE
+    if not cfg_path.is_file() or not manifest.is_file():
+        raise ConfigError(f"run_dir={cmd.run_dir} has no {CONFIG_FILE}; start the run with `seal train` first")
+    module, schema = WORKER_SCHEMAS[json.loads(manifest.read_text())["command"]]
+    cfg, _ = load_config(getattr(importlib.import_module(module), schema), cfg_path)
+    keys = {s.model: f"students.{i}" for i, s in enumerate(cfg.students)}
+    by_name = {s.model: s for s in cfg.students}
+    if getattr(cfg, "roles", "split") == "same":  # the student is a teacher version: v0 or checkpoints/v{n}
+        from dataclasses import replace
+
+        by_name, keys = {cmd.student: replace(cfg.students[0], model=cmd.student)}, {cmd.student: "students.0"}
+    if cmd.student not in by_name:
+        raise ConfigError(f"student={cmd.student!r} is not a student of this run; choose one of {sorted(by_name)}")
+    student = by_name[cmd.student]
+    try:  # what this worker uses of the run's config, checked before it loads a model
+        cfg.workers.check("workers")
+        student.check(keys[cmd.student])
+        check_model(student.model, f"{keys[cmd.student]}.model", cache_dir(cfg.models_cache))
+    except ConfigError as e:
+        raise ConfigError(f"{cfg_path}: {e}") from None
+    if cmd.threads:
+        student.threads = cmd.threads
+    worker = Worker(student, cache=cfg.models_cache, judge_cache=Path(cmd.run_dir) / "judge_cache.json")
+    print(f"worker {worker.worker_id} serving {worker.kind} in {cmd.run_dir}", flush=True)
+    n = worker.serve(Path(cmd.run_dir) / QUEUE_FILE, lease_s=cfg.workers.lease_s, until=cmd.until,
+                     poll_s=cfg.workers.poll_s, parent_pid=cmd.parent_pid, max_attempts=cfg.workers.max_attempts)
+    print(f"worker {worker.worker_id}: {n} jobs acked", flush=True)
+    return n
+
+
 def _config_command(args) -> None:
     module, schema, run = CONFIG_COMMANDS[args.command][:3]
     mod = importlib.import_module(module)
@@ -76,8 +150,6 @@ def _config_command(args) -> None:
 
 
 def _worker(args) -> None:
-    from orchestration.driver.launch import WorkerCommand, run_worker
-
     cmd, _ = load_config(WorkerCommand, None, args.overrides)
     args.run_dir = cmd.run_dir
     run_worker(cmd)

@@ -25,8 +25,10 @@ from orchestration.core.config import Choice, ConfigError, at
 from orchestration.core.records import StudentResult
 from orchestration.core.runs import open_run, read_jsonl, write_atomic
 from orchestration.core.stats import bootstrap_ci, fmt_paired
+from orchestration.driver.keys import JobKey
 from orchestration.driver.report import paired_heldout
-from orchestration.driver.train import SAME, TrainConfig, prepare, teacher_at
+from orchestration.driver.rounds import teacher_at
+from orchestration.driver.train_config import SAME, TrainConfig, prepare
 
 
 class Arm(Choice):
@@ -112,8 +114,9 @@ def arm_curves(arm_dir: Path) -> list[dict]:
     curves: dict[str, dict] = {}
     for row in rows:
         for label, model in row["students"].items():
-            scores = [v.score for k, r in results.items() if k.startswith(f"v{row['teacher_version']}/heldout/")
-                      and k.endswith(f"@{model}") for v in r.verdicts]
+            mine = [r for k, r in results.items()
+                    if (key := JobKey.parse(k)).heldout_version == row["teacher_version"] and key.model == model]
+            scores = [v.score for r in mine for v in r.verdicts]
             lo, hi = bootstrap_ci(scores)
             c = curves.setdefault(label, {"student": label, "rounds": [], "accuracy": [], "ci": [], "n": []})
             c["rounds"].append(row["round"])

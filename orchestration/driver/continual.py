@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from orchestration.core.catalog import cache_dir, check_model
@@ -64,13 +63,14 @@ def step_edits(cfg: ContinualConfig, contexts) -> list[str]:
         return [by_ctx[c.context_id][0] for c in contexts]
     from teacher.generate import make_backend
 
+    from orchestration.driver.keys import EditId
     from orchestration.driver.steps import Slot, write_edits
 
     backend = make_backend(cfg.teacher.model, cfg.teacher, cache=cfg.models_cache)
     out: dict[str, str] = {}
     try:
         write_edits(backend, cfg.teacher, domains.get(cfg.data.domain),
-                    [Slot(c.context_id, c, "generate", 0) for c in contexts], out,
+                    [Slot(str(EditId(c.context_id)), c, "generate", 0) for c in contexts], out,
                     lambda rows, _: out.update((s.edit_id, g.text) for s, _, g in rows), greedy=lambda _: True)
     finally:
         backend.close()
@@ -104,7 +104,7 @@ def run_continual(cfg: ContinualConfig, resolved) -> dict:
     from student.scoring import make_grader, score_context
     from orchestration.core.domains.sequences import edit_to_sequences
 
-    from orchestration.driver.train import check_prompts
+    from orchestration.driver.steps import check_prompts
 
     cfg.check()
     d = cfg.data

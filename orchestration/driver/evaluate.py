@@ -30,9 +30,9 @@ from orchestration.core.runs import open_run, read_jsonl, write_atomic
 from orchestration.core.stats import bootstrap_ci, fmt_paired, paired_by_context, spread
 from orchestration.driver import launch
 from orchestration.driver.generate import teacher_version
-from orchestration.driver.steps import Slot, grouped
-from orchestration.driver.train import (EvalConfig, WorkersConfig, check_constrain, check_prompts, collect,
-                                        generate_edits)
+from orchestration.driver.keys import CondKey, EditId, JobKey
+from orchestration.driver.steps import (EvalConfig, Slot, WorkersConfig, check_constrain, check_prompts, collect,
+                                        generate_edits, grouped, make_workers)
 from student.config import StudentConfig, check_students
 from student.worker import job_kind
 from teacher.config import TeacherConfig
@@ -116,29 +116,28 @@ def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[Self
     for s in cfg.students:
         kind = job_kind(s.model)
 
-        def job(key, cond, group, edits, sample=0, seed=None):
-            payload = {"domain": domain.NAME, "condition": cond, "edit_id": None, "sample": sample,
+        def job(cond, group, edits, sample=None, seed=None):
+            payload = {"domain": domain.NAME, "condition": cond, "edit_id": None, "sample": sample or 0,
                        **({} if seed is None else {"seed": seed})}
             if n == 1:
                 payload |= {"context": domain.to_json(group[0]), "edit": edits[0]}
             else:
                 payload |= {"contexts": [domain.to_json(c) for c in group], "edits": edits}
-            return Job(f"{key}@{s.model}", kind, payload, teacher_version=0)
+            key = CondKey(cond, tuple(c.context_id for c in group), seed, sample)
+            return Job(str(JobKey(key, s.model)), kind, payload, teacher_version=0)
 
         if "base" in cfg.conditions:
-            jobs += [job(f"base/{c.context_id}", "base", [c], [""]) for c in contexts]
+            jobs += [job("base", [c], [""]) for c in contexts]
         for group in groups:
-            gid = "+".join(c.context_id for c in group)
             teacher = [teacher_edits.get(c.context_id, []) for c in group]
             files = [file_edits.get(c.context_id, []) if "file" in cfg.conditions else [] for c in group]
             for seed in cfg.seeds:
                 if recipe in cfg.conditions:
-                    jobs.append(job(f"s{seed}/{recipe}/{gid}", recipe, group, [""] * len(group), seed=seed))
+                    jobs.append(job(recipe, group, [""] * len(group), seed=seed))
                 for i in range(min(map(len, teacher))):  # the i-th edit of every context in the group
-                    jobs.append(job(f"s{seed}/teacher/{gid}/{i}", "teacher", group, [t[i].text for t in teacher],
-                                    i, seed))
+                    jobs.append(job("teacher", group, [t[i].text for t in teacher], i, seed))
                 for i in range(min(map(len, files))):
-                    jobs.append(job(f"s{seed}/file/{gid}/{i}", "file", group, [f[i] for f in files], i, seed))
+                    jobs.append(job("file", group, [f[i] for f in files], i, seed))
     return jobs
 
 
@@ -149,10 +148,10 @@ def summarize(cfg: EvaluateConfig, results: dict[str, StudentResult]) -> list[di
         for cond in cfg.conditions:
             per_seed: dict[int, dict[str, list[float]]] = {}  # seed -> job key without seed -> scores
             for key, r in results.items():
-                if not key.endswith(f"@{s.model}") or r.condition != cond:
+                k = JobKey.parse(key)
+                if k.model != s.model or r.condition != cond:
                     continue
-                seed, rest = (0, key) if cond == "base" else (int(key.split("/", 1)[0][1:]), key.split("/", 1)[1])
-                per_seed.setdefault(seed, {})[rest] = [v.score for v in r.verdicts]
+                per_seed.setdefault(k.seed, {})[k.without_seed()] = [v.score for v in r.verdicts]
             if not per_seed:
                 continue
             # the same questions in the same order for every seed (results arrive in any order)
@@ -176,7 +175,7 @@ def paired_rows(cfg: EvaluateConfig, results: dict[str, StudentResult]) -> list[
     pairs = [(a, b) for a in ("teacher", "file", recipe) for b in (recipe, "base") if a != b]
     out = []
     for s in cfg.students:
-        mine = [r for k, r in results.items() if k.endswith(f"@{s.model}")]
+        mine = [r for k, r in results.items() if JobKey.parse(k).model == s.model]
         for a, b in pairs:
             if not {a, b} <= set(cfg.conditions):
                 continue
@@ -233,7 +232,7 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
     edits = {e.edit_id: e for e in map(SelfEdit.from_json, read_jsonl(run / "edits.jsonl"))}
     if "teacher" in cfg.conditions:
         k = cfg.eval.k if cfg.eval.sampled else 1
-        wanted = [Slot(f"v{version}/heldout/{c.context_id}/{i}", c, "heldout", i) for c in contexts for i in range(k)]
+        wanted = [Slot(str(EditId.heldout(version, c.context_id, i)), c, "heldout", i) for c in contexts for i in range(k)]
         generate_edits(cfg, run, 0, version, cfg.teacher.model, wanted, edits)
     by_ctx: dict[str, list[SelfEdit]] = {}
     for e in sorted(edits.values(), key=lambda e: e.sample):
@@ -241,7 +240,7 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
     jobs = build_jobs(cfg, contexts, by_ctx, file_edits)
     keys = {j.key for j in jobs}
     exported = {json.loads(x)["key"] for x in read_jsonl(run / "results.jsonl")}
-    workers = launch.make_workers(cfg, run)
+    workers = make_workers(cfg, run)
     with Queue(run / launch.QUEUE_FILE, max_attempts=cfg.workers.max_attempts) as q:
         q.put(grouped(jobs, cfg.workers.group_size))
         try:

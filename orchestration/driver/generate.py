@@ -23,6 +23,7 @@ from orchestration.core.config import ConfigError, DataConfig, at, diff_keys
 from orchestration.core.edits import FORMAT
 from orchestration.core.models import trim_cpu_memory
 from orchestration.core.runs import append_jsonl, read_jsonl, write_atomic
+from orchestration.driver.keys import EditId
 from orchestration.driver.steps import Slot, write_edits
 from teacher.config import TeacherConfig
 
@@ -75,7 +76,7 @@ def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
     """Write ``cfg.out``; returns its path. (``resolved`` is unused: the output's header is its record.)"""
     from teacher.generate import make_backend
 
-    from orchestration.driver.train import check_prompts
+    from orchestration.driver.steps import check_prompts
 
     cfg.check()
     d = cfg.data
@@ -95,7 +96,7 @@ def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
         append_jsonl(partial, json.dumps({"made_by": made_by}))
     done = {r["context_id"]: r for r in lines[1:]}
     n = cfg.edits_per_context
-    slots = [Slot(f"{c.context_id}/{i}", c, "generate", i) for c in contexts for i in range(n)]
+    slots = [Slot(str(EditId(c.context_id, i)), c, "generate", i) for c in contexts for i in range(n)]
     have = {f"{cid}/{i}" for cid in done for i in range(n)}
     g = cfg.teacher.generation
     if len(have) < len(slots):

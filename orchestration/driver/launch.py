@@ -16,15 +16,13 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from tqdm import tqdm
 
-from orchestration.core.config import Choice, check_choice, check_min
 from orchestration.core.queue import Queue
 from student.worker import STOP_FLAG, Worker
+
 
 class WorkerError(RuntimeError):
     """A worker process kept dying; the run folder is resumable once the cause is fixed."""
@@ -129,93 +127,3 @@ class ProcessWorkers:
             except subprocess.TimeoutExpired:  # mid-job: its lease runs out and the job is redone
                 proc.terminate()
         self.procs.clear()
-
-
-def make_workers(cfg, run: Path):
-    if getattr(cfg, "launcher", "local") == "ray":
-        from orchestration.driver.ray_launch import RayWorkers
-
-        return RayWorkers(cfg, run)
-    if cfg.workers.mode == "inline":
-        return InlineWorkers(cfg, run)
-    return ProcessWorkers(cfg, run)
-
-
-def teacher_backend(cfg, model: str):
-    """The teacher's generation backend for ``model``: in this process, or a Ray actor (launcher: ray).
-    Both have the interface of `teacher.generate.TransformersBackend`."""
-    if getattr(cfg, "launcher", "local") == "ray":
-        from orchestration.driver.ray_launch import RayTeacherBackend
-
-        return RayTeacherBackend(cfg, model)
-    from teacher.generate import make_backend
-
-    return make_backend(model, cfg.teacher, cache=cfg.models_cache)
-
-
-class Until(Choice):
-    drained = "drained"
-    stopped = "stopped"
-
-
-@dataclass
-class WorkerCommand:
-    """`seal worker run_dir=PATH student=NAME [...]`: serve one student's adapt jobs of a run."""
-
-    run_dir: str = "???"
-    """The run folder (its config.yaml says how the student is adapted and scored)."""
-    student: str = "???"
-    """Which of the run's students (its ``model`` value) to serve."""
-    threads: int = 0
-    """torch threads (0 = the run config's student.threads)."""
-    until: Until = Until.drained
-    """'drained': exit when none of this student's jobs is pending or leased; 'stopped': keep polling
-    until the driver sets the queue's stop flag."""
-    parent_pid: Optional[int] = None
-    """Exit when this process is gone (set by `seal train` for the workers it starts)."""
-
-    def check(self, key: str = "") -> None:
-        check_choice(self, key, "until", Until)
-        check_min(self, key, 0, "threads")
-        check_min(self, key, 1, "parent_pid")
-
-
-def run_worker(cmd: WorkerCommand) -> int:
-    """Serve jobs per ``cmd``; returns the number of jobs acked."""
-    import json
-
-    from orchestration.core.catalog import cache_dir, check_model
-    from orchestration.core.config import ConfigError, load_config
-    from orchestration.core.runs import CONFIG_FILE, MANIFEST_FILE
-    from orchestration.driver.evaluate import EvaluateConfig
-    from orchestration.driver.train import TrainConfig
-
-    cmd.check()
-    cfg_path, manifest = Path(cmd.run_dir) / CONFIG_FILE, Path(cmd.run_dir) / MANIFEST_FILE
-    if not cfg_path.is_file() or not manifest.is_file():
-        raise ConfigError(f"run_dir={cmd.run_dir} has no {CONFIG_FILE}; start the run with `seal train` first")
-    schema = {"train": TrainConfig, "evaluate": EvaluateConfig}[json.loads(manifest.read_text())["command"]]
-    cfg, _ = load_config(schema, cfg_path)
-    keys = {s.model: f"students.{i}" for i, s in enumerate(cfg.students)}
-    by_name = {s.model: s for s in cfg.students}
-    if getattr(cfg, "roles", "split") == "same":  # the student is a teacher version: v0 or checkpoints/v{n}
-        from dataclasses import replace
-
-        by_name, keys = {cmd.student: replace(cfg.students[0], model=cmd.student)}, {cmd.student: "students.0"}
-    if cmd.student not in by_name:
-        raise ConfigError(f"student={cmd.student!r} is not a student of this run; choose one of {sorted(by_name)}")
-    student = by_name[cmd.student]
-    try:  # what this worker uses of the run's config, checked before it loads a model
-        cfg.workers.check("workers")
-        student.check(keys[cmd.student])
-        check_model(student.model, f"{keys[cmd.student]}.model", cache_dir(cfg.models_cache))
-    except ConfigError as e:
-        raise ConfigError(f"{cfg_path}: {e}") from None
-    if cmd.threads:
-        student.threads = cmd.threads
-    worker = Worker(student, cache=cfg.models_cache, judge_cache=Path(cmd.run_dir) / "judge_cache.json")
-    print(f"worker {worker.worker_id} serving {worker.kind} in {cmd.run_dir}", flush=True)
-    n = worker.serve(Path(cmd.run_dir) / QUEUE_FILE, lease_s=cfg.workers.lease_s, until=cmd.until,
-                     poll_s=cfg.workers.poll_s, parent_pid=cmd.parent_pid, max_attempts=cfg.workers.max_attempts)
-    print(f"worker {worker.worker_id}: {n} jobs acked", flush=True)
-    return n

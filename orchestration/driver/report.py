@@ -12,6 +12,7 @@ from typing import Callable
 
 from orchestration.core.queue import Queue
 from orchestration.core.records import StudentResult
+from orchestration.driver.keys import JobKey
 
 
 
@@ -24,7 +25,7 @@ def heldout_scores(students, wanted, results: dict[str, StudentResult]) -> dict:
     """student label -> pooled accuracy of the teacher's held-out edits (missing: dead or stale jobs)."""
     out = {}
     for label, s in students:
-        keys = [f"{w.edit_id}@{s.model}" for w in wanted if w.purpose == "heldout"]
+        keys = [str(JobKey.of_edit(w.edit_id, s.model)) for w in wanted if w.purpose == "heldout"]
         got = [results[k] for k in keys if k in results]
         out[label] = {**_pooled(got), "n_edits": len(got), "n_missing": len(keys) - len(got)}
     return out
@@ -33,7 +34,7 @@ def heldout_scores(students, wanted, results: dict[str, StudentResult]) -> dict:
 def reference_scores(students, heldout, results: dict[str, StudentResult], conditions=("base", "passage")) -> dict:
     """student label -> {condition: score} for the domain's reference conditions: the unadapted
     student, and the domain's fixed recipe (knowledge: trained on each passage; ARC: default_ttt)."""
-    return {label: {cond: _pooled([results[k] for c in heldout if (k := f"{cond}/{c.context_id}@{s.model}")
+    return {label: {cond: _pooled([results[k] for c in heldout if (k := str(JobKey.reference(cond, c.context_id, s.model)))
                                    in results]) for cond in conditions} for label, s in students}
 
 
@@ -110,18 +111,18 @@ def paired_heldout(run: Path, rows: list[dict], reference: str) -> dict:
     results = list(map(StudentResult.from_json, read_jsonl(run / "results.jsonl")))
     first, last = rows[0], rows[-1]
 
-    def values(prefix: str, model: str, metric: str) -> dict:
-        return question_values([r for r in results if r.key.startswith(prefix) and r.key.endswith(f"@{model}")],
-                               metric)
+    def values(pick: Callable[[JobKey], bool], model: str, metric: str) -> dict:
+        keys = {r.key: JobKey.parse(r.key) for r in results}
+        return question_values([r for r in results if keys[r.key].model == model and pick(keys[r.key])], metric)
 
     out = {}
     name = f"v{last['teacher_version']}"
     for label, model in first["students"].items():
         out[label] = {}
         for metric in ("score", "loglik"):
-            v0 = values(f"v{first['teacher_version']}/heldout/", model, metric)
-            vl = values(f"{name}/heldout/", last["students"][label], metric)
-            ref = values(f"{reference}/", model, metric)
+            v0 = values(lambda k: k.heldout_version == first["teacher_version"], model, metric)
+            vl = values(lambda k: k.heldout_version == last["teacher_version"], last["students"][label], metric)
+            ref = values(lambda k: k.condition == reference, model, metric)
             if last["teacher_version"] != first["teacher_version"]:  # else there is nothing to compare
                 out[label].setdefault(f"{name} - v0", {})[metric] = paired_by_context(vl, v0)
             out[label].setdefault(f"{name} - {reference}", {})[metric] = paired_by_context(vl, ref)

@@ -1,5 +1,6 @@
-"""What the commands that have a teacher write edits share: the edit slot, and one way to chunk
-and seed the writing.
+"""What the commands with a teacher or a queue share: the edit slot and one way to chunk and seed
+the writing of edits, the worker and evaluation settings, the checks of a teacher's prompts, who
+runs the workers and the teacher, and the collection of results.
 
 `seal train`, `seal evaluate`, `seal generate` and `seal continual` all go through `write_edits`.
 Its seeds depend only on *what* is generated, never on list positions or global state, so an
@@ -15,10 +16,20 @@ A chunk is handed to ``save`` in one call, which writes it all at once.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, NamedTuple
 
+from orchestration.core import domains
+from orchestration.core.config import Choice, ConfigError, at, check_choice, check_min, check_positive
 from orchestration.core.contexts import Context
 from orchestration.core.faults import fault
+from orchestration.core.models import trim_cpu_memory
+from orchestration.core.queue import Queue
+from orchestration.core.records import SelfEdit, StudentResult
+from orchestration.core.runs import append_jsonl
+from teacher.config import TeacherConfig
 
 
 class Slot(NamedTuple):
@@ -96,3 +107,143 @@ def grouped(jobs: list, size: int) -> list:
             for key in members:
                 out[key] = replace(out[key], group=f"{members[0]}+{len(members)}")
     return [out[j.key] for j in jobs]
+
+
+# ----- settings shared by seal train and seal evaluate --------------------------------------------
+class WorkersMode(Choice):
+    process = "process"
+    inline = "inline"
+
+
+@dataclass
+class WorkersConfig:
+    """Student workers on this machine."""
+
+    mode: WorkersMode = WorkersMode.process
+    """'process': `seal worker` subprocesses started by `seal train`; 'inline': one worker per student
+    inside the driver process (smallest setups)."""
+    per_student: int = 1
+    """Worker processes per student (mode 'process'); 1 or more."""
+    threads: int = 0
+    """torch threads per worker process; 0 = CPU cores // number of worker processes."""
+    lease_s: float = 120.0
+    """Seconds (> 0) a leased job stays with its worker without renewal (renewed every lease_s / 3 while
+    it runs); after a worker dies, its job is delivered again once this runs out."""
+    max_attempts: int = 3
+    """Deliveries of a job (1 or more) before it is dead-lettered (left out of rewards, counted in the
+    metrics)."""
+    poll_s: float = 0.5
+    """Seconds (> 0) between queue polls of an idle worker or a waiting driver."""
+    restarts: int = 3
+    """Restarts per worker process after it dies (0 or more); beyond that `seal train` stops (resumable)."""
+    group_size: int = 8
+    """K: adaptations a worker trains and answers in one pass (1 or more). The driver cuts each
+    student's jobs, in key order, into fixed groups of K; a worker leases, runs and acks a group
+    whole, so a result never depends on which jobs ran beside it by chance. Each adaptation keeps
+    its own recipe, optimizer and stopping point; K only changes the speed (bench/inner_loop.py)."""
+
+    def check(self, key: str = "workers") -> None:
+        check_choice(self, key, "mode", WorkersMode)
+        check_min(self, key, 1, "per_student", "max_attempts", "group_size")
+        check_min(self, key, 0, "threads", "restarts")
+        check_positive(self, key, "lease_s", "poll_s")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation of each teacher version."""
+
+    sampled: bool = False
+    """False: one greedy edit per held-out context. True: ``k`` sampled edits, reporting their mean."""
+    k: int = 1
+    """Edits per held-out context when ``sampled`` (1 or more)."""
+
+    def check(self, key: str = "eval") -> None:
+        check_min(self, key, 1, "k")
+
+
+# ----- the teacher: checks, backend, edits -------------------------------------------------------
+def check_constrain(teacher: TeacherConfig, domain: str, key: str = "") -> None:
+    """Constrained decoding needs a domain whose edits form a finite set."""
+    if teacher.generation.constrain and domains.get(domain).edit_choices() is None:
+        raise ConfigError(f"{at(key, 'teacher.generation.constrain')}=true, but data.domain={domain!r} has "
+                          f"free-text edits with no finite format to constrain to; set "
+                          f"teacher.generation.constrain=false")
+
+
+def check_prompts(teacher: TeacherConfig, domain: str, cache: str | None, key: str, selections: dict) -> None:
+    """The teacher's prompt for every context of ``selections`` (data key -> contexts) is within
+    ``teacher.max_prompt_tokens``; only the tokenizer is loaded. Shared by every command with a teacher."""
+    from teacher.prompts import check_prompt_lengths, prompt_tokenizer
+
+    tokenizer, chat = prompt_tokenizer(teacher, cache, key)
+    for data_key, contexts in selections.items():
+        check_prompt_lengths(teacher, contexts, domains.get(domain), tokenizer, chat, key, data_key)
+
+
+def make_workers(cfg, run: Path):
+    """Who runs the student workers of ``cfg``: Ray actors (launcher: ray), threads of this process
+    (workers.mode: inline) or `seal worker` processes."""
+    from orchestration.driver.launch import InlineWorkers, ProcessWorkers
+
+    if getattr(cfg, "launcher", "local") == "ray":
+        from orchestration.driver.ray_launch import RayWorkers
+
+        return RayWorkers(cfg, run)
+    if cfg.workers.mode == "inline":
+        return InlineWorkers(cfg, run)
+    return ProcessWorkers(cfg, run)
+
+
+def teacher_backend(cfg, model: str):
+    """The teacher's generation backend for ``model``: in this process, or a Ray actor (launcher: ray).
+    Both have the interface of `teacher.generate.TransformersBackend`."""
+    if getattr(cfg, "launcher", "local") == "ray":
+        from orchestration.driver.ray_launch import RayTeacherBackend
+
+        return RayTeacherBackend(cfg, model)
+    from teacher.generate import make_backend
+
+    return make_backend(model, cfg.teacher, cache=cfg.models_cache)
+
+
+def generate_edits(cfg, run: Path, r: int, version: int, model: str, wanted: list[Slot],
+                   edits: dict) -> None:
+    """Write the missing edits of ``wanted`` to edits.jsonl (`write_edits`: fixed chunks,
+    seeded by their ids; each chunk appended in one write, so a crash loses at most the chunk in
+    progress, and its resume regenerates the same chunk)."""
+    if all(w.edit_id in edits for w in wanted):
+        return
+    domain = domains.get(cfg.data.domain)
+    backend = teacher_backend(cfg, model)
+
+    def save(rows, sampling):
+        new = [SelfEdit(edit_id=w.edit_id, context_id=w.context.context_id, teacher_version=version, round=r,
+                        purpose=w.purpose, sample=w.sample, template=cfg.teacher.prompt, chat=backend.chat,
+                        prompt=prompt, text=g.text, n_tokens=g.n_tokens, finished=g.finished, sampling=sampling)
+               for w, prompt, g in rows if w.edit_id not in edits]
+        append_jsonl(run / "edits.jsonl", "\n".join(e.to_json() for e in new))
+        edits.update((e.edit_id, e) for e in new)
+
+    try:
+        write_edits(backend, cfg.teacher, domain, wanted, edits, save,
+                    greedy=lambda purpose: purpose == "heldout" and not cfg.eval.sampled,
+                    choices=domain.edit_choices() if cfg.teacher.generation.constrain else None)
+    finally:
+        backend.close()
+        trim_cpu_memory()
+
+
+# ----- the students' results -------------------------------------------------------------------------
+def collect(q: Queue, keys: set[str], run: Path, exported: set[str]) -> dict[str, StudentResult]:
+    """Results of ``keys`` from the queue; new ones are appended to results.jsonl."""
+    out = {}
+    for key, raw in q.results().items():
+        if key in keys:
+            out[key] = StudentResult.from_json(json.dumps(raw))
+            if key not in exported:
+                append_jsonl(run / "results.jsonl", out[key].to_json())
+                exported.add(key)
+                fault("result")
+    return out
+

@@ -95,7 +95,7 @@ def _choices(cls=Choice):
 
 
 def test_config_enums_are_the_strings_they_name():
-    import orchestration.driver.launch  # noqa: F401  (WorkerCommand's enum)
+    import orchestration.driver.cli  # noqa: F401  (WorkerCommand's enum)
     from orchestration.core.domains import DOMAINS
 
     found = list(_choices())

@@ -19,10 +19,12 @@ import ray
 from orchestration.core.config import ConfigError, load_config
 from orchestration.core.contexts import context_to_json, load_contexts
 from orchestration.core.queue import Job, Queue
-from orchestration.driver import launch
-from orchestration.driver.ray_launch import RayConfig, RayWorkers, init_ray, student_actor
+from orchestration.driver import launch, steps
+from orchestration.driver.ray_cluster import RayConfig, init_ray
+from orchestration.driver.ray_launch import RayWorkers, student_actor
 from orchestration.driver.ray_models import model_files, ship, terminate
-from orchestration.driver.train import TrainConfig, WorkersConfig, run_train
+from orchestration.driver.steps import WorkersConfig
+from orchestration.driver.train import TrainConfig, run_train
 from student.config import AnswerSettings, LoraSettings, StudentConfig, TrainSettings
 from student.worker import LAG_FLAG, VERSION_FLAG, job_kind
 from tests.orchestration.test_train import check_complete, wait_for, write_config
@@ -202,7 +204,7 @@ def test_the_staleness_bound_and_a_failing_job_in_both_launchers(tmp_path, clust
         q.put(jobs)
         q.set_flag(VERSION_FLAG, "2")
         q.set_flag(LAG_FLAG, "1")  # v0 edits are 2 versions old: stale; v1 edits and base jobs are scored
-    workers = launch.make_workers(cfg, tmp_path)
+    workers = steps.make_workers(cfg, tmp_path)
     assert isinstance(workers, RayWorkers) == (launcher == "ray")
     try:
         workers.wait({j.key for j in jobs}, "jobs", cfg.students)
@@ -227,7 +229,7 @@ def test_teacher_generation_in_an_actor_matches_the_local_backend(cluster, tiny_
     outs = {}
     for launcher in ("local", "ray"):
         cfg.launcher = launcher
-        backend = launch.teacher_backend(cfg, tiny_chat_model)
+        backend = steps.teacher_backend(cfg, tiny_chat_model)
         try:
             prompts = [render(cfg.teacher.prompt, cfg.teacher.templates, c.title, c.context, backend.tokenizer,
                               backend.chat) for c in load_contexts("demo", limit=2)]

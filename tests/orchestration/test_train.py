@@ -317,7 +317,7 @@ def test_staleness_bound_drops_old_edits_with_the_reason(tmp_path, tiny_chat_mod
     """The local launcher applies max_teacher_lag from the queue flags the driver publishes: an edit
     of v0 is scored at v1 (lag 1) but dropped at v2, with the reason; reference jobs never go stale."""
     from orchestration.core.contexts import context_to_json
-    from orchestration.driver import launch
+    from orchestration.driver import launch, steps
     from student.worker import LAG_FLAG, VERSION_FLAG
 
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", rounds=0)
@@ -334,7 +334,7 @@ def test_staleness_bound_drops_old_edits_with_the_reason(tmp_path, tiny_chat_mod
         q.put(jobs)
         q.set_flag(VERSION_FLAG, "2")
         q.set_flag(LAG_FLAG, "1")
-    launch.make_workers(cfg, run).wait({j.key for j in jobs}, "test", cfg.students)
+    steps.make_workers(cfg, run).wait({j.key for j in jobs}, "test", cfg.students)
     with Queue(run / launch.QUEUE_FILE) as q:
         states = {j["key"]: (j["state"], j["last_error"]) for j in q.jobs()}
         assert set(q.results()) == {"fresh", "base"}
@@ -363,7 +363,7 @@ def test_async_rounds_prefetch_the_next_rounds_edits(tmp_path, tiny_chat_model, 
 
 
 def test_same_roles_keep_the_learning_rate_of_v0s_model():
-    from orchestration.driver.train import students_at
+    from orchestration.driver.train_config import students_at
 
     cfg = TrainConfig(roles="same")
     cfg.teacher.model = "gemma3-270m"  # a built-in with its own rate; its versions are folders
@@ -374,7 +374,7 @@ def test_same_roles_keep_the_learning_rate_of_v0s_model():
 
 
 def test_rounds_take_fresh_contexts_unless_reused():
-    from orchestration.driver.train import contexts_of
+    from orchestration.driver.train_config import contexts_of
 
     cfg = TrainConfig(rounds=2, contexts_per_round=2)
     train = list("abcdef")
