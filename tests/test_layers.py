@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_packages_import_without_torch():
     code = ("import sys, teacher, student, orchestration, orchestration.core.catalog, orchestration.core.contexts, "
             "orchestration.core.queue, orchestration.core.rewards, orchestration.driver.train, orchestration.driver.launch, "
-            "student.worker, teacher.prompts, teacher.generate, teacher.rest_em, teacher.versions, "
+            "student.worker, teacher.prompts, teacher.backend, teacher.generate, teacher.rest_em, teacher.versions, "
             "orchestration.driver.cli, orchestration.driver.adapt, student.scoring, student.model, student.judge, "
             "orchestration.driver.ray_launch, orchestration.driver.ray_models, orchestration.core.domains, "
             "teacher.vllm_backend, student.vllm_answer\n"

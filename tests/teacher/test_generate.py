@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from teacher.config import TeacherConfig
-from teacher.generate import Generation, TransformersBackend, batch_seed, finish, make_backend
+from teacher.backend import Generation, batch_seed
+from teacher.generate import TransformersBackend, finish, make_backend
 from teacher.prompts import render
 
 PROMPTS = ["Vell lighthouse facts.", "A", "The keeper of the lighthouse, and what she wrote in 1871 about it."]
