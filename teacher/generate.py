@@ -1,8 +1,9 @@
-"""Generation backends: rendered prompts in, n sampled self-edits per prompt out.
+"""The transformers generation backend, and `make_backend`, which loads the backend a config names.
 
-The interface is deliberately small (``generate(prompts, n, greedy=, seed=)`` and ``close()``, plus
-the ``tokenizer`` and ``chat`` attributes callers need to render prompts with `teacher.prompts`); the
-vLLM backend (`teacher.vllm_backend`, ``generation.backend: vllm``) has the same one.
+`TransformersBackend` implements `teacher.backend.Backend` (``generate(prompts, n, greedy=, seed=)``,
+``close()``, and the ``tokenizer`` and ``chat`` attributes callers need to render prompts with
+`teacher.prompts`); the vLLM backend (`teacher.vllm_backend`, ``generation.backend: vllm``) is the
+other implementation.
 
 The transformers backend departs from a plain loop over prompts in three ways, all for throughput
 on a small CPU: every (prompt, sample) pair is flattened into one list and generated in batches of
@@ -17,28 +18,15 @@ reseed (TRL's ``set_seed`` in SFT, PEFT's adapter init) while `async_rounds` gen
 from __future__ import annotations
 
 import gc
-import hashlib
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 from orchestration.core.models import autocast_dtype, eos_ids, uses_chat
+from teacher.backend import Backend, Generation, batch_seed, check_sampling
 from teacher.config import TeacherConfig
 from teacher.prompts import tokenize_prompt
 from teacher.versions import load_teacher
 
 BACKENDS = ("transformers", "vllm")
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str  # decoded, special tokens skipped, stripped
-    n_tokens: int  # generated tokens up to and including the end (EOS / end-of-turn); pads after it excluded
-    finished: bool  # ended by EOS / end-of-turn rather than by max_new_tokens
-
-
-def batch_seed(seed: int, index: int) -> int:
-    """torch seed of batch ``index``: a hash, so (seed, index) pairs never collide as seed + index would."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
 
 
 def finish(tokenizer, row: list[int], stops: set[int]) -> Generation:
@@ -182,11 +170,6 @@ class TransformersBackend:
         g = self.cfg.generation
         procs = [constraint] if constraint is not None else []
         if not greedy:
-            if g.temperature <= 0:
-                raise ValueError(f"teacher.generation.temperature must be > 0 for sampling, got {g.temperature}; "
-                                 f"greedy edits are asked for with greedy=True")
-            if not 0 < g.top_p <= 1:
-                raise ValueError(f"teacher.generation.top_p must be in (0, 1], got {g.top_p}")
             procs.append(NucleusSampler(g.temperature, g.top_p, generator))
         return {"do_sample": False, **({"logits_processor": LogitsProcessorList(procs)} if procs else {})}
 
@@ -203,16 +186,12 @@ class TransformersBackend:
 
     def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0,
                  choices: list[str] | None = None) -> list[list[Generation]]:
-        """``n`` edits for each rendered prompt: one list of n Generations per prompt, in prompt order.
-        With ``choices``, every edit is one of those texts (see `ChoiceConstraint`)."""
+        """`Backend.generate`; with ``choices``, every edit is one of those texts (see `ChoiceConstraint`)."""
         import torch
         from tqdm import tqdm
 
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if greedy and n != 1:
-            raise ValueError(f"greedy decoding gives {n} identical samples; ask for n=1")
         g = self.cfg.generation
+        check_sampling(g, n, greedy)
         ids = [tokenize_prompt(self.tokenizer, p, self.chat) for p in prompts]
         # Sorted by prompt length (stable: ties keep prompt order, a prompt's samples stay together).
         jobs = sorted(((i, s) for i in range(len(prompts)) for s in range(n)), key=lambda j: len(ids[j[0]]))
@@ -239,7 +218,7 @@ class TransformersBackend:
         gc.collect()
 
 
-def make_backend(model: str, cfg: TeacherConfig, cache: str | None = None):
+def make_backend(model: str, cfg: TeacherConfig, cache: str | None = None) -> Backend:
     """The generation backend named by ``cfg.generation.backend``, loaded with ``model``."""
     name = cfg.generation.backend
     if name == "transformers":

@@ -14,9 +14,10 @@ Departures from TRL's usual prompt-completion path, and why:
   keeps learning to stop. For chat models that is the end-of-turn token wherever the tokenizer sets
   eos to it (SmolLM2-Instruct: eos = <|im_end|>); a chat model whose eos differs from its end-of-turn
   token would need its tokenizer's eos set to the end-of-turn token first.
-- TRL 1.16 handles a pre-tokenized dataset (an ``input_ids`` column) without re-tokenizing or adding
+- TRL handles a pre-tokenized dataset (an ``input_ids`` column) without re-tokenizing or adding
   EOS; with ``completion_only_loss=True`` it folds ``completion_mask`` into a ``labels`` column
   (-100 where the mask is 0) during dataset preparation, and its collator pads labels with -100.
+  Checked on TRL 1.16; pyproject allows trl>=1.0, and releases before 1.16 are unchecked.
 """
 
 from __future__ import annotations

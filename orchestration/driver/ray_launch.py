@@ -137,7 +137,7 @@ class RayTeacherBackend:
                  choices: Optional[list[str]] = None):
         import ray
 
-        from teacher.generate import Generation
+        from teacher.backend import Generation
 
         rows = ray.get(self.actor.generate.remote(prompts, n, greedy, seed, choices))
         return [[Generation(**g) for g in row] for row in rows]

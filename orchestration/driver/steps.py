@@ -57,7 +57,7 @@ def plan_chunks(slots: list[Slot], batch_size: int) -> list[list[Slot]]:
 
 def chunk_seed(seed: int, chunk: list[Slot]) -> int:
     """The generate seed of a chunk: hashed from the base seed and its first edit id."""
-    from teacher.generate import batch_seed
+    from teacher.backend import batch_seed
 
     return batch_seed(seed, chunk[0].edit_id)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from teacher.config import TeacherConfig
-from teacher.generate import Generation, TransformersBackend, batch_seed, finish, make_backend
+from teacher.backend import Generation
+from teacher.generate import TransformersBackend, finish, make_backend
 from teacher.prompts import render
 
 PROMPTS = ["Vell lighthouse facts.", "A", "The keeper of the lighthouse, and what she wrote in 1871 about it."]
@@ -88,10 +89,6 @@ def test_chat_model_generates_from_rendered_prompts(tiny_chat_model):
     prompt = render("implications", {}, "Vell", "The Vell lighthouse was lit in 1871.", b.tokenizer, b.chat)
     out = b.generate([prompt], 2, seed=0)
     assert len(out) == 1 and len(out[0]) == 2
-
-
-def test_batch_seeds_do_not_collide():
-    assert len({batch_seed(s, i) for s in range(50) for i in range(50)}) == 2500
 
 
 @pytest.mark.parametrize("backend_name, error, needle", [
