@@ -114,7 +114,7 @@ def test_vllm_platform_raises_clear_error_here(tiny_model):
         vllm_platform("student.answer.backend")
     assert str(e.value).startswith("student.answer.backend=vllm needs")
     with pytest.raises(ConfigError, match="student.answer.backend=vllm needs"):
-        VLLMAnswerer(tiny_model, AnswerSettings(backend="vllm"), lora_rank=16)
+        VLLMAnswerer.start(tiny_model, AnswerSettings(backend="vllm"), lora_rank=16)
     assert "pip install -e '.[gpu]'" in str(e.value) and "make vllm-env" in str(e.value)
 
 
@@ -127,8 +127,8 @@ def test_vllm_answerer_serves_a_trained_adapter_on_gpu():
     cfg = StudentConfig(model="smollm2-135m-instruct")
     cfg.train.epochs = 2
     student = Student(cfg)
-    answerer = VLLMAnswerer(catalog.resolve(cfg.model), cfg.answer, lora_rank=cfg.lora.r,
-                            add_special_tokens=not student.chat)
+    answerer = VLLMAnswerer.start(catalog.resolve(cfg.model), cfg.answer, lora_rank=cfg.lora.r,
+                                  add_special_tokens=not student.chat)
     try:
         prompts = [student.prompt(q) for q in ("Who kept the Vell lighthouse?", "When was it lit?")]
         base = answerer.answer(prompts)
