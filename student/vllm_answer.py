@@ -215,8 +215,8 @@ class VLLMAnswerer:
         folder = self._slot_dirs.get(slot)
         if folder is None or not Path(folder).exists():
             if self.export is None:
-                raise ValueError(f"this VLLMAnswerer has no export(slot, folder) to save slot {slot} with; "
-                                 f"pass export=student.export_peft, or answer(prompts, adapter_dir) with a saved folder")
+                raise ValueError(f"this VLLMAnswerer has no export(slot, folder) to save slot {slot} with: pass "
+                                 f"export=student.export_peft, or call answer(prompts, adapter_dir) on a saved folder")
             folder = self._slot_dirs[slot] = self.save_adapter(lambda d: self.export(slot, d))
         return folder
 
