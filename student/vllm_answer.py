@@ -1,6 +1,6 @@
 """Answering through vLLM with runtime LoRA adapters (``student.answer.backend: vllm``).
 
-Training does not change: the student trains its adapters in torch (`student.model`). What changes
+Training does not change: the student trains its adapters in torch (`student.lora_train`). What changes
 is answering. A trained adapter is saved in PEFT's format (`Student.export_peft`: adapter_config.json
 + adapter_model.safetensors), and the questions go to one long-lived ``vllm.LLM(enable_lora=True)`` that
 holds the base model, with a ``LoRARequest`` naming that folder. vLLM loads an adapter on its first
@@ -151,27 +151,76 @@ class AdapterBook:
 
 
 class VLLMAnswerer:
-    """One vLLM engine on the base model; answers with no adapter or with a saved one.
+    """One vLLM engine on the base model; answers with no adapter or with a saved one, and, as a
+    student's `student.answerer.Answerer`, through the student's adapter slots.
 
-    ``settings`` is the student's ``answer`` node (max_new_tokens, and the engine in ``.vllm``);
-    ``lora_rank`` is ``student.lora.r``; ``add_special_tokens`` is ``not student.chat``.
+    `start` makes one on a fresh ``vllm.LLM``. ``llm`` is the engine (``generate``, and ``shutdown``
+    where vLLM has it); ``sampling_params`` and ``lora_request`` are vLLM's ``SamplingParams`` and
+    ``LoRARequest`` classes (a test's stand-in engine brings its own). ``settings`` is the student's
+    ``answer`` node (max_new_tokens, and the engine in ``.vllm``); ``add_special_tokens`` is
+    ``not student.chat``; ``export(slot, folder)`` writes a student's slot as a PEFT adapter folder
+    (`Student.export_peft`), needed only to answer through slots (`run`).
     """
 
-    def __init__(self, base_model_path: str, settings: AnswerSettings, *, lora_rank: int,
-                 add_special_tokens: bool = True, trust_remote_code: bool = False):
-        platform = vllm_platform("student.answer.backend")
-        import vllm
-        from transformers import AutoTokenizer
-
-        self.settings = settings
-        self.add_special_tokens = add_special_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
-        self.llm = vllm.LLM(**engine_kwargs(base_model_path, settings.vllm, lora_rank, trust_remote_code,
-                                            platform.is_cpu()))
+    def __init__(self, llm, tokenizer, settings: AnswerSettings, *, sampling_params: Callable,
+                 lora_request: Callable, add_special_tokens: bool = True,
+                 export: Callable[[int, str], None] | None = None):
+        self.llm, self.tokenizer, self.settings = llm, tokenizer, settings
+        self.sampling_params, self.lora_request = sampling_params, lora_request
+        self.add_special_tokens, self.export = add_special_tokens, export
         # A folder per worker, even in a shared adapter_dir: workers of one student run side by side.
         self.book = AdapterBook(tempfile.mkdtemp(prefix="seal-adapters-", dir=settings.vllm.adapter_dir),
                                 settings.vllm.keep_adapters)
+        self._slot_dirs: dict[int, str] = {}  # slot -> the folder its current weights were saved in
 
+    @classmethod
+    def start(cls, base_model_path: str, settings: AnswerSettings, *, lora_rank: int, add_special_tokens: bool = True,
+              trust_remote_code: bool = False, export: Callable[[int, str], None] | None = None) -> VLLMAnswerer:
+        """A `VLLMAnswerer` on a new ``vllm.LLM`` holding the base model; ``lora_rank`` is ``student.lora.r``."""
+        platform = vllm_platform("student.answer.backend")
+        import vllm
+        from transformers import AutoTokenizer
+        from vllm.lora.request import LoRARequest
+
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
+        llm = vllm.LLM(**engine_kwargs(base_model_path, settings.vllm, lora_rank, trust_remote_code,
+                                       platform.is_cpu()))
+        return cls(llm, tokenizer, settings, sampling_params=vllm.SamplingParams, lora_request=LoRARequest,
+                   add_special_tokens=add_special_tokens, export=export)
+
+    # ----- the student's Answerer ----------------------------------------------------------------
+    def run(self, prompts: list[str], slots: list[int], max_new_tokens: int, stop: str | None) -> list[str]:
+        """Greedy answers of rendered prompts, row n through slot ``slots[n]`` (-1: the base model),
+        one engine call per slot; ``stop`` None: an answer is its first line, stripped."""
+        out: list[str | None] = [None] * len(prompts)
+        for s in sorted(set(slots)):  # one adapter per engine call
+            idx = [n for n, x in enumerate(slots) if x == s]
+            got = self.answer([prompts[n] for n in idx], self._slot_dir(s) if s >= 0 else None,
+                              max_new_tokens=max_new_tokens, stop=stop or "\n")
+            for n, a in zip(idx, got):
+                out[n] = a
+        return out
+
+    def adapters_changed(self) -> None:
+        """The slots hold new weights (or none): save each again before its next answer."""
+        self._slot_dirs = {}
+
+    def check_merge(self) -> None:
+        raise ValueError("merging adapters needs student.answer.backend=transformers: the vLLM engine "
+                         "keeps serving the unmerged base weights")
+
+    def _slot_dir(self, slot: int) -> str:
+        """Slot's adapter as a PEFT folder the engine can load, saved on first use (again if the
+        adapter book has since deleted it)."""
+        folder = self._slot_dirs.get(slot)
+        if folder is None or not Path(folder).exists():
+            if self.export is None:
+                raise ValueError(f"this VLLMAnswerer has no export(slot, folder) to save slot {slot} with: pass "
+                                 f"export=student.export_peft, or call answer(prompts, adapter_dir) on a saved folder")
+            folder = self._slot_dirs[slot] = self.save_adapter(lambda d: self.export(slot, d))
+        return folder
+
+    # ----- adapters as folders -------------------------------------------------------------------
     def save_adapter(self, export: Callable[[str], None]) -> str:
         """Save a trained adapter into a fresh folder; returns the folder. ``export(folder)`` writes
         it as a PEFT adapter folder (`Student.export_peft` of one slot)."""
@@ -184,17 +233,14 @@ class VLLMAnswerer:
                stop: str = "\n") -> list[str]:
         """Greedy answers to rendered prompts, one per prompt, each cut at its first ``stop``
         (default: newline); ``adapter_dir`` None = the base model."""
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
-
         if not prompts:
             return []
         lora = None
         if adapter_dir is not None:
             lora_id = self.book.register(adapter_dir)
-            lora = LoRARequest(lora_name=AdapterBook.lora_name(lora_id), lora_int_id=lora_id,
-                               lora_path=str(Path(adapter_dir).resolve()))
-        params = SamplingParams(**answer_kwargs(max_new_tokens or self.settings.max_new_tokens, (stop,)))
+            lora = self.lora_request(lora_name=AdapterBook.lora_name(lora_id), lora_int_id=lora_id,
+                                     lora_path=str(Path(adapter_dir).resolve()))
+        params = self.sampling_params(**answer_kwargs(max_new_tokens or self.settings.max_new_tokens, (stop,)))
         outs = self.llm.generate(token_prompts(self.tokenizer, prompts, self.add_special_tokens), params,
                                  lora_request=lora, use_tqdm=False)
         texts = [o.outputs[0].text for o in outs]  # in prompt order

@@ -34,7 +34,7 @@ def sentences(ctx, n: int, offset: int = 0) -> tuple[str, ...]:
 
 def record_losses(st) -> dict[int, list[float]]:
     """Per-slot step losses of every fused step the student takes from now on."""
-    log, step = defaultdict(list), st._fused_step
+    log, step = defaultdict(list), st.trainer.fused_step
 
     def wrapped(live):
         out = step(live)
@@ -42,12 +42,12 @@ def record_losses(st) -> dict[int, list[float]]:
             log[r.slot].append(loss)
         return out
 
-    st._fused_step = wrapped
+    st.trainer.fused_step = wrapped
     return log
 
 
 def slot_weights(st, slot: int) -> list:
-    return [t[slot].detach().clone() for pair in zip(st._bank.A, st._bank.B) for t in pair]
+    return [t[slot].detach().clone() for pair in zip(st.trainer.bank.A, st.trainer.bank.B) for t in pair]
 
 
 # ----- (a) the anchor: today's PEFT loop, kept here as the fixed reference -----------------------
@@ -126,7 +126,7 @@ def test_one_adapter_matches_the_peft_loop(tiny_model, ctx):
     torch.testing.assert_close(log[0], ref_losses, **TOL)
     ref = {n.removeprefix("base_model.model.").removesuffix(".default"): m for n, m in peft.named_modules()
            if n.endswith(".default") and ".lora_" in n}
-    for (name, _), A, B in zip(st._bank.layers, st._bank.A, st._bank.B):
+    for (name, _), A, B in zip(st.trainer.bank.layers, st.trainer.bank.A, st.trainer.bank.B):
         torch.testing.assert_close(A[0], ref[f"{name}.lora_A"].weight, **TOL)
         torch.testing.assert_close(B[0], ref[f"{name}.lora_B"].weight, **TOL)
     after = st.answer(questions)
@@ -229,7 +229,7 @@ def test_chunked_loss_equals_hf_loss(tiny_model, tmp_path):
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from student.model import token_losses
+    from student.lora_train import token_losses
 
     gemma = tmp_path / "gemma"
     st = Student(tiny_cfg(tiny_model))
@@ -246,7 +246,7 @@ def test_chunked_loss_equals_hf_loss(tiny_model, tmp_path):
         st = Student(tiny_cfg(path, batch_size=3))
         inp, mask, lab = next(st._batches(ids, labels, st.cfg.train, random.Random(0)))
         hf = st.model(input_ids=inp, attention_mask=mask, labels=lab, use_cache=False).loss
-        ours = st._loss_sums(inp, mask, lab, torch.zeros(len(ids), dtype=torch.long), 1)
+        ours = st.trainer.loss_sums(inp, mask, lab, torch.zeros(len(ids), dtype=torch.long), 1)
         torch.testing.assert_close(ours[0] / int((lab[:, 1:] != -100).sum()), hf, **TOL)
         # chunks of 3 tokens, checkpointed: the same losses and the same gradient as one chunk
         vocab = st.model.get_output_embeddings().weight.shape[0]
@@ -268,7 +268,7 @@ def test_rows_in_any_order_go_through_their_own_slot(tiny_model):
     from student.lora_batch import _Plan
 
     st = Student(tiny_cfg(tiny_model))
-    bank = st._bank_for(4)
+    bank = st.trainer.bank_for(4)
     torch.manual_seed(0)
     with torch.no_grad():
         bank.flat.normal_(std=0.3)
@@ -326,7 +326,7 @@ def test_export_peft_loads_in_peft_with_equal_logits(tiny_model, ctx, tmp_path):
     st.export_peft(1, tmp_path / "a1")
     peft = PeftModel.from_pretrained(load_model(tiny_model)[0], str(tmp_path / "a1"))
     enc = st.tok([ctx.context[:120], ctx.title], return_tensors="pt", padding=True)
-    with torch.no_grad(), st._bank.route([1, 1]):
+    with torch.no_grad(), st.trainer.bank.route([1, 1]):
         ours = st.model(**enc).logits
     with torch.no_grad():
         ref = peft(**enc).logits
@@ -344,23 +344,23 @@ def test_merge_folds_the_adapter_and_no_merge_keeps_training_it(tiny_model, ctx)
 
     seqs1, seqs2 = list(sentences(ctx, 3)), list(sentences(ctx, 3, 3))
     merging, keeping, fresh = (Student(tiny_cfg(tiny_model, learning_rate=1e-2)) for _ in range(3))
-    w0 = merging._bank_for(1).layers[0][1].weight.detach().clone()  # the first target linear (q_proj)
+    w0 = merging.trainer.bank_for(1).layers[0][1].weight.detach().clone()  # the first target linear (q_proj)
     for st in (merging, keeping):
         st.train(seqs1)
-    a, b = merging._bank.A[0][0].detach().clone(), merging._bank.B[0][0].detach().clone()
-    torch.testing.assert_close(keeping._bank.B[0][0], b, rtol=0, atol=0)  # the same first adaptation
+    a, b = merging.trainer.bank.A[0][0].detach().clone(), merging.trainer.bank.B[0][0].detach().clone()
+    torch.testing.assert_close(keeping.trainer.bank.B[0][0], b, rtol=0, atol=0)  # the same first adaptation
 
     merging.merge_adapter()
-    merged = merging._bank.layers[0][1].weight.detach()
-    torch.testing.assert_close(merged, w0 + merging._bank.scale * b @ a, **TOL)
+    merged = merging.trainer.bank.layers[0][1].weight.detach()
+    torch.testing.assert_close(merged, w0 + merging.trainer.bank.scale * b @ a, **TOL)
     assert (merged - w0).abs().max() > 1e-4
     merging.train(seqs2, fresh=True)
     keeping.train(seqs2, fresh=False)
     fresh.train(seqs2)
-    assert torch.equal(keeping._bank.layers[0][1].weight, w0)  # never merged
+    assert torch.equal(keeping.trainer.bank.layers[0][1].weight, w0)  # never merged
     # the kept adapter went on from the first one; the merged student's new adapter started fresh
     # (so its A moved away from the same init as the fresh student's, on a different base)
-    continued, new, alone = (s._bank.B[0][0].detach() for s in (keeping, merging, fresh))
+    continued, new, alone = (s.trainer.bank.B[0][0].detach() for s in (keeping, merging, fresh))
     assert (continued - alone).abs().max() > 1e-4 and (new - alone).abs().max() > 1e-6
     assert (continued - b).abs().max() > 1e-4  # and it did train further
 

@@ -81,7 +81,7 @@ def vllm_student():
     student = Student(student_cfg("vllm"))
     FIGURES.setdefault("engine_start_s", {})["student_with_its_torch_model"] = round(time.perf_counter() - t0, 1)
     yield student
-    student._vllm.close()
+    student.answerer.close()
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ QUESTIONS = ["Where does the Vell lighthouse stand?", "When was the Vell lightho
 
 
 def test_answers_with_a_trained_adapter_match_the_transformers_path(hf_student, vllm_student, tmp_path, figures):
-    engine = vllm_student._vllm
+    engine = vllm_student.answerer
     prompts = [hf_student.prompt(q) for q in QUESTIONS]
     assert prompts == [vllm_student.prompt(q) for q in QUESTIONS]
     hf_base = hf_student.answer(QUESTIONS)
@@ -61,7 +61,7 @@ def test_answers_with_a_trained_adapter_match_the_transformers_path(hf_student, 
 def test_fifty_adaptations_never_reuse_an_id_or_leak_a_folder(vllm_student, figures):
     """Train, answer through vLLM, discard, 50 times over, as a worker does. Ids only grow, vLLM holds
     at most max_cpu_loras adapters, and at most keep_adapters folders exist."""
-    engine, v = vllm_student._vllm, vllm_student.cfg.answer.vllm
+    engine, v = vllm_student.answerer, vllm_student.cfg.answer.vllm
     seen_ids, peaks = [], {"folders": 0, "engine_loras": 0}
     facts = [f"The Vell lighthouse was painted by Hal Korrin number {i}." for i in range(50)]
     for i, fact in enumerate(facts):
@@ -81,7 +81,7 @@ def test_fifty_adaptations_never_reuse_an_id_or_leak_a_folder(vllm_student, figu
 def test_an_adapter_overwritten_in_place_is_served_fresh(hf_student, vllm_student, tmp_path):
     """New weights saved into a folder that vLLM has already loaded: the next answer uses the new
     weights (a fresh id), the same as a fresh folder holding them."""
-    engine = vllm_student._vllm
+    engine = vllm_student.answerer
     prompts = [hf_student.prompt(q) for q in QUESTIONS[:6]]
     folder, fresh = tmp_path / "inplace", tmp_path / "fresh"
     answers = []
