@@ -5,10 +5,12 @@ reason), and one adaptation of a valid edit end to end in the student."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from orchestration.core.arc.schema import EditError, parse_edit
 from orchestration.core.arc.tasks import synthetic_tasks
 from orchestration.core.config import load_config
 from orchestration.core.domains import arc
@@ -29,6 +31,18 @@ def arc_student(model: str) -> dict:
                     "default_edit": {"num_train_epochs": 1}}}
 
 
+def md_table(text: str, header: str) -> list[list[str]]:
+    """The body rows (cells stripped) of the markdown table whose header row starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header)) + 2  # past the |---| row
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
 def test_seal_train_runs_the_arc_domain(tmp_path, tiny_chat_model, tiny_model):
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline",
                             data={"domain": "arc", "source": "synthetic", "limit": 2},
@@ -42,10 +56,22 @@ def test_seal_train_runs_the_arc_domain(tmp_path, tiny_chat_model, tiny_model):
     assert all(r["grader"] == "pass@2" and r["score"] in (0.0, 1.0) for r in results)
     ttt = next(r for r in results if r["condition"] == "default_ttt")
     assert ttt["train"]["steps"] > 0 and ttt["train"]["edit"]["num_train_epochs"] == 1
-    edits = [r for r in results if r["condition"] == "edit"]
-    # a random tiny teacher writes no valid JSON: every edit is refused, scored 0, with its reason
-    assert edits and all("invalid" in r["train"] or "steps" in r["train"] for r in edits)
-    assert all(r["score"] == 0.0 for r in edits if "invalid" in r["train"])
+    # a random tiny teacher writes no valid JSON: every edit is refused, scored 0, with its reason.
+    # Each teacher-written edit (2 contexts x 2, and the held-out one per version) is refused exactly
+    # when its text in edits.jsonl does not parse, with that parse error; a parsed one trains.
+    lines = (tmp_path / "run" / "edits.jsonl").read_text().splitlines()
+    texts = {e["edit_id"]: e["text"] for e in map(json.loads, lines)}
+    written = [r for r in results if r["condition"] in ("edit", "heldout")]
+    assert sorted(r["condition"] for r in written) == ["edit"] * 4 + ["heldout"] * 2
+    for r in written:
+        text = texts[r["key"][:-len(f"@{r['student']}")]]
+        try:
+            parse_edit(text, cfg.students[0].arc.limits)
+        except EditError as e:
+            assert r["train"] == {"invalid": str(e)} and r["score"] == 0.0, (text, r["train"])
+        else:
+            assert r["train"].get("steps", 0) > 0 or r["train"]["invalid"].startswith(("budget", "no_examples"))
+    assert rows[0]["rewards"]["scored"] == rows[0]["rewards"]["rewarded"] == 4
     assert rows[0]["new_version"] == 1  # threshold -1 rewards every scored edit
 
 
@@ -102,12 +128,44 @@ def test_seal_evaluate_and_compare_accept_the_arc_domain(tmp_path, tiny_chat_mod
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"train": train, "arms": ["same", "split"], "transfer": False}))
     cfg, resolved = load_config(CompareConfig, tmp_path / "c.yaml", [f"run_dir={tmp_path / 'cmp'}"])
     run = run_compare(cfg, resolved)
-    assert "pass@2" in (run / "report.md").read_text() or (run / "report.png").is_file()
-    assert sorted(d.name for d in run.iterdir() if (d / "metrics.jsonl").is_file())[0] == "same"
+    from orchestration.driver.compare import slug
+    from orchestration.driver.train import SAME
+
+    arms = {d.name: d for d in run.iterdir() if (d / "metrics.jsonl").is_file()}
+    assert set(arms) == {"same", f"split-{slug(tiny_model)}"}
+    # per arm and student: each round's held-out accuracy and question count, as its metrics.jsonl has them
+    expected = {}
+    for name, d in arms.items():
+        metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        assert [m["round"] for m in metrics] == [0, 1]
+        for label in metrics[0]["students"]:
+            expected[(name, label)] = [(m["heldout"][label]["accuracy"], m["heldout"][label]["n_questions"])
+                                       for m in metrics]
+    assert set(expected) == {("same", SAME), (f"split-{slug(tiny_model)}", tiny_model)}
+    report = (run / "report.md").read_text()
+    per_round = {}
+    for arm, label, *cells in md_table(report, "| arm | student | round 0 | round 1 |"):
+        parsed = [re.fullmatch(r"([\d.]+) \[([\d.]+), ([\d.]+)\] n=(\d+)", c).groups() for c in cells]
+        assert all(float(lo) <= float(a) <= float(hi) for a, lo, hi, _ in parsed)
+        per_round[(arm, label)] = [(float(a), int(n)) for a, _, _, n in parsed]
+    assert per_round == {k: [(round(a, 3), n) for a, n in v] for k, v in expected.items()}
+    # the paired differences: to v0 and to ARC's reference recipe (default_ttt, not passage); no loglik on ARC
+    pairs = {(arm, label, pair): (score, loglik)
+             for arm, label, pair, score, loglik in md_table(report, "| arm | student | pair |")}
+    assert set(pairs) == {(*k, p) for k in expected for p in ("v1 - v0", "v1 - default_ttt")}
+    assert all(score.endswith("(1 contexts, 1 q.)") and loglik == "n/a" for score, loglik in pairs.values())
+    # adaptations per arm: default_ttt, 1 edit, the held-out edit of v0 and v1 (base is not one)
+    adaptations = {arm: int(n) for arm, _, n in md_table(report, "| arm | wall time (min) | adaptations |")}
+    assert adaptations == {name: 4 for name in arms}
+    assert adaptations == {name: sum(json.loads(x)["condition"] != "base"
+                                     for x in (d / "results.jsonl").read_text().splitlines())
+                           for name, d in arms.items()}
+    assert "Transfer matrix" not in report  # transfer: false
+    assert (run / "report.png").stat().st_size > 0
 
 
 def test_constrained_choices_are_every_valid_edit_once():
-    from orchestration.core.arc.schema import EditLimits, parse_edit
+    from orchestration.core.arc.schema import EditLimits
 
     choices = arc.edit_choices()
     assert len(choices) == len(set(choices)) == 2 ** 4 * 2 * len(arc.LEARNING_RATES) * len(arc.EPOCHS)

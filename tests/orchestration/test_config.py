@@ -124,9 +124,30 @@ def test_list_items_can_be_overridden_by_index():
 
 
 def test_overrides_merge_and_types():
-    cfg, _ = load_config(AdaptConfig, CONFIGS[0], ["student.train.epochs=7", "run_dir=/tmp/x"])
+    cfg, written = load_config(AdaptConfig, CONFIGS[0], ["student.train.epochs=7", "run_dir=/tmp/x"])
     assert CONFIGS[0].name == "adapt_demo.yaml"
     assert cfg.student.train.epochs == 7 and cfg.run_dir == "/tmp/x"
+    # the config as written (what the run folder saves): the YAML's values, the overrides typed by the
+    # schema, the schema's defaults for the rest; and it builds the same typed object
+    plain = OmegaConf.to_container(written)
+    for key, value in leaves(yaml.safe_load(CONFIGS[0].read_text())):
+        assert lookup(plain, key) == value, key
+    assert plain["student"]["train"]["epochs"] == 7 and type(plain["student"]["train"]["epochs"]) is int
+    assert plain["run_dir"] == "/tmp/x" and plain["data"]["offset"] == 0 and plain["data"]["limit"] is None
+    assert OmegaConf.to_object(written) == cfg
+
+
+def test_the_written_config_keeps_interpolations_unresolved(tmp_path):
+    """The typed object has each interpolation resolved, after the overrides; the written config keeps
+    the interpolation itself, so a run folder saves what the user wrote."""
+    path = tmp_path / "adapt.yaml"
+    path.write_text(yaml.safe_dump({"data": {"limit": 2, "offset": "${data.limit}"},
+                                    "run_dir": "runs/${student.model}"}))
+    cfg, written = load_config(AdaptConfig, path, ["data.limit=5", "student.model=tiny"])
+    assert (cfg.data.limit, cfg.data.offset, cfg.run_dir) == (5, 5, "runs/tiny")
+    raw = OmegaConf.to_container(written, resolve=False)
+    assert (raw["data"]["limit"], raw["data"]["offset"]) == (5, "${data.limit}")
+    assert raw["run_dir"] == "runs/${student.model}" and raw["student"]["model"] == "tiny"
 
 
 @pytest.mark.parametrize("override,needle", [
