@@ -230,12 +230,10 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
 
     import torch
 
-    from orchestration.core import domains
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader, score_context
 
-    knowledge = domains.get("knowledge")
     n = {"reference": reference_contexts, "naive": contexts, "default": contexts}.get(setting, contexts)
     if setting in ("batched", "vllm") and 2 * k > n:
         n = 2 * k  # at least two groups of K

@@ -66,7 +66,7 @@ def write_edits(backend, teacher, domain, slots: list[Slot], have, save: Callabl
                 greedy: Callable[[str], bool], choices: list[str] | None = None) -> None:
     """Generate every chunk of ``slots`` that has a slot whose id is not in ``have``.
 
-    ``backend``: a generation backend (`teacher.generate.TransformersBackend` interface); ``teacher``:
+    ``backend``: a generation backend (`teacher.backend.Backend`); ``teacher``:
     the TeacherConfig (prompt, templates, generation settings); ``domain``: renders the prompt
     fields; ``greedy(purpose)``: greedy decoding for that purpose (n must then be 1). Each generated
     chunk goes to ``save(rows, sampling)`` with rows = [(slot, prompt, Generation)] for every slot
@@ -197,7 +197,7 @@ def make_workers(cfg, run: Path):
 
 def teacher_backend(cfg, model: str):
     """The teacher's generation backend for ``model``: in this process, or a Ray actor (launcher: ray).
-    Both have the interface of `teacher.generate.TransformersBackend`."""
+    Both implement `teacher.backend.Backend`."""
     if getattr(cfg, "launcher", "local") == "ray":
         from orchestration.driver.ray_launch import RayTeacherBackend
 
