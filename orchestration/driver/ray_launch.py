@@ -108,7 +108,7 @@ def student_actor(rc: RayConfig, student, spec: dict, cache: Optional[str], thre
 
 
 class RayTeacherBackend:
-    """`teacher.generate.TransformersBackend`'s interface, generating in a Ray actor. The tokenizer
+    """`teacher.backend.Backend`, generating in a Ray actor. The tokenizer
     (to render prompts) is loaded here: the driver has the teacher's files anyway, it trains them."""
 
     def __init__(self, cfg, model: str):
