@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
+from orchestration.core import domains
 from orchestration.core.catalog import cache_dir, check_model
 from orchestration.core.config import ConfigError, DataConfig, at, check_min
+from orchestration.core.contexts import Context
 from orchestration.core.edits import edits_for
 from orchestration.core.records import StudentResult
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl, write_atomic
-from orchestration.core import domains
+from orchestration.driver.keys import AdaptKey
 from student.config import StudentConfig
 
 CONDITIONS = ("base", "passage", "edits")
+
+
+class AdaptRow(NamedTuple):
+    """One row to compute: its result key (`keys.AdaptKey`), context, condition, which edit, its text."""
+
+    key: str
+    context: Context
+    condition: str
+    completion: int
+    edit: str
 
 
 @dataclass
@@ -90,15 +102,15 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
     results_path = run / "results.jsonl"
     done = {r.key: r for r in map(StudentResult.from_json, read_jsonl(results_path))}
 
-    jobs = []  # (key, context, condition, completion index, edit text)
+    jobs = []
     for ctx in contexts:
         for cond in cfg.conditions:
             if cond == "edits":
                 comps = edits[ctx.context_id][: cfg.max_completions]
-                jobs += [(f"{ctx.context_id}:edits:{i}", ctx, cond, i, e) for i, e in enumerate(comps)]
+                jobs += [AdaptRow(str(AdaptKey(ctx.context_id, cond, i)), ctx, cond, i, e) for i, e in enumerate(comps)]
             else:
-                jobs.append((f"{ctx.context_id}:{cond}:0", ctx, cond, 0, ""))
-    todo = [j for j in jobs if j[0] not in done]
+                jobs.append(AdaptRow(str(AdaptKey(ctx.context_id, cond)), ctx, cond, 0, ""))
+    todo = [j for j in jobs if j.key not in done]
     student, grade = None, None
     for key, ctx, cond, i, edit in tqdm(todo, desc="adapt", unit="job", initial=len(jobs) - len(todo), total=len(jobs)):
         if student is None:  # loaded lazily: a finished run resumes without loading a model
@@ -111,7 +123,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
             row = adapt_and_score(student, baselines, [ctx], [edit], condition=cond, completion=i, key=key)
         append_jsonl(results_path, row.to_json())
         done[key] = row
-    summary = summarize([done[j[0]] for j in jobs], cfg.student.model, d.source)
+    summary = summarize([done[j.key] for j in jobs], cfg.student.model, d.source)
     write_atomic(run / "summary.json", json.dumps(summary, indent=1))
     print(format_table(summary))
     print(f"run folder: {run}")
