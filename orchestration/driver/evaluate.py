@@ -31,8 +31,9 @@ from orchestration.core.stats import bootstrap_ci, fmt_paired, paired_by_context
 from orchestration.driver import launch
 from orchestration.driver.generate import teacher_version
 from orchestration.driver.keys import CondKey, EditId, JobKey
-from orchestration.driver.steps import (EvalConfig, Slot, WorkersConfig, check_constrain, check_prompts, collect,
-                                        generate_edits, grouped, make_workers)
+from orchestration.driver.steps import (EvalConfig, Slot, check_constrain, check_prompts, collect, generate_edits,
+                                        grouped, make_workers)
+from orchestration.driver.train_config import WorkersConfig
 from student.config import StudentConfig, check_students
 from student.worker import job_kind
 from teacher.config import TeacherConfig

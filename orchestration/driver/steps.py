@@ -1,6 +1,6 @@
 """What the commands with a teacher or a queue share: the edit slot and one way to chunk and seed
-the writing of edits, the worker and evaluation settings, the checks of a teacher's prompts, who
-runs the workers and the teacher, and the collection of results.
+the writing of edits, the held-out evaluation settings, the checks of a teacher's prompts, who runs
+the workers and the teacher, and the collection of results.
 
 `seal train`, `seal evaluate`, `seal generate` and `seal continual` all go through `write_edits`.
 Its seeds depend only on *what* is generated, never on list positions or global state, so an
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from orchestration.core import domains
-from orchestration.core.config import Choice, ConfigError, at, check_choice, check_min, check_positive
+from orchestration.core.config import ConfigError, at, check_min
 from orchestration.core.contexts import Context
 from orchestration.core.faults import fault
 from orchestration.core.models import trim_cpu_memory
@@ -109,46 +109,7 @@ def grouped(jobs: list, size: int) -> list:
     return [out[j.key] for j in jobs]
 
 
-# ----- settings shared by seal train and seal evaluate --------------------------------------------
-class WorkersMode(Choice):
-    process = "process"
-    inline = "inline"
-
-
-@dataclass
-class WorkersConfig:
-    """Student workers on this machine."""
-
-    mode: WorkersMode = WorkersMode.process
-    """'process': `seal worker` subprocesses started by `seal train`; 'inline': one worker per student
-    inside the driver process (smallest setups)."""
-    per_student: int = 1
-    """Worker processes per student (mode 'process'); 1 or more."""
-    threads: int = 0
-    """torch threads per worker process; 0 = CPU cores // number of worker processes."""
-    lease_s: float = 120.0
-    """Seconds (> 0) a leased job stays with its worker without renewal (renewed every lease_s / 3 while
-    it runs); after a worker dies, its job is delivered again once this runs out."""
-    max_attempts: int = 3
-    """Deliveries of a job (1 or more) before it is dead-lettered (left out of rewards, counted in the
-    metrics)."""
-    poll_s: float = 0.5
-    """Seconds (> 0) between queue polls of an idle worker or a waiting driver."""
-    restarts: int = 3
-    """Restarts per worker process after it dies (0 or more); beyond that `seal train` stops (resumable)."""
-    group_size: int = 8
-    """K: adaptations a worker trains and answers in one pass (1 or more). The driver cuts each
-    student's jobs, in key order, into fixed groups of K; a worker leases, runs and acks a group
-    whole, so a result never depends on which jobs ran beside it by chance. Each adaptation keeps
-    its own recipe, optimizer and stopping point; K only changes the speed (bench/inner_loop.py)."""
-
-    def check(self, key: str = "workers") -> None:
-        check_choice(self, key, "mode", WorkersMode)
-        check_min(self, key, 1, "per_student", "max_attempts", "group_size")
-        check_min(self, key, 0, "threads", "restarts")
-        check_positive(self, key, "lease_s", "poll_s")
-
-
+# ----- the held-out evaluation settings (seal train, seal evaluate) ------------------------------
 @dataclass
 class EvalConfig:
     """Held-out evaluation of each teacher version."""

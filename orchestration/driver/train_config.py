@@ -1,4 +1,5 @@
-"""The `seal train` config (`TrainConfig`, configs/demo.yaml), its checks, and what it decides
+"""The `seal train` config (`TrainConfig`, configs/demo.yaml; `WorkersConfig`, which `seal evaluate`
+shares), its checks, and what it decides
 without running anything: which contexts each round trains on and which students score a step."""
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from typing import Optional
 from orchestration.core import domains
 from orchestration.core import rewards as R
 from orchestration.core.catalog import cache_dir, check_model
-from orchestration.core.config import Choice, ConfigError, DataConfig, at, check_choice, check_min
+from orchestration.core.config import Choice, ConfigError, DataConfig, at, check_choice, check_min, check_positive
 from orchestration.core.contexts import Context
 from orchestration.driver.ray_cluster import RayConfig
-from orchestration.driver.steps import EvalConfig, WorkersConfig, WorkersMode, check_constrain, check_prompts
+from orchestration.driver.steps import EvalConfig, check_constrain, check_prompts
 from student.config import StudentConfig, check_students, learning_rate_of
 from teacher.config import TeacherConfig
 
@@ -29,6 +30,9 @@ class Launcher(Choice):
     ray = "ray"
 
 
+class WorkersMode(Choice):
+    process = "process"
+    inline = "inline"
 
 
 class Logger(Choice):
@@ -44,6 +48,40 @@ def _default_students() -> list[StudentConfig]:
     return [StudentConfig(model="gemma3-270m")]
 
 
+
+
+@dataclass
+class WorkersConfig:
+    """Student workers on this machine."""
+
+    mode: WorkersMode = WorkersMode.process
+    """'process': `seal worker` subprocesses started by `seal train`; 'inline': one worker per student
+    inside the driver process (smallest setups)."""
+    per_student: int = 1
+    """Worker processes per student (mode 'process'); 1 or more."""
+    threads: int = 0
+    """torch threads per worker process; 0 = CPU cores // number of worker processes."""
+    lease_s: float = 120.0
+    """Seconds (> 0) a leased job stays with its worker without renewal (renewed every lease_s / 3 while
+    it runs); after a worker dies, its job is delivered again once this runs out."""
+    max_attempts: int = 3
+    """Deliveries of a job (1 or more) before it is dead-lettered (left out of rewards, counted in the
+    metrics)."""
+    poll_s: float = 0.5
+    """Seconds (> 0) between queue polls of an idle worker or a waiting driver."""
+    restarts: int = 3
+    """Restarts per worker process after it dies (0 or more); beyond that `seal train` stops (resumable)."""
+    group_size: int = 8
+    """K: adaptations a worker trains and answers in one pass (1 or more). The driver cuts each
+    student's jobs, in key order, into fixed groups of K; a worker leases, runs and acks a group
+    whole, so a result never depends on which jobs ran beside it by chance. Each adaptation keeps
+    its own recipe, optimizer and stopping point; K only changes the speed (bench/inner_loop.py)."""
+
+    def check(self, key: str = "workers") -> None:
+        check_choice(self, key, "mode", WorkersMode)
+        check_min(self, key, 1, "per_student", "max_attempts", "group_size")
+        check_min(self, key, 0, "threads", "restarts")
+        check_positive(self, key, "lease_s", "poll_s")
 
 
 @dataclass

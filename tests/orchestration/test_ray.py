@@ -23,8 +23,8 @@ from orchestration.driver import launch, steps
 from orchestration.driver.ray_cluster import RayConfig, init_ray
 from orchestration.driver.ray_launch import RayWorkers, student_actor
 from orchestration.driver.ray_models import model_files, ship, terminate
-from orchestration.driver.steps import WorkersConfig
 from orchestration.driver.train import TrainConfig, run_train
+from orchestration.driver.train_config import WorkersConfig
 from student.config import AnswerSettings, LoraSettings, StudentConfig, TrainSettings
 from student.worker import LAG_FLAG, VERSION_FLAG, job_kind
 from tests.orchestration.test_train import check_complete, wait_for, write_config
