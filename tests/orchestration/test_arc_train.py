@@ -129,7 +129,7 @@ def test_seal_evaluate_and_compare_accept_the_arc_domain(tmp_path, tiny_chat_mod
     cfg, resolved = load_config(CompareConfig, tmp_path / "c.yaml", [f"run_dir={tmp_path / 'cmp'}"])
     run = run_compare(cfg, resolved)
     from orchestration.driver.compare import slug
-    from orchestration.driver.train import SAME
+    from orchestration.driver.train_config import SAME
 
     arms = {d.name: d for d in run.iterdir() if (d / "metrics.jsonl").is_file()}
     assert set(arms) == {"same", f"split-{slug(tiny_model)}"}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestration.core import domains
 from orchestration.core.config import load_config
 from orchestration.driver.continual import ContinualConfig, heatmap, run_continual
 
@@ -46,7 +47,7 @@ def train_stats(run: Path) -> list[dict]:
 def test_continual_matrix_heatmap_and_resume(tmp_path, tiny_model, tiny_chat_model, soft_grader, merge):
     run = tmp_path / "run"
     cfg, resolved, out = continual(run, tiny_model, tiny_chat_model, merge)
-    assert out["merge"] is merge and out["n_questions"] == [len(c.questions) for c in cfg.data.load("data")]
+    assert out["merge"] is merge and out["n_questions"] == [len(c.questions) for c in domains.load_data(cfg.data, "data")]
     assert len(out["base"]) == N and [len(r) for r in out["matrix"]] == [N] * N
     assert all(0.0 <= x <= 1.0 for row in [out["base"]] + out["matrix"] for x in row)
     assert out["matrix"][0] != out["base"]  # the first adaptation changed the student's answers
