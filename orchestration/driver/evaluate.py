@@ -145,11 +145,12 @@ def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[Self
 def summarize(cfg: EvaluateConfig, results: dict[str, StudentResult]) -> list[dict]:
     """One row per (student, condition): accuracy (mean over seeds), 95% CI, spread, n_questions."""
     rows = []
+    keys = {key: JobKey.parse(key) for key in results}
     for s in cfg.students:
         for cond in cfg.conditions:
             per_seed: dict[int, dict[str, list[float]]] = {}  # seed -> job key without seed -> scores
             for key, r in results.items():
-                k = JobKey.parse(key)
+                k = keys[key]
                 if k.model != s.model or r.condition != cond:
                     continue
                 per_seed.setdefault(k.seed, {})[k.without_seed()] = [v.score for v in r.verdicts]

@@ -139,7 +139,9 @@ class JobKey:
     @property
     def seed(self) -> int:
         """seal evaluate's adaptation seed (0 for a key without one)."""
-        return self.subject.seed or 0 if isinstance(self.subject, CondKey) else 0
+        if isinstance(self.subject, CondKey) and self.subject.seed is not None:
+            return self.subject.seed
+        return 0
 
     def without_seed(self) -> str:
         """The key with its seed left out: the same adaptation under every seed of seal evaluate."""

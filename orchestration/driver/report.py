@@ -108,12 +108,11 @@ def paired_heldout(run: Path, rows: list[dict], reference: str) -> dict:
     from orchestration.core.runs import read_jsonl
     from orchestration.core.stats import paired_by_context
 
-    results = list(map(StudentResult.from_json, read_jsonl(run / "results.jsonl")))
+    results = [(JobKey.parse(r.key), r) for r in map(StudentResult.from_json, read_jsonl(run / "results.jsonl"))]
     first, last = rows[0], rows[-1]
 
     def values(pick: Callable[[JobKey], bool], model: str, metric: str) -> dict:
-        keys = {r.key: JobKey.parse(r.key) for r in results}
-        return question_values([r for r in results if keys[r.key].model == model and pick(keys[r.key])], metric)
+        return question_values([r for k, r in results if k.model == model and pick(k)], metric)
 
     out = {}
     name = f"v{last['teacher_version']}"
