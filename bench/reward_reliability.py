@@ -1,7 +1,7 @@
 """Can a reward teach? Does it agree with itself across adaptation seeds, and is it more than a token count? Prints JSON.
 
 Before any teacher training, on teacher-training passages only (SQUAD_SPLIT['teacher'], shuffled
-indices 200-299; default the first 16, those of configs/rest_em_squad.yaml): the untrained teacher
+indices 200-299 and 500 on; default the first 16): the untrained teacher
 samples k edits per passage (``seal generate``, cached under --out); the student is adapted on
 every edit, and on the passage alone (the ``reference`` baseline), under each of two adaptation
 seeds. For each reward design {score (token F1), loglik (gold-answer log-likelihood)} x {base
@@ -82,14 +82,14 @@ def design(rows: list[dict], ctxs, k: int, seeds: list[int], signal: str, baseli
 
 
 def main() -> None:
-    from orchestration.core.contexts import SQUAD_SPLIT
+    from orchestration.core.contexts import SQUAD_SPLIT, squad_role
     from orchestration.core.models import machine
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", default="gemma3-270m")
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--template", default="implications")
-    ap.add_argument("--offset", type=int, default=SQUAD_SPLIT["teacher"][0])
+    ap.add_argument("--offset", type=int, default=SQUAD_SPLIT["teacher"][0][0])
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--k", type=int, default=5, help="sampled edits per passage")
     ap.add_argument("--seeds", default="0,1", help="adaptation seeds (the first two are the pair whose rewards are correlated)")
@@ -97,10 +97,9 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "reward_reliability"))
     args = ap.parse_args()
-    lo, hi = SQUAD_SPLIT["teacher"]
-    if not (lo <= args.offset and args.offset + args.limit <= hi):
-        raise SystemExit(f"--offset/--limit must stay in the teacher-training passages {lo + 1}-{hi} "
-                         f"(shuffled indices {lo}-{hi - 1})")
+    if squad_role(args.offset, args.offset + args.limit) != "teacher":
+        raise SystemExit(f"--offset/--limit must stay in one range of the teacher-training passages "
+                         f"{SQUAD_SPLIT['teacher']} (shuffled indices, half-open)")
     seeds = [int(s) for s in args.seeds.split(",")]
     if len(seeds) < 2:
         raise SystemExit("--seeds: give at least two adaptation seeds, e.g. 0,1")

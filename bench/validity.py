@@ -1,6 +1,6 @@
 """Does an inner-loop recipe rank edits the way their content says it should? Resumable; prints JSON.
 
-On SQuAD passages outside the standard subset (the recipe-tuning range, shuffled indices >= 300 by
+On SQuAD passages outside the standard subset (the recipe-tuning range, shuffled indices 300-499 by
 default; see `orchestration.core.contexts.SQUAD_SPLIT`), each student is adapted under its default
 recipe (or one with ``--set`` overrides) on:
 
@@ -124,13 +124,13 @@ def markdown(model: str, r: dict) -> str:
 
 
 def main() -> None:
-    from orchestration.core.contexts import SQUAD_SPLIT
+    from orchestration.core.contexts import SQUAD_SPLIT, squad_role
     from orchestration.core.models import machine
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--students", default="gemma3-270m,smollm2-135m-instruct")
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
-    ap.add_argument("--offset", type=int, default=SQUAD_SPLIT["tuning"][0])
+    ap.add_argument("--offset", type=int, default=SQUAD_SPLIT["tuning"][0][0])
     ap.add_argument("--limit", type=int, default=30)
     ap.add_argument("--heldout", action="store_true", help="score the held-out passages 101-200 (once, at the end)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -141,10 +141,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "validity"))
     args = ap.parse_args()
     if args.heldout:
-        args.offset, args.limit = SQUAD_SPLIT["heldout"][0], SQUAD_SPLIT["heldout"][1] - SQUAD_SPLIT["heldout"][0]
-    elif args.offset < SQUAD_SPLIT["tuning"][0]:
-        raise SystemExit(f"--offset {args.offset} is inside passages 1-{SQUAD_SPLIT['tuning'][0]} (held-out and "
-                         f"teacher training); tune on >= {SQUAD_SPLIT['tuning'][0]}, or pass --heldout to score once")
+        ((lo, hi),) = SQUAD_SPLIT["heldout"]
+        args.offset, args.limit = lo, hi - lo
+    elif squad_role(args.offset, args.offset + args.limit) != "tuning":
+        ((lo, hi),) = SQUAD_SPLIT["tuning"]
+        raise SystemExit(f"--offset/--limit select passages outside the recipe-tuning range {lo + 1}-{hi}; tune "
+                         f"there, or pass --heldout to score once")
     conditions = tuple(args.conditions.split(","))
     need = {"passage", "restate"} if args.heldout else {"passage", "restate", "bad"}
     if not need <= set(conditions) <= set(CONDITIONS):

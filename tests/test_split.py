@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from orchestration.core.contexts import SQUAD_SPLIT
+from orchestration.core.contexts import SQUAD_SPLIT, squad_role
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
@@ -28,13 +28,15 @@ def squad_ranges(node) -> dict[str, range]:
 
 
 def within(r: range, role: str) -> bool:
-    lo, hi = SQUAD_SPLIT[role]
-    return r.start >= lo and (hi is None or r.stop <= hi)
+    return squad_role(r.start, r.stop) == role
 
 
-def test_the_split_is_three_disjoint_ranges():
-    (a, b), (c, d), (e, f) = SQUAD_SPLIT["heldout"], SQUAD_SPLIT["teacher"], SQUAD_SPLIT["tuning"]
-    assert a < b <= c < d <= e and f is None
+def test_the_split_is_disjoint_ranges_that_cover_everything_after_the_first_100():
+    ranges = sorted((lo, hi, role) for role, rs in SQUAD_SPLIT.items() for lo, hi in rs)
+    assert ranges[0][0] == 100 and ranges[-1][1] is None
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous, no overlap
+    assert squad_role(200, 300) == "teacher" and squad_role(500, 540) == "teacher" and squad_role(300, 500) == "tuning"
+    assert squad_role(290, 310) is None and squad_role(150, 201) is None  # a selection across two roles
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -20,11 +20,19 @@ from pathlib import Path
 from orchestration.core.runs import read_json
 
 DEMO = "demo"  # the built-in fictional set shipped with the package
-SQUAD_SPLIT = {"heldout": (100, 200), "teacher": (200, 300), "tuning": (300, None)}
+SQUAD_SPLIT = {"heldout": ((100, 200),), "teacher": ((200, 300), (500, None)), "tuning": ((300, 500),)}
 """How the SQuAD passages are used, as half-open ranges of indices after the standard
 random.Random(42) shuffle: held-out evaluation on the standard subset's passages 101-200, teacher
-training on 201-300, recipe tuning (bench/validity.py, bench/sweep_recipe.py) from 301 on. Nothing
-is tuned on 1-200 (tests/test_split.py checks the configs)."""
+training on 201-300 and from 501 on, recipe tuning (bench/validity.py, bench/sweep_recipe.py) on
+301-500. Nothing is tuned on 1-200 (tests/test_split.py checks the configs)."""
+
+
+def squad_role(start: int, stop: int) -> str | None:
+    """The role of SQUAD_SPLIT whose one range holds the passages [start, stop), or None."""
+    for role, ranges in SQUAD_SPLIT.items():
+        if any(lo <= start and (hi is None or stop <= hi) for lo, hi in ranges):
+            return role
+    return None
 DEMO_FILE = "demo_contexts.json"
 
 
