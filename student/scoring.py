@@ -129,7 +129,10 @@ def merge_specs(specs: list[TrainSpec]) -> TrainSpec:
 class AdaptJob:
     """One adaptation to train and score: the edits of ``ctxs`` (one context, or several for the
     multi-passage setting) under ``condition``. ``key`` and ``completion`` go into its result;
-    ``seed`` seeds its adapter init, batch order and data (None: the student's ``cfg.train.seed``)."""
+    ``seed`` seeds its adapter init, batch order and data (None: the student's ``cfg.train.seed``).
+    ``answer=False``: only the gold answers' log-likelihoods are wanted (a training round whose
+    reward signal is ``loglik``), so no answer is generated; the verdicts carry no answer and no
+    score (question-style domains only)."""
 
     ctxs: tuple  # the domain's contexts (knowledge: Context; ARC: ArcTask)
     edits: tuple[str, ...]  # one per context
@@ -137,6 +140,7 @@ class AdaptJob:
     completion: int
     key: str
     seed: int | None = None
+    answer: bool = True
 
 
 def _invalid_result(student, baselines, job, seed, spec, base) -> StudentResult:
@@ -146,9 +150,10 @@ def _invalid_result(student, baselines, job, seed, spec, base) -> StudentResult:
 
 
 def _result(student, baselines, job, seed, verdicts, base, info, timings) -> StudentResult:
+    scores = [v.score for v in verdicts]
     return StudentResult(key=job.key, student=student.cfg.model, context_id="+".join(c.context_id for c in job.ctxs),
                          condition=job.condition, completion=job.completion,
-                         score=sum(v.score for v in verdicts) / len(verdicts),
+                         score=None if None in scores else sum(scores) / len(scores),
                          baseline_score=sum(v.score for v in base) / len(base), baseline_loglik=mean_loglik(base),
                          verdicts=verdicts, seed=seed, grader=grader_name(student, baselines.domain), train=info,
                          timings=timings)
@@ -166,7 +171,8 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
     joined with '+', and its scores pool all their questions.
 
     Timings: ``train_s`` is the job's wall seconds from the start of the fused training to its last
-    step; ``answer_s`` the wall seconds of the shared answering. ``train['group']`` is the number of
+    step; ``answer_s`` the wall seconds of the shared answering (of the jobs with ``answer``);
+    ``loglik_s`` those of the shared gold-answer log-likelihoods. ``train['group']`` is the number of
     adaptations trained together."""
     domain = baselines.domain
     out: list[StudentResult | Exception | None] = [None] * len(jobs)
@@ -180,6 +186,9 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
             spec = merge_specs([domain.train_spec(c, e, job.condition, cfg)
                                 for c, e in zip(job.ctxs, job.edits, strict=True)])
             base = [v for c in job.ctxs for v in baselines.get(c)[0]]  # the unadapted verdicts
+            if not job.answer and domain.DECODE.style != "question":
+                raise ValueError(f"job {job.key}: answer=False (log-likelihoods only) needs a question-style "
+                                 f"domain; {domain.NAME!r} is graded on its answers")
             if spec.invalid:
                 out[i] = _invalid_result(student, baselines, job, seed, spec, base)
             else:
@@ -192,9 +201,13 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
         stats = student.train_many([t[2] for t in todo], [t[1] for t in todo])
         t0 = time.perf_counter()
         flat = [[q for qs in t[3] for q in qs] for t in todo]
-        answers = student.respond_many(flat, domain.DECODE)
-        answer_s = time.perf_counter() - t0
+        asked = [k for k, t in enumerate(todo) if jobs[t[0]].answer]  # slots whose answers are wanted
+        answers: list[list[str] | None] = [None] * len(todo)
+        for k, got in zip(asked, student.respond_many([flat[k] for k in asked], domain.DECODE, asked)):
+            answers[k] = got
+        answer_s, t1 = time.perf_counter() - t0, time.perf_counter()
         gold_ll = logliks(student, domain, flat)
+        loglik_s = time.perf_counter() - t1
     except Exception as e:  # the fused work failed: every job in it did
         for i, *_ in todo:
             out[i] = e
@@ -206,11 +219,12 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
         try:
             verdicts, at = [], 0
             for c, qs in zip(job.ctxs, queries):
-                verdicts += attach(domain.score(c, qs, got[at:at + len(qs)], baselines.grade),
-                                   None if ll is None else ll[at:at + len(qs)])
+                scored = (domain.score(c, qs, got[at:at + len(qs)], baselines.grade) if got is not None
+                          else [QuestionVerdict(q.text, q.gold, None, None) for q in qs])
+                verdicts += attach(scored, None if ll is None else ll[at:at + len(qs)])
                 at += len(qs)
             info = {**st.__dict__, **spec.info, "group": len(todo)}
-            timings = {"train_s": round(st.train_s, 3), "answer_s": round(answer_s, 3)}
+            timings = {"train_s": round(st.train_s, 3), "answer_s": round(answer_s, 3), "loglik_s": round(loglik_s, 3)}
             out[i] = _result(student, baselines, job, seed, tuple(verdicts), base, info, timings)
         except Exception as e:
             out[i] = e

@@ -14,7 +14,7 @@ counts twice.
 Job payload: {"domain": "knowledge" (default) | "arc", "context": the domain's to_json(ctx),
 "condition": "base" | "passage" | "default_ttt" | "edit" | "heldout",
 "edit": text ("" for base and passage), "edit_id": str | None, "sample": int, and optionally
-"seed": the adaptation seed}. A multi-passage job has "contexts" and "edits" (lists) instead of
+"seed": the adaptation seed and "answer": false (log-likelihoods only, no answers generated)}. A multi-passage job has "contexts" and "edits" (lists) instead of
 "context" and "edit".
 """
 
@@ -134,7 +134,8 @@ class Worker:
                 else:
                     ctxs, edits = [load(payload["context"])], [payload["edit"]]
                 adapt.setdefault(domain, []).append((i, AdaptJob(tuple(ctxs), tuple(edits), payload["condition"],
-                                                                 payload["sample"], key, seed)))
+                                                                 payload["sample"], key, seed,
+                                                                 payload.get("answer", True))))
             except Exception as e:
                 out[i] = e
         for domain, todo in adapt.items():

@@ -127,6 +127,11 @@ class SFTSettings:
     out of the SFT set; trained on without their end, they teach the teacher to run to the limit.
     The manifest counts them (``dropped_unfinished``); a round whose rewarded edits are all cut
     trains no version."""
+    restart: bool = True
+    """true: every round's version is trained from v0 (the configured model) on the union of the
+    winners of every round so far, as ReST^EM and STaR do: a version never drifts on its own
+    samples, and each round's SFT set only grows. false: each version continues from the current
+    one, on its own round's winners only."""
 
     def check(self, key: str = "teacher.sft") -> None:
         check_choice(self, key, "save", Save)
@@ -156,7 +161,14 @@ class TeacherConfig:
     hours. Keep prompt + ``generation.max_new_tokens`` within the model's context length."""
     prompt: str = "implications"
     """Self-edit prompt template: 'implications', 'implications-long', 'implications-very-long',
-    'rewrite', 'self-qa', or a name from ``templates``."""
+    'rewrite', 'self-qa', 'atomic-facts', or a name from ``templates``. The canonical prompt: held-out
+    edits are written under it, and the ReST^EM update trains every winning edit under it."""
+    explore: list[str] = field(default_factory=list)
+    """Templates the k training edits of a context are sampled under, in turn (sample i under
+    ``explore[i % len(explore)]``); each edit records its template. ReST^EM re-weights what the
+    sampler already writes and invents no new form, so exploring other prompts lets a better form
+    win; the update pairs each winner with ``prompt``'s rendering of its context, which distils the
+    winners' forms into the one canonical prompt. Empty: every edit under ``prompt``."""
     templates: dict[str, str] = field(default_factory=dict)
     """Extra templates, name -> text with {title} and {context} placeholders (and no other braces;
     write {{ and }} for literal ones)."""
@@ -170,9 +182,12 @@ class TeacherConfig:
 
         check_min(self, key, 0, "threads")
         check_min(self, key, 1, "max_prompt_tokens")
-        try:
-            template_text(self.prompt, self.templates)
-        except ValueError as e:
-            raise ConfigError(f"{key}.prompt={self.prompt}: {e}") from None
+        for name, value in (("prompt", self.prompt), *((f"explore.{i}", t) for i, t in enumerate(self.explore))):
+            try:
+                template_text(value, self.templates)
+            except ValueError as e:
+                raise ConfigError(f"{key}.{name}={value}: {e}") from None
+        if len(set(self.explore)) != len(self.explore):
+            raise ConfigError(f"{key}.explore={list(self.explore)} names a template twice; list each once")
         self.generation.check(f"{key}.generation")
         self.sft.check(f"{key}.sft")

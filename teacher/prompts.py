@@ -1,14 +1,15 @@
 """Self-edit prompts: the instruction the teacher reads before writing an edit.
 
 The variants follow SEAL's knowledge-incorporation prompts (implications, longer implications,
-rewrites, self-QA), written in our own words. A template is one plain string with ``{title}`` and
+rewrites, self-QA), written in our own words, plus atomic facts (one fact per line, the form SEAL's
+RL converged to). A template is one plain string with ``{title}`` and
 ``{context}`` placeholders that ends with a cue line ("Implications:"): a base model continues
 after the cue, and a chat model gets the same text as one user turn (the cue then reads as the
 heading of the answer it should write). One string per variant, for both kinds of model, so a user
 template is written once and works for either.
 
-The rendered prompt is stored with every edit (the ReST^EM update trains on exactly that prompt),
-so `render` is a pure function of its arguments. `tokenize_prompt` is the one way a rendered prompt
+The rendered prompt is stored with every edit (the ReST^EM update trains on exactly that prompt,
+or, for an edit sampled under an explored template, on the canonical prompt stored beside it), so `render` is a pure function of its arguments. `tokenize_prompt` is the one way a rendered prompt
 becomes token ids, for generation and for the SFT update alike.
 """
 
@@ -46,6 +47,12 @@ TEMPLATES: dict[str, str] = {
         "question must make sense without the passage, and each answer must be short. Write every "
         "pair as two lines, 'Question: ...' and then 'Answer: ...'.\n\n" + _PASSAGE
         + "Questions and answers:\n"
+    ),
+    "atomic-facts": (
+        "Break the passage below into atomic facts: short, simple sentences that each state exactly "
+        "one fact from it. Name people, places and things in full in every sentence, so that each "
+        "one makes sense on its own. Put one fact per line and leave out nothing.\n\n" + _PASSAGE
+        + "Facts:\n"
     ),
 }
 
@@ -134,6 +141,17 @@ def render(name: str, extra: dict[str, str], title: str, context: str, tokenizer
     return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
+def templates_of(cfg) -> list[str]:
+    """Every template a teacher config (``TeacherConfig``) renders: the canonical ``prompt``, then
+    the explored ones."""
+    return list(dict.fromkeys([cfg.prompt, *cfg.explore]))
+
+
+def template_of(cfg, sample: int) -> str:
+    """The template training edit ``sample`` of a context is written under (``teacher.explore``)."""
+    return cfg.explore[sample % len(cfg.explore)] if cfg.explore else cfg.prompt
+
+
 def tokenize_prompt(tokenizer, text: str, chat: bool) -> list[int]:
     """Token ids of a rendered prompt: the one way prompts become ids (generation and SFT).
 
@@ -176,8 +194,8 @@ def check_prompt_lengths(cfg, contexts, domain, tokenizer, chat: bool, key: str 
     bound = cfg.max_prompt_tokens
     over = []
     for c in contexts:
-        text = render(cfg.prompt, cfg.templates, *domain.prompt_fields(c), tokenizer, chat)
-        n = len(tokenize_prompt(tokenizer, text, chat))
+        n = max(len(tokenize_prompt(tokenizer, render(t, cfg.templates, *domain.prompt_fields(c), tokenizer, chat),
+                                    chat)) for t in templates_of(cfg))
         if n > bound:
             over.append((c.title, n))
     if over:

@@ -33,8 +33,8 @@ def mean_loglik(verdicts) -> float | None:
 class QuestionVerdict:
     question: str
     gold: str
-    answer: str
-    score: float
+    answer: str | None  # None: not generated (a job that wanted only log-likelihoods)
+    score: float | None  # None: no answer to grade
     loglik: float | None = None  # mean log-prob of the gold answer's tokens (question-style domains; see student.loglik)
 
 
@@ -43,7 +43,8 @@ class StudentResult:
     """One student's score on one context, after one adaptation (or none, for the baseline).
 
     ``key`` is the idempotency key: one row per key, ever. ``score`` is the grader's mean over the
-    context's questions; ``baseline_score`` is the same student's unadapted score on them, and
+    context's questions (None when the job generated no answers: a training round rewarded on
+    log-likelihood); ``baseline_score`` is the same student's unadapted score on them, and
     ``baseline_loglik`` the unadapted mean gold-answer log-likelihood (None outside question-style
     domains, and in rows written before it was recorded). ``loglik`` is this result's.
     """
@@ -53,7 +54,7 @@ class StudentResult:
     context_id: str
     condition: str  # base | passage | edits (seal adapt); edit | heldout (seal train)
     completion: int  # index of the edit among the context's completions (0 for base/passage)
-    score: float
+    score: float | None
     baseline_score: float
     verdicts: tuple[QuestionVerdict, ...]
     seed: int
@@ -89,7 +90,10 @@ class SelfEdit:
     """One edit written by the teacher, with everything needed to reproduce and to train on it.
 
     ``prompt`` is the exact rendered prompt string (template applied, chat template if any); ReST^EM
-    trains on (prompt, text) pairs, so the update sees exactly what the sampler saw.
+    trains on (prompt, text) pairs, so the update sees exactly what the sampler saw. An edit sampled
+    under an explored template (``teacher.explore``) also carries ``sft_prompt``, the canonical
+    template's rendering of the same context: the update trains on (sft_prompt, text), which distils
+    the explored forms into the canonical prompt.
     """
 
     edit_id: str
@@ -105,6 +109,12 @@ class SelfEdit:
     n_tokens: int
     finished: bool  # ended at EOS rather than at max_new_tokens
     sampling: dict[str, Any] = field(default_factory=dict)  # greedy/temperature/top_p/max_new_tokens/seed
+    sft_prompt: str | None = None  # the canonical prompt the update pairs it with; None: ``prompt``
+
+    @property
+    def train_prompt(self) -> str:
+        """The prompt the ReST^EM update trains this edit under."""
+        return self.prompt if self.sft_prompt is None else self.sft_prompt
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -9,8 +9,13 @@ which every edit's training data contains too, so the gain is what the edit adds
 students the gains of one edit are aggregated first (mean or min), then the rule applies:
 
 - ``binary_gain``: the edit raised the score (gain > 0). The paper's rule.
-- ``best_of_k``: the best edit of each context, and only if its gain > 0 (unless ``positive_only``
-  is off). What the reference implementation actually did. Ties go to the lower sample index.
+- ``best_of_k``: the best edit of each context, and only if its gain > ``margin`` (unless
+  ``positive_only`` is off). What the reference implementation actually did. Ties go to the lower
+  sample index.
+- ``advantage``: every edit whose advantage (its gain minus the mean gain of its context's scored
+  edits) exceeds ``margin``, and, with ``positive_only``, whose gain > 0. Like best_of_k it ranks
+  within the passage, where the reward is reliable (a passage's edits share its difficulty and its
+  reference), but it keeps every edit clearly above its siblings, not just one.
 - ``threshold``: gain >= delta.
 
 An edit that lacks a result from some student (its job dead-lettered or dropped as stale) gets no
@@ -21,12 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestration.core.config import Choice, check_choice
+from orchestration.core.config import Choice, check_choice, check_min
 
 
 class Rule(Choice):
     binary_gain = "binary_gain"
     best_of_k = "best_of_k"
+    advantage = "advantage"
     threshold = "threshold"
 
 
@@ -50,13 +56,19 @@ class RewardConfig:
     """How student results become rewards for the teacher's edits."""
 
     rule: Rule = Rule.binary_gain
-    """'binary_gain' (gain > 0), 'best_of_k' (best edit per context) or 'threshold' (gain >= delta)."""
+    """'binary_gain' (gain > 0), 'best_of_k' (best edit per context), 'advantage' (edits above their
+    context's mean gain) or 'threshold' (gain >= delta)."""
     aggregate: Aggregate = Aggregate.mean
     """With several students: 'mean' or 'min' of the per-student gains of an edit, before the rule."""
     delta: float = 0.0
     """Minimum gain for 'threshold'."""
     positive_only: bool = True
-    """'best_of_k' rewards a context's best edit only if its gain > 0."""
+    """'best_of_k' rewards a context's best edit only if its gain > ``margin``; 'advantage' rewards
+    only edits with gain > 0."""
+    margin: float = 0.0
+    """'best_of_k': the gain a context's best edit must exceed (with ``positive_only``); 'advantage':
+    the advantage an edit must exceed. >= 0; in the signal's units (a mean log-likelihood in nats, or
+    a score), against the seed-to-seed noise of one adaptation."""
     baseline: Baseline = Baseline.base
     """What a gain is measured against: 'base' (the unadapted student, the paper's rule) or
     'reference' (the domain's fixed recipe on the same context: the passage-only adaptation for
@@ -72,6 +84,7 @@ class RewardConfig:
         check_choice(self, key, "aggregate", Aggregate)
         check_choice(self, key, "baseline", Baseline)
         check_choice(self, key, "signal", Signal)
+        check_min(self, key, 0, "margin")
 
 
 def value(res, signal: str) -> float | None:
@@ -128,14 +141,27 @@ def threshold(gains: list[EditGain], delta: float) -> list[str]:
     return [g.edit_id for g in gains if g.gain >= delta]
 
 
-def best_of_k(gains: list[EditGain], positive_only: bool = True) -> list[str]:
+def best_of_k(gains: list[EditGain], positive_only: bool = True, margin: float = 0.0) -> list[str]:
     best: dict[str, EditGain] = {}
     for g in gains:
         cur = best.get(g.context_id)
         if cur is None or g.gain > cur.gain or (g.gain == cur.gain and g.sample < cur.sample):
             best[g.context_id] = g
-    keep = {g.edit_id for g in best.values() if g.gain > 0 or not positive_only}
+    keep = {g.edit_id for g in best.values() if g.gain > margin or not positive_only}
     return [g.edit_id for g in gains if g.edit_id in keep]
+
+
+def advantages(gains: list[EditGain]) -> dict[str, float]:
+    """edit id -> its gain minus the mean gain of its context's edits (among ``gains``)."""
+    by_ctx: dict[str, list[float]] = {}
+    for g in gains:
+        by_ctx.setdefault(g.context_id, []).append(g.gain)
+    return {g.edit_id: g.gain - sum(by_ctx[g.context_id]) / len(by_ctx[g.context_id]) for g in gains}
+
+
+def advantage(gains: list[EditGain], positive_only: bool = True, margin: float = 0.0) -> list[str]:
+    adv = advantages(gains)
+    return [g.edit_id for g in gains if adv[g.edit_id] > margin and (g.gain > 0 or not positive_only)]
 
 
 def rewarded(cfg: RewardConfig, gains: list[EditGain]) -> list[str]:
@@ -145,4 +171,6 @@ def rewarded(cfg: RewardConfig, gains: list[EditGain]) -> list[str]:
         return binary_gain(gains)
     if cfg.rule == "threshold":
         return threshold(gains, cfg.delta)
-    return best_of_k(gains, cfg.positive_only)
+    if cfg.rule == "advantage":
+        return advantage(gains, cfg.positive_only, cfg.margin)
+    return best_of_k(gains, cfg.positive_only, cfg.margin)

@@ -48,14 +48,24 @@ def version_of_round(run: Path, r: int) -> dict | None:
 
 def wanted_edits(cfg: TrainConfig, r: int, version: int, ctxs: list[Context], heldout: list[Context]) -> list[Slot]:
     """The edit slots the step needs; ids are stable, so resume reuses them."""
+    from teacher.prompts import template_of
+
     k_eval = cfg.eval.k if cfg.eval.sampled else 1
     out = [Slot(str(EditId.heldout(version, c.context_id, i)), c, "heldout", i) for c in heldout for i in range(k_eval)]
-    out += [Slot(str(EditId.train(r, c.context_id, i)), c, "train", i) for c in ctxs for i in range(cfg.edits_per_context)]
+    out += [Slot(str(EditId.train(r, c.context_id, i)), c, "train", i, template_of(cfg.teacher, i))
+            for c in ctxs for i in range(cfg.edits_per_context)]
     return out
 
 
 def step_jobs(cfg: TrainConfig, students, r: int, version: int, wanted, heldout: list[Context]) -> list[Job]:
     domain = domains.get(cfg.data.domain)
+    # A training context's jobs feed only its rewards: under the loglik signal they need no answers
+    # (generating them cost most of an adaptation's scoring). Held-out contexts always answer, for F1.
+    train_ctx = {w.context.context_id for w in wanted if w.purpose == "train"}
+
+    def answer_of(context_id: str) -> dict:
+        return {"answer": False} if cfg.reward.signal == R.Signal.loglik and context_id in train_ctx else {}
+
     jobs = []
     for _, s in students:
         kind = job_kind(s.model)
@@ -67,11 +77,14 @@ def step_jobs(cfg: TrainConfig, students, r: int, version: int, wanted, heldout:
                                                         if w.purpose == "train"}.values()]
         for c, cond in refs:
             jobs.append(Job(str(JobKey.reference(cond, c.context_id, s.model)), kind, {
-                **base, "context": domain.to_json(c), "condition": cond}, teacher_version=version, round=r))
+                **base, "context": domain.to_json(c), "condition": cond, **answer_of(c.context_id)},
+                teacher_version=version, round=r))
         for w in wanted:
             jobs.append(Job(str(JobKey.of_edit(w.edit_id, s.model)), kind, {
                 **base, "context": domain.to_json(w.context), "edit": None, "edit_id": w.edit_id, "sample": w.sample,
-                "condition": "heldout" if w.purpose == "heldout" else "edit"}, teacher_version=version, round=r))
+                "condition": "heldout" if w.purpose == "heldout" else "edit",
+                **(answer_of(w.context.context_id) if w.purpose == "train" else {})},
+                teacher_version=version, round=r))
     return jobs
 
 
@@ -110,6 +123,8 @@ def reward_round(cfg: TrainConfig, run: Path, r: int, students, wanted,
     """(rewarded edit ids, reward statistics) of a round's training edits. Each scored edit's gains
     over both baselines (the reference's where it ran) go to rewards.jsonl, one row per edit and
     round, written once: a resumed round reads the same stored results and gets the same rows."""
+    from collections import Counter
+
     from orchestration.core.stats import mean
 
     train = [w for w in wanted if w.purpose == "train"]
@@ -131,7 +146,7 @@ def reward_round(cfg: TrainConfig, run: Path, r: int, students, wanted,
     done = {json.loads(x)["edit_id"] for x in read_jsonl(run / "rewards.jsonl") if json.loads(x)["round"] == r}
     kept, gain_of = set(ids), {g.edit_id: g.gain for g in gains}
     new = [json.dumps({"round": r, "edit_id": w.edit_id, "context_id": w.context.context_id, "sample": w.sample,
-                       "signal": rw.signal, "baseline": rw.baseline, "gains": both[w.edit_id],
+                       "template": w.template, "signal": rw.signal, "baseline": rw.baseline, "gains": both[w.edit_id],
                        "gain": gain_of.get(w.edit_id), "rewarded": w.edit_id in kept}, sort_keys=True)
            for w in train if w.edit_id in both and w.edit_id not in done]
     if new:
@@ -140,27 +155,38 @@ def reward_round(cfg: TrainConfig, run: Path, r: int, students, wanted,
     stats = {"rule": rw.rule, "signal": rw.signal, "baseline": rw.baseline, "edits": len(train),
              "scored": len(gains), "incomplete": len(incomplete), "rewarded": len(ids),
              "mean_gain": mean(g.gain for g in gains), "max_gain": max((g.gain for g in gains), default=None),
+             "rewarded_templates": dict(Counter(w.template for w in train if w.edit_id in kept)),
              **{f"mean_gain_{b}": mean(g[b] for e in both.values() for g in e.values()) for b in ("base", "reference")}}
     return ids, stats
 
 
 def update_teacher(cfg: TrainConfig, run: Path, r: int, version: int, model: str, ids: list[str],
                    stats: dict, edits: dict[str, SelfEdit]) -> dict | None:
-    """Train the next version on the rewarded edits; returns its manifest (None: nothing rewarded)."""
+    """Train the next version on the rewarded edits ``ids`` of round ``r``; returns its manifest
+    (None: nothing to train on). With ``teacher.sft.restart`` (the default) the version is trained
+    from v0 on the winners of every round up to ``r`` (rewards.jsonl, in round order); otherwise from
+    the current version ``model`` on this round's. Each winner is trained under its canonical prompt
+    (`SelfEdit.train_prompt`)."""
     from teacher.rest_em import SFTExample, sft_update
     from teacher.versions import list_versions, prune
 
     done = version_of_round(run, r)
     if done is not None or not ids:
         return done
-    examples = [SFTExample(i, edits[i].prompt, edits[i].text, edits[i].chat, edits[i].finished) for i in ids]
-    kept = [x for x in examples if x.finished or not cfg.teacher.sft.drop_unfinished]
+    s = cfg.teacher.sft
+    if s.restart:
+        earlier = [x["edit_id"] for x in map(json.loads, read_jsonl(run / "rewards.jsonl"))
+                   if x["rewarded"] and x["round"] < r]
+        ids = list(dict.fromkeys(earlier + list(ids)))
+    examples = [SFTExample(i, edits[i].train_prompt, edits[i].text, edits[i].chat, edits[i].finished) for i in ids]
+    kept = [x for x in examples if x.finished or not s.drop_unfinished]
     if not kept:
         return None
     new = max(list_versions(run / "checkpoints"), default=0) + 1
-    manifest = sft_update(model, kept, cfg.teacher, run / "checkpoints" / f"v{new}", cache=cfg.models_cache,
-                          manifest={"version": new, "parent_version": version, "round": r, "rewards": stats,
-                                    "dropped_unfinished": len(examples) - len(kept)})
+    parent, parent_version = (cfg.teacher.model, 0) if s.restart else (model, version)
+    manifest = sft_update(parent, kept, cfg.teacher, run / "checkpoints" / f"v{new}", cache=cfg.models_cache,
+                          manifest={"version": new, "parent_version": parent_version, "round": r, "rewards": stats,
+                                    "restart": s.restart, "dropped_unfinished": len(examples) - len(kept)})
     trim_cpu_memory()
     prune(run / "checkpoints", cfg.teacher.sft.keep_last, report.best_version(run))
     return manifest

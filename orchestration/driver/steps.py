@@ -39,6 +39,7 @@ class Slot(NamedTuple):
     context: Context
     purpose: str  # 'train' or 'heldout' (seal train/evaluate); 'generate' (seal generate/continual)
     sample: int
+    template: str | None = None  # the template it is written under (teacher.explore); None: teacher.prompt
 
 
 def plan_chunks(slots: list[Slot], batch_size: int) -> list[list[Slot]]:
@@ -78,18 +79,23 @@ def write_edits(backend, teacher, domain, slots: list[Slot], have, save: Callabl
     for chunk in plan_chunks(slots, g.batch_size):
         if all(s.edit_id in have for s in chunk):
             continue
-        ctxs = list({s.context.context_id: s.context for s in chunk}.values())
-        prompts = [render(teacher.prompt, teacher.templates, *domain.prompt_fields(c), backend.tokenizer, backend.chat)
-                   for c in ctxs]
+        # one prompt per (context, template); a slot takes the j-th sample of its prompt, j its rank
+        # among the chunk's slots of that prompt (one template: j is the slot's own sample index)
+        units: dict[tuple[str, str], list[Slot]] = {}
+        for s in chunk:  # contexts in order, each context's samples in order (`plan_chunks`)
+            units.setdefault((s.context.context_id, s.template or teacher.prompt), []).append(s)
+        ctx_of = {s.context.context_id: s.context for s in chunk}
+        keys = list(units)
+        prompts = [render(t, teacher.templates, *domain.prompt_fields(ctx_of[c]), backend.tokenizer, backend.chat)
+                   for c, t in keys]
         greedy_ = greedy(chunk[0].purpose)
         seed = chunk_seed(g.seed, chunk)
-        outs = backend.generate(prompts, max(s.sample for s in chunk) + 1, greedy=greedy_, seed=seed, choices=choices)
+        outs = backend.generate(prompts, max(map(len, units.values())), greedy=greedy_, seed=seed, choices=choices)
         fault("generate")
-        by_ctx = {c.context_id: (p, o) for c, p, o in zip(ctxs, prompts, outs)}
+        got = {s.edit_id: (p, o[j]) for u, p, o in zip(keys, prompts, outs) for j, s in enumerate(units[u])}
         sampling = {"greedy": greedy_, "temperature": g.temperature, "top_p": g.top_p,
                     "max_new_tokens": g.max_new_tokens, "seed": seed, "constrain": g.constrain}
-        save([(s, by_ctx[s.context.context_id][0], by_ctx[s.context.context_id][1][s.sample]) for s in chunk],
-             sampling)
+        save([(s, *got[s.edit_id]) for s in chunk], sampling)
 
 
 def grouped(jobs: list, size: int) -> list:
@@ -175,13 +181,23 @@ def generate_edits(cfg, run: Path, r: int, version: int, model: str, wanted: lis
     progress, and its resume regenerates the same chunk)."""
     if all(w.edit_id in edits for w in wanted):
         return
+    from teacher.prompts import render
+
     domain = domains.get(cfg.data.domain)
     backend = teacher_backend(cfg, model)
 
+    def canonical(w: Slot) -> str | None:
+        """The canonical prompt of an edit written under an explored template (None: its own)."""
+        if w.template in (None, cfg.teacher.prompt):
+            return None
+        return render(cfg.teacher.prompt, cfg.teacher.templates, *domain.prompt_fields(w.context),
+                      backend.tokenizer, backend.chat)
+
     def save(rows, sampling):
         new = [SelfEdit(edit_id=w.edit_id, context_id=w.context.context_id, teacher_version=version, round=r,
-                        purpose=w.purpose, sample=w.sample, template=cfg.teacher.prompt, chat=backend.chat,
-                        prompt=prompt, text=g.text, n_tokens=g.n_tokens, finished=g.finished, sampling=sampling)
+                        purpose=w.purpose, sample=w.sample, template=w.template or cfg.teacher.prompt,
+                        chat=backend.chat, prompt=prompt, text=g.text, n_tokens=g.n_tokens, finished=g.finished,
+                        sampling=sampling, sft_prompt=canonical(w))
                for w, prompt, g in rows if w.edit_id not in edits]
         append_jsonl(run / "edits.jsonl", "\n".join(e.to_json() for e in new))
         edits.update((e.edit_id, e) for e in new)

@@ -12,7 +12,9 @@ configured model):
      student or, with ``reward.baseline: reference``, the passage-only adaptation queued in step 2;
      aggregated over students; per edit in rewards.jsonl) -> reward rule;
   5. TRL SFT on the rewarded (prompt, edit) pairs -> version v+1 in checkpoints/ (none rewarded:
-     the teacher is kept as is);
+     the teacher is kept as is). By default (``teacher.sft.restart``) v+1 is trained from v0 on the
+     winners of every round so far; an edit sampled under an explored template (``teacher.explore``)
+     is trained under the canonical ``teacher.prompt``;
   6. one row in metrics.jsonl, and a line of the console table.
 Every part is idempotent, so rerunning the command on the run folder resumes where it stopped:
 edits already written are reused, queued jobs are not redone, a version already saved for the

@@ -21,6 +21,11 @@ GAINS = [G("a0", "A", 0, 0.10), G("a1", "A", 1, 0.30), G("a2", "A", 2, 0.0),
     (RewardConfig("threshold", delta=-0.15), ["a0", "a1", "a2", "b1", "c0", "c1"]),
     (RewardConfig("best_of_k"), ["a1", "c0"]),                         # B's best is negative; C's tie -> sample 0
     (RewardConfig("best_of_k", positive_only=False), ["a1", "b1", "c0"]),
+    (RewardConfig("best_of_k", margin=0.2), ["a1"]),                   # C's best (0.05) is within the margin
+    (RewardConfig("advantage"), ["a1"]),                               # A's mean 0.133: only a1 is above it
+    (RewardConfig("advantage", positive_only=False), ["a1", "b1"]),    # b1 beats B's mean, with a loss
+    (RewardConfig("advantage", margin=0.1), ["a1"]),                   # a1's advantage is 0.167
+    (RewardConfig("advantage", margin=0.2), []),
 ])
 def test_rules(cfg, expected):
     assert rewarded(cfg, GAINS) == expected
@@ -49,7 +54,8 @@ def test_edit_missing_a_student_is_left_out_not_zeroed():
     assert rewarded(RewardConfig("best_of_k"), gains) == ["e0"]
 
 
-@pytest.mark.parametrize("cfg,needle", [(RewardConfig("best"), "reward.rule"), (RewardConfig(aggregate="max"), "reward.aggregate")])
+@pytest.mark.parametrize("cfg,needle", [(RewardConfig("best"), "reward.rule"), (RewardConfig(aggregate="max"), "reward.aggregate"),
+                                        (RewardConfig("advantage", margin=-0.1), "reward.margin")])
 def test_unknown_rule_or_aggregate(cfg, needle):
     with pytest.raises(ValueError, match=needle):
         rewarded(cfg, GAINS)

@@ -10,7 +10,7 @@ from teacher.prompts import TEMPLATES, render, template_text, tokenize_prompt
 TITLE, PASSAGE = "The Vell Lighthouse", "The Vell lighthouse was lit in 1871 by keeper Ada Morrow."
 CUES = {"implications": "Implications:\n", "implications-long": "Implications:\n",
         "implications-very-long": "Implications:\n", "rewrite": "Rewrites:\n",
-        "self-qa": "Questions and answers:\n", "arc-config": "Training configuration (JSON):\n",
+        "self-qa": "Questions and answers:\n", "atomic-facts": "Facts:\n", "arc-config": "Training configuration (JSON):\n",
         "arc-options": "Training configuration (JSON):\n"}
 
 
