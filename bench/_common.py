@@ -71,7 +71,7 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict
     """Adapt ``model`` once per item of ``todo`` and score it, caching one JSON row per item in ``path``.
 
     An item is {'id': unique str, 'ctx': Context, 'edit': str, 'train_as': 'passage' | 'edits',
-    'seed': int or None (the student's), ...}; its row holds the item's other fields, per-question
+    'seed': int or None (the student's), 'answer': False to score only log-likelihoods (F1 None), ...}; its row holds the item's other fields, per-question
     F1 and gold-answer log-likelihood (adapted and base), the training steps and tokens, and the
     edit's length. The student runs its default recipe with ``overrides``; a row is reused only under
     the same resolved recipe (`recipe_of`; rows of other recipes stay in the file) and the same edit
@@ -91,7 +91,9 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict
         if r["recipe"] == recipe:
             rows[r["id"]] = r
     want = {t["id"]: edit_sha(t["edit"]) for t in todo}
-    have = {i: r for i, r in rows.items() if i in want and r.get("edit_sha") == want[i]}
+    asks = {t["id"] for t in todo if t.get("answer", True)}  # a row without answers serves no F1
+    have = {i: r for i, r in rows.items()
+            if i in want and r.get("edit_sha") == want[i] and (r.get("answered", True) or i not in asks)}
     left = [t for t in todo if t["id"] not in have]
     if left:
         from orchestration.core.domains import knowledge
@@ -103,19 +105,20 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict
         t0 = time.perf_counter()
         for at in range(0, len(left), group):
             part = left[at:at + group]
-            jobs = [AdaptJob((t["ctx"],), (t["edit"],), t["train_as"], 0, t["id"], t.get("seed")) for t in part]
+            jobs = [AdaptJob((t["ctx"],), (t["edit"],), t["train_as"], 0, t["id"], t.get("seed"), t.get("answer", True))
+                    for t in part]
             results = adapt_and_score_many(st, base, jobs)
             with path.open("a") as f:
                 for t, r in zip(part, results):
                     if isinstance(r, Exception):
                         raise r
                     b = base.get(t["ctx"])[0]
-                    extra = {k: v for k, v in t.items() if k not in ("ctx", "edit", "train_as")}
+                    extra = {k: v for k, v in t.items() if k not in ("ctx", "edit", "train_as", "answer")}
                     row = {**extra, "context_id": t["ctx"].context_id, "recipe": recipe,
                            "f1": [v.score for v in r.verdicts], "loglik": [v.loglik for v in r.verdicts],
                            "base_f1": [v.score for v in b], "base_loglik": [v.loglik for v in b],
-                           "steps": r.train["steps"], "real_tokens": r.train["real_tokens"],
-                           "edit_chars": len(t["edit"]), "edit_sha": want[t["id"]]}
+                           "steps": r.train["steps"], "real_tokens": r.train["real_tokens"], "timings": r.timings,
+                           "edit_chars": len(t["edit"]), "edit_sha": want[t["id"]], "answered": t["id"] in asks}
                     f.write(json.dumps(row) + "\n")
                     have[t["id"]] = row
             print(f"  {model}: {min(at + group, len(left))}/{len(left)} adaptations, "
