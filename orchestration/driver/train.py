@@ -126,6 +126,9 @@ class Train:
         ids, stats, manifest = [], None, None
         if r < cfg.rounds:
             ids, stats = reward_round(cfg, run, r, students, wanted, results)
+            if cfg.teacher.explore:
+                won = ", ".join(f"{t} {n}" for t, n in stats["rewarded_templates"].items()) or "none"
+                print(f"round {r}: rewarded edits by template: {won}")
             manifest = update_teacher(cfg, run, r, version, model, ids, stats, self.edits)
             if manifest is not None:
                 self.queue.set_flag(VERSION_FLAG, str(manifest["version"]))

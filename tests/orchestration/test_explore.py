@@ -39,7 +39,7 @@ def explore_run(tmp_path, tiny_chat_model, tiny_model, monkeypatch, *overrides, 
     return tmp_path / "run", got, calls
 
 
-def test_explored_edits_train_under_the_canonical_prompt(tmp_path, tiny_chat_model, tiny_model, monkeypatch):
+def test_explored_edits_train_under_the_canonical_prompt(tmp_path, tiny_chat_model, tiny_model, monkeypatch, capsys):
     run, metrics, calls = explore_run(tmp_path, tiny_chat_model, tiny_model, monkeypatch)
     edits = {e["edit_id"]: e for e in rows(run / "edits.jsonl")}
     train = [e for e in edits.values() if e["purpose"] == "train"]
@@ -65,6 +65,7 @@ def test_explored_edits_train_under_the_canonical_prompt(tmp_path, tiny_chat_mod
     # the winners' templates, per round
     for m in metrics[:2]:
         assert m["rewards"]["rewarded_templates"] == {"implications": 2, "self-qa": 2}
+    assert "round 1: rewarded edits by template: implications 2, self-qa 2" in capsys.readouterr().out
     assert {r["template"] for r in rows(run / "rewards.jsonl")} == {"implications", "self-qa"}
 
 
