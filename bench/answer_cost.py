@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 from _common import restatement, squad_subset
@@ -70,7 +71,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--offset", type=int, default=300, help="first passage (the recipe-tuning range)")
     args = ap.parse_args()
-    print(json.dumps({"results": [measure(m, args.k, args.repeats, args.offset) for m in args.students.split(",")]},
+    print(json.dumps({"command": "python bench/answer_cost.py " + " ".join(sys.argv[1:]),
+                      "results": [measure(m, args.k, args.repeats, args.offset) for m in args.students.split(",")]},
                      indent=1))
 
 
