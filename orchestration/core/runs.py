@@ -127,16 +127,27 @@ def append_jsonl(path: Path, line: str) -> None:
         os.fsync(f.fileno())
 
 
-def read_json(path: str | Path, error: type[Exception], missing: str):
-    """A JSON file's content; a missing file raises ``error`` ending with ``missing`` (the fix), bad
-    JSON raises ``error`` naming the file."""
+def read_text(path: str | Path, error: type[Exception], missing: str) -> str:
+    """A UTF-8 text file's content; a missing file raises ``error`` ending with ``missing`` (the fix),
+    a file that is not UTF-8 (a UTF-16 export, a binary) raises ``error`` naming the file and byte."""
     p = Path(path)
     if not p.is_file():
         raise error(missing.format(path=p))
     try:
-        return json.loads(p.read_text())
+        return p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                    f"save the file as UTF-8") from e
+
+
+def read_json(path: str | Path, error: type[Exception], missing: str):
+    """A JSON file's content; a missing file raises ``error`` ending with ``missing`` (the fix), a file
+    that is not UTF-8 or not JSON raises ``error`` naming the file."""
+    text = read_text(path, error, missing)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"{p}: not valid JSON ({e})") from e
+        raise error(f"{Path(path)}: not valid JSON ({e})") from e
 
 
 def read_jsonl(path: Path) -> list[str]:

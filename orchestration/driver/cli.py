@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from orchestration.core import catalog
+from orchestration.core.arc.grids import ArcDataError
 from orchestration.core.config import Choice, ConfigError, check_choice, check_min, load_config
 from orchestration.core.contexts import ContextDataError
 
@@ -210,7 +211,7 @@ def error_message(e: BaseException, args) -> str | None:
 
     from orchestration.driver.launch import WorkerError
 
-    if isinstance(e, (ConfigError, ContextDataError, catalog.ModelNotFound, WorkerError)):
+    if isinstance(e, (ConfigError, ContextDataError, ArcDataError, catalog.ModelNotFound, WorkerError)):
         msg = str(e)
     elif isinstance(e, sqlite3.DatabaseError):
         run = getattr(args, "run_dir", None)
