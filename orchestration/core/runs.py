@@ -22,6 +22,7 @@ import uuid
 from importlib import metadata
 from pathlib import Path
 
+from orchestration.core import console
 from orchestration.core.config import ConfigError, diff_keys
 
 CONFIG_FILE = "config.yaml"
@@ -74,9 +75,11 @@ def open_run(command: str, run_dir: str | None, cfg, extra: dict | None = None) 
         if changed:
             raise ConfigError(f"{path} holds a run with a different config (keys: {', '.join(changed)}); "
                               f"resume with the same config or choose a new run_dir=PATH")
+        console.attach(path / console.LOG_NAME)
         print(resuming_note(path), flush=True)
         return path
     path.mkdir(parents=True, exist_ok=True)
+    console.attach(path / console.LOG_NAME)  # the libraries' output, under `seal` (console.quiet)
     # config.yaml last: it marks the folder as a run, so a crash in between leaves a fresh folder
     write_atomic(path / MANIFEST_FILE, json.dumps({"command": command, **provenance(), **(extra or {})}, indent=1))
     write_atomic(saved, OmegaConf.to_yaml(cfg))
