@@ -87,8 +87,8 @@ def attach(path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-    with open(_log["path"], "rb") as before:
-        shutil.copyfileobj(before, os.fdopen(os.dup(fd), "wb"))
+    with open(_log["path"], "rb") as before, os.fdopen(os.dup(fd), "wb") as after:
+        shutil.copyfileobj(before, after)
     os.dup2(fd, 2)
     os.close(fd)
     _log["path"].unlink(missing_ok=True)

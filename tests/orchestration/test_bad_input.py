@@ -246,6 +246,23 @@ def test_bad_command_value(capsys, tmp_path, command, overrides, needle):
     assert not run.exists()
 
 
+@pytest.mark.parametrize("command,overrides,needles", [
+    ("train", ["async_rounds=true", "workers.mode=inline"], ["async_rounds=true", "workers.mode=process"]),
+    ("train", ["heldout.domain=arc"], ["data.domain='knowledge'", "heldout.domain='arc'"]),
+    ("train", ["data.domain=arc", "data.source=synthetic", "heldout.domain=arc", "heldout.source=synthetic",
+               "teacher.prompt=arc-config", "reward.signal=loglik"], ["reward.signal=loglik", "reward.signal=score"]),
+    ("train", ["data.ids=[nope]"], ["data.ids", "nope"]),
+    ("train", ["data.limit=3"], ["contexts_per_round=4", "need 8", "data.limit"]),
+    ("train", ["heldout.offset=0"], ["also training contexts", "disjoint"]),
+    ("continual", ["data.limit=1"], ["continual mode needs a sequence of 2"]),
+])
+def test_bad_combination(capsys, tmp_path, command, overrides, needles):
+    """Combinations and selections a command cannot run, caught by its checks or at data load."""
+    run = tmp_path / "run"
+    refused(capsys, argv(command, run, *overrides), *needles)
+    assert not run.exists()
+
+
 def test_bad_worker_command(capsys, tmp_path):
     refused(capsys, ["worker", f"run_dir={tmp_path}", "student=x", "until=never"], "until")
     refused(capsys, ["worker", f"run_dir={tmp_path}", "student=x", "threads=-1"], "threads")
