@@ -12,7 +12,7 @@ VLLM_VENV ?= .venv-vllm
 VBIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup models demo test test-vllm vllm-env lint clean-venv
+.PHONY: setup models demo test test-vllm vllm-env lint docs clean-venv
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ demo: models
 
 lint: setup
 	$(BIN)/lint-imports
+
+# docs/configuration.md is generated from the config dataclasses' field docstrings (tests/test_docs.py)
+docs: setup
+	$(BIN)/python -m orchestration.driver.docgen
 
 test: models lint
 	$(BIN)/python -m pytest -q --durations=15

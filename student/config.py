@@ -118,8 +118,12 @@ def learning_rate_of(cfg: "StudentConfig") -> float:
 
 @dataclass
 class Example:
+    """One few-shot question and its answer, shown before the real question."""
+
     question: str = ""
+    """The question, as the student would see one."""
     answer: str = ""
+    """Its answer, in the format wanted (a short span)."""
 
 
 def _default_examples() -> list[Example]:

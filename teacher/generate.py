@@ -188,7 +188,6 @@ class TransformersBackend:
                  choices: list[str] | None = None) -> list[list[Generation]]:
         """`Backend.generate`; with ``choices``, every edit is one of those texts (see `ChoiceConstraint`)."""
         import torch
-        from tqdm import tqdm
 
         g = self.cfg.generation
         check_sampling(g, n, greedy)
@@ -199,7 +198,7 @@ class TransformersBackend:
         trie = self._trie(choices) if choices is not None else None
         out: list[list] = [[None] * n for _ in prompts]  # filled in as batches finish
         stops = set(self.stops)
-        for b, batch in enumerate(tqdm(batches, desc="teacher generate", unit="batch", disable=None)):
+        for b, batch in enumerate(batches):  # the progress bar is the caller's, over all its chunks
             inp, mask = self._left_pad([ids[i] for i, _ in batch])
             constraint = ChoiceConstraint(trie, self.stops, inp.shape[1]) if trie is not None else None
             generator = torch.Generator(device=inp.device).manual_seed(batch_seed(seed, b))

@@ -121,8 +121,10 @@ def build_trainer(model, tokenizer, dataset, s: SFTSettings, output_dir: Path):
     )
     lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
                       target_modules=list(s.target_modules), task_type="CAUSAL_LM")
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=lora, callbacks=[FaultHook()])
+    from teacher.sft_console import quiet_trainer
+
+    return quiet_trainer(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                    peft_config=lora, callbacks=[FaultHook()]))
 
 
 def _parent_ref(parent: str, out_dir: Path) -> str:

@@ -118,8 +118,9 @@ class DataConfig:
     domain: Domain = Domain.knowledge
     """'knowledge' (passages and questions) or 'arc' (few-shot grid tasks); see orchestration.core.domains."""
     source: str = "demo"
-    """knowledge: 'demo' (the built-in fictional set), a SEAL/SQuAD-schema JSON file, or a hub dataset
-    id. arc: 'synthetic' (our own easy tasks) or a Kaggle-format challenges JSON file."""
+    """knowledge: 'demo' (the built-in fictional set), a SEAL/SQuAD-schema file (``.json``: a list of
+    records; ``.jsonl``: one record per line), or a hub dataset id. arc: 'synthetic' (our own easy
+    tasks) or a Kaggle-format challenges JSON file. Files must be UTF-8."""
     solutions: Optional[str] = None
     """arc: the solutions file of ``source`` (default: the ``*solutions*`` file beside it, if any)."""
     split: str = "validation"
@@ -227,6 +228,9 @@ def _load_yaml(path: Path):
         loaded = OmegaConf.load(path)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML ({_one_line(e)}); fix its syntax") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                          f"save it as UTF-8") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config file {path} holds a {type(loaded).__name__}, not a mapping of keys; "
                           f"see the configs/ files for the layout")

@@ -1,8 +1,10 @@
 """Contexts (a passage plus questions about it) in the SEAL/SQuAD schema.
 
-A context file is a JSON list of ``{"title", "context", "questions": [{"question", "answer"}]}``.
-It is validated as plain JSON first, so an error names the record index and the field, and only
-then handed to `datasets` (which would otherwise fail deep inside Arrow with no record index).
+A context file is a JSON list of ``{"title", "context", "questions": [{"question", "answer"}]}``,
+or a JSONL file with one such record per line (read by `datasets`' JSON builder, the form large
+exports come in). Either is validated as plain JSON first, so an error names the line or record
+index and the field, and only then handed to `datasets` (which would otherwise fail deep inside
+Arrow, logging a traceback, with no record index).
 
 Every context gets a ``context_id``: a short hash of title + passage. Titles alone are not unique
 (SQuAD has 2,067 passages under 48 titles), and the id keys edits, results, resume and idempotency.
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from orchestration.core.runs import read_json
+from orchestration.core.runs import read_json, read_text
 
 DEMO = "demo"  # the built-in fictional set shipped with the package
 SQUAD_SPLIT = {"heldout": ((100, 200),), "teacher": ((200, 300), (500, None)), "tuning": ((300, 500),)}
@@ -122,10 +124,32 @@ def refuse_duplicates(contexts, where: str) -> None:
                                f"passage): {titles}; remove the repeated records")
 
 
+MISSING = (f"data file {{path}} does not exist; give a SEAL/SQuAD JSON or JSONL file, '{DEMO}' for the built-in "
+           f"set, or a hub dataset id")
+
+
 def read_json_records(path: str | Path) -> list:
-    """Read a JSON file, turning a missing file or bad JSON into a ContextDataError."""
-    return read_json(path, ContextDataError, f"data file {{path}} does not exist; set data.source to a SEAL/SQuAD "
-                                             f"JSON file, '{DEMO}' for the built-in set, or a hub dataset id")
+    """Read a JSON file, turning a missing file, bad bytes or bad JSON into a ContextDataError."""
+    return read_json(path, ContextDataError, MISSING)
+
+
+def read_jsonl_dataset(path: str | Path):
+    """A JSONL file (one record per line) as a `datasets.Dataset`. A missing file, a file that is not
+    UTF-8, a line that is not JSON or a record off the schema is a ContextDataError naming the file
+    and the line or record."""
+    import datasets
+
+    records = []
+    for i, line in enumerate(read_text(path, ContextDataError, MISSING).splitlines()):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ContextDataError(f"{path}: line {i + 1} is not valid JSON ({e}); a JSONL file holds one "
+                                       f"JSON record per line") from e
+    if not validate_records(records, str(path)):
+        return datasets.Dataset.from_list([])
+    return datasets.load_dataset("json", data_files=str(path), split="train")
 
 
 def demo_records() -> list[dict]:
@@ -134,7 +158,7 @@ def demo_records() -> list[dict]:
 
 def load_contexts(source: str, *, split: str = "validation", shuffle_seed: int | None = None,
                   offset: int = 0, limit: int | None = None) -> list[Context]:
-    """Load contexts from ``demo``, a JSON file, or a hub dataset id (needs a network).
+    """Load contexts from ``demo``, a JSON or JSONL file, or a hub dataset id (needs a network).
 
     ``shuffle_seed`` shuffles the whole list with ``random.Random(seed).shuffle`` before
     ``offset``/``limit`` slice it: ``shuffle_seed=42, limit=200`` is the standard SQuAD subset.
@@ -144,6 +168,8 @@ def load_contexts(source: str, *, split: str = "validation", shuffle_seed: int |
     if source == DEMO:
         records = validate_records(demo_records(), "built-in demo set")
         ds = datasets.Dataset.from_list(records)
+    elif Path(source).suffix == ".jsonl":
+        ds = read_jsonl_dataset(source)
     elif Path(source).suffix == ".json" or Path(source).exists():
         records = validate_records(read_json_records(source), str(source))
         ds = datasets.Dataset.from_list(records)

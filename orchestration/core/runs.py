@@ -22,6 +22,7 @@ import uuid
 from importlib import metadata
 from pathlib import Path
 
+from orchestration.core import console
 from orchestration.core.config import ConfigError, diff_keys
 
 CONFIG_FILE = "config.yaml"
@@ -74,9 +75,11 @@ def open_run(command: str, run_dir: str | None, cfg, extra: dict | None = None) 
         if changed:
             raise ConfigError(f"{path} holds a run with a different config (keys: {', '.join(changed)}); "
                               f"resume with the same config or choose a new run_dir=PATH")
+        console.attach(path / console.LOG_NAME)
         print(resuming_note(path), flush=True)
         return path
     path.mkdir(parents=True, exist_ok=True)
+    console.attach(path / console.LOG_NAME)  # the libraries' output, under `seal` (console.quiet)
     # config.yaml last: it marks the folder as a run, so a crash in between leaves a fresh folder
     write_atomic(path / MANIFEST_FILE, json.dumps({"command": command, **provenance(), **(extra or {})}, indent=1))
     write_atomic(saved, OmegaConf.to_yaml(cfg))
@@ -127,16 +130,27 @@ def append_jsonl(path: Path, line: str) -> None:
         os.fsync(f.fileno())
 
 
-def read_json(path: str | Path, error: type[Exception], missing: str):
-    """A JSON file's content; a missing file raises ``error`` ending with ``missing`` (the fix), bad
-    JSON raises ``error`` naming the file."""
+def read_text(path: str | Path, error: type[Exception], missing: str) -> str:
+    """A UTF-8 text file's content; a missing file raises ``error`` ending with ``missing`` (the fix),
+    a file that is not UTF-8 (a UTF-16 export, a binary) raises ``error`` naming the file and byte."""
     p = Path(path)
     if not p.is_file():
         raise error(missing.format(path=p))
     try:
-        return json.loads(p.read_text())
+        return p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                    f"save the file as UTF-8") from e
+
+
+def read_json(path: str | Path, error: type[Exception], missing: str):
+    """A JSON file's content; a missing file raises ``error`` ending with ``missing`` (the fix), a file
+    that is not UTF-8 or not JSON raises ``error`` naming the file."""
+    text = read_text(path, error, missing)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"{p}: not valid JSON ({e})") from e
+        raise error(f"{Path(path)}: not valid JSON ({e})") from e
 
 
 def read_jsonl(path: Path) -> list[str]:

@@ -89,8 +89,7 @@ def format_table(summary: dict) -> str:
 
 def run_adapt(cfg: AdaptConfig, resolved) -> dict:
     """Run `seal adapt` on a parsed config; returns the summary (also written to the run folder)."""
-    from tqdm import tqdm
-
+    from orchestration.core.console import Progress
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, base_result, make_grader
 
@@ -112,7 +111,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
                 jobs.append(AdaptRow(str(AdaptKey(ctx.context_id, cond)), ctx, cond, 0, ""))
     todo = [j for j in jobs if j.key not in done]
     student, grade = None, None
-    for key, ctx, cond, i, edit in tqdm(todo, desc="adapt", unit="job", initial=len(jobs) - len(todo), total=len(jobs)):
+    for key, ctx, cond, i, edit in Progress(len(jobs), "adapt and score", "job", initial=len(jobs) - len(todo)).over(todo):
         if student is None:  # loaded lazily: a finished run resumes without loading a model
             student = Student(cfg.student, cache=cfg.models_cache)
             grade = make_grader(cfg.student.grader, cfg.student.judge, run / "judge_cache.json")

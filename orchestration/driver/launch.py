@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from orchestration.core.console import Progress
 from orchestration.core.queue import Queue
 from student.worker import STOP_FLAG, Worker
 
@@ -34,20 +36,23 @@ def open_jobs(q: Queue, keys: set[str]) -> int:
     return sum(row["key"] in keys for row in q.jobs(states=["pending", "leased"]))
 
 
-def watch(q: Queue, keys: set[str], desc: str, poll_s: float, check) -> None:
-    """A progress bar over ``keys`` until none is pending or leased; ``check()`` runs before each
-    poll and raises when the workers cannot go on."""
-    bar = tqdm(total=len(keys), desc=desc, unit="job")
-    try:
-        while True:
+def watch(q: Queue, keys: set[str], desc: str, poll_s: float, check, stop: threading.Event | None = None) -> None:
+    """A progress bar over ``keys`` until none is pending or leased (or ``stop`` is set); ``check()``
+    runs before each poll and raises when the workers cannot go on."""
+    stop = stop or threading.Event()
+    with Progress(len(keys), desc, "job") as bar:
+        while not stop.is_set():
             check()
             left = open_jobs(q, keys)
-            bar.update(len(keys) - left - bar.n)
+            bar.set(len(keys) - left)
             if left == 0:
                 return
-            time.sleep(poll_s)
-    finally:
-        bar.close()
+            stop.wait(poll_s)
+
+
+def _watch_inline(path: Path, keys: set[str], desc: str, poll_s: float, stop: threading.Event) -> None:
+    with Queue(path) as q:  # a connection of this thread's own (sqlite's are per thread)
+        watch(q, keys, desc, poll_s, lambda: None, stop)
 
 
 class InlineWorkers:
@@ -59,13 +64,22 @@ class InlineWorkers:
         wanted = {s.model for s in students}
         for model in [m for m in self.workers if m not in wanted]:
             del self.workers[model]  # a teacher version that is no longer the student (roles=same)
-        for s in students:
-            if s.model not in self.workers:  # loaded once, kept across rounds
-                self.workers[s.model] = Worker(s, cache=self.cfg.models_cache,
-                                               judge_cache=self.run / "judge_cache.json")
-            self.workers[s.model].serve(self.run / QUEUE_FILE, lease_s=self.cfg.workers.lease_s,
-                                        until="drained", poll_s=self.cfg.workers.poll_s,
-                                        max_attempts=self.cfg.workers.max_attempts)
+        # the bar polls the queue from a thread of its own: the workers below serve in this one
+        stop = threading.Event()
+        bar = threading.Thread(target=_watch_inline, args=(self.run / QUEUE_FILE, keys, desc,
+                                                           max(1.0, self.cfg.workers.poll_s), stop), daemon=True)
+        bar.start()
+        try:
+            for s in students:
+                if s.model not in self.workers:  # loaded once, kept across rounds
+                    self.workers[s.model] = Worker(s, cache=self.cfg.models_cache,
+                                                   judge_cache=self.run / "judge_cache.json")
+                self.workers[s.model].serve(self.run / QUEUE_FILE, lease_s=self.cfg.workers.lease_s,
+                                            until="drained", poll_s=self.cfg.workers.poll_s,
+                                            max_attempts=self.cfg.workers.max_attempts)
+        finally:
+            stop.set()
+            bar.join()
 
     def stop(self) -> None:
         self.workers.clear()

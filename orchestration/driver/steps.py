@@ -73,10 +73,11 @@ def write_edits(backend, teacher, domain, slots: list[Slot], have, save: Callabl
     chunk goes to ``save(rows, sampling)`` with rows = [(slot, prompt, Generation)] for every slot
     of the chunk, and sampling = the settings and seed it was generated with.
     """
+    from orchestration.core.console import Progress
     from teacher.prompts import render
 
     g = teacher.generation
-    for chunk in plan_chunks(slots, g.batch_size):
+    for chunk in Progress(len(slots), "teacher writes edits", "edit").over(plan_chunks(slots, g.batch_size), len):
         if all(s.edit_id in have for s in chunk):
             continue
         # one prompt per (context, template); a slot takes the j-th sample of its prompt, j its rank

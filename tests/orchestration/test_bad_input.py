@@ -55,6 +55,13 @@ def files(tmp_path_factory) -> dict[str, str]:
     for name, content in out.items():
         paths[name] = str(d / f"{name}.json")
         Path(paths[name]).write_text(json.dumps(content))
+    # a file that is not UTF-8: a UTF-16 export (BOM b"\xff\xfe"), as JSON, JSONL and YAML
+    for name, suffix, text in [("not_utf8", "json", json.dumps([rec])), ("not_utf8_jsonl", "jsonl", json.dumps(rec)),
+                               ("not_utf8_yaml", "yaml", "rounds: 1\n"), ("not_utf8_edits", "json", "[]")]:
+        paths[name] = str(d / f"{name}.{suffix}")
+        Path(paths[name]).write_bytes(text.encode("utf-16"))
+    paths["bad_jsonl"] = str(d / "bad.jsonl")
+    Path(paths["bad_jsonl"]).write_text(json.dumps(rec) + "\n{not json\n")
     paths["bad_yaml"] = str(d / "bad.yaml")
     Path(paths["bad_yaml"]).write_text("teacher:\n  model: [smollm2\nrounds: 1\n")
     paths["list_yaml"] = str(d / "list.yaml")
@@ -166,11 +173,14 @@ DATA = [  # (overrides under the data node, the key the error names, more text i
     (["source={dup}", "offset=0"], "source", "{dup_title}"),  # one context twice
     (["source={empty}", "offset=0"], "source", "selects no contexts"),  # a [] file
     (["domain=maths"], "domain", "knowledge"),
+    (["source={not_utf8}", "offset=0"], "source", "not UTF-8 text (byte 0xff at offset 0)"),
+    (["source={not_utf8_jsonl}", "offset=0"], "source", "not UTF-8 text (byte 0xff at offset 0)"),
+    (["source={bad_jsonl}", "offset=0"], "source", "line 2 is not valid JSON"),
 ]
 
 
 @pytest.mark.parametrize("command,at", [(c, at) for c, ats in DATA_AT.items() for at in ats])
-@pytest.mark.parametrize("overrides,key,text", DATA, ids=[d[0][0].split("=")[0] + "=" + d[0][0].split("=")[1][:6]
+@pytest.mark.parametrize("overrides,key,text", DATA, ids=[d[0][0].split("=")[0] + "=" + d[0][0].split("=")[1][:12]
                                                           for d in DATA])
 def test_bad_data(capsys, tmp_path, files, command, at, overrides, key, text):
     run = tmp_path / "run"
@@ -236,6 +246,23 @@ def test_bad_command_value(capsys, tmp_path, command, overrides, needle):
     assert not run.exists()
 
 
+@pytest.mark.parametrize("command,overrides,needles", [
+    ("train", ["async_rounds=true", "workers.mode=inline"], ["async_rounds=true", "workers.mode=process"]),
+    ("train", ["heldout.domain=arc"], ["data.domain='knowledge'", "heldout.domain='arc'"]),
+    ("train", ["data.domain=arc", "data.source=synthetic", "heldout.domain=arc", "heldout.source=synthetic",
+               "teacher.prompt=arc-config", "reward.signal=loglik"], ["reward.signal=loglik", "reward.signal=score"]),
+    ("train", ["data.ids=[nope]"], ["data.ids", "nope"]),
+    ("train", ["data.limit=3"], ["contexts_per_round=4", "need 8", "data.limit"]),
+    ("train", ["heldout.offset=0"], ["also training contexts", "disjoint"]),
+    ("continual", ["data.limit=1"], ["continual mode needs a sequence of 2"]),
+])
+def test_bad_combination(capsys, tmp_path, command, overrides, needles):
+    """Combinations and selections a command cannot run, caught by its checks or at data load."""
+    run = tmp_path / "run"
+    refused(capsys, argv(command, run, *overrides), *needles)
+    assert not run.exists()
+
+
 def test_bad_worker_command(capsys, tmp_path):
     refused(capsys, ["worker", f"run_dir={tmp_path}", "student=x", "until=never"], "until")
     refused(capsys, ["worker", f"run_dir={tmp_path}", "student=x", "threads=-1"], "threads")
@@ -247,6 +274,8 @@ def test_config_file_with_bad_yaml_syntax(capsys, tmp_path, files, command):
     refused(capsys, [command, files["bad_yaml"], f"run_dir={tmp_path / 'run'}"], files["bad_yaml"], "YAML")
     refused(capsys, [command, files["list_yaml"], f"run_dir={tmp_path / 'run'}"], files["list_yaml"])
     refused(capsys, [command, str(tmp_path / "nope.yaml")], str(tmp_path / "nope.yaml"), "does not exist")
+    refused(capsys, [command, files["not_utf8_yaml"], f"run_dir={tmp_path / 'run'}"], files["not_utf8_yaml"],
+            "not UTF-8")
     refused(capsys, argv(command, tmp_path / "run", "rounds=[1,"), "rounds=[1,", "YAML")
     assert not (tmp_path / "run").exists()
 
@@ -260,6 +289,28 @@ def test_missing_edits_file(capsys, tmp_path, files, command, overrides):
     run = tmp_path / "run"
     refused(capsys, argv(command, run, *fill(overrides, files, tmp_path)),
             f"edits file {tmp_path / 'missing.json'} does not exist; set edits=PATH")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("command,overrides", [
+    ("adapt", ["conditions=[base,edits]", "edits={not_utf8_edits}"]),
+    ("evaluate", ["conditions=[base,file]", "edits={not_utf8_edits}"]),
+    ("continual", ["edits={not_utf8_edits}"]),
+])
+def test_edits_file_that_is_not_utf8(capsys, tmp_path, files, command, overrides):
+    run = tmp_path / "run"
+    refused(capsys, argv(command, run, *fill(overrides, files, tmp_path)), files["not_utf8_edits"],
+            "not UTF-8 text (byte 0xff at offset 0)")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("source,text", [("not_utf8", "not UTF-8 text"), ("bad_jsonl", "not valid JSON"),
+                                         ("dup", "expected an object")])
+def test_bad_arc_file(capsys, tmp_path, files, source, text):
+    """ARC tasks are read by their own loader (`arc.tasks`); its errors are one line too."""
+    run = tmp_path / "run"
+    refused(capsys, ["train", str(ROOT / "configs" / "arc_synthetic.yaml"), f"data.source={files[source]}",
+                     "data.ids=null", f"run_dir={run}"], "data.source", files[source], text)
     assert not run.exists()
 
 

@@ -61,3 +61,34 @@ def test_bad_json_and_missing_file(tmp_path):
         load_contexts(str(p))
     with pytest.raises(ContextDataError, match="does not exist"):
         load_contexts(str(tmp_path / "missing.json"))
+
+
+def test_jsonl_file_loads_like_the_same_records_as_json(tmp_path):
+    """JSONL (one record per line, read through `datasets`) gives the same contexts as the JSON list:
+    ids, passages, questions, and the same shuffle and slice. Blank lines are skipped."""
+    recs = demo_records()
+    (tmp_path / "d.json").write_text(json.dumps(recs))
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in recs[:5]) + "\n\n"
+                                      + "\n".join(json.dumps(r) for r in recs[5:]) + "\n")
+    for kwargs in ({}, {"shuffle_seed": 42, "offset": 3, "limit": 7}):
+        want = load_contexts(str(tmp_path / "d.json"), **kwargs)
+        got = load_contexts(str(tmp_path / "d.jsonl"), **kwargs)
+        assert got == want and len(got) == (7 if kwargs else len(recs))
+    assert load_contexts(str(tmp_path / "d.jsonl"))[0].questions[0].answer == recs[0]["questions"][0]["answer"]
+
+
+@pytest.mark.parametrize("content,needle", [
+    (json.dumps(GOOD) + "\n{not json\n", "line 2 is not valid JSON"),
+    (json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "questions": []}) + "\n", "record 1: field 'questions'"),
+    (json.dumps(GOOD).encode("utf-16"), "not UTF-8 text (byte 0xff at offset 0)"),
+])
+def test_bad_jsonl_names_the_line_or_record(tmp_path, content, needle):
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ContextDataError, match=needle.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_contexts(str(p))
+
+
+def test_empty_jsonl_selects_nothing(tmp_path):
+    (tmp_path / "e.jsonl").write_text("\n")
+    assert load_contexts(str(tmp_path / "e.jsonl")) == []

@@ -23,8 +23,9 @@ the student). A third domain is one more module and one more entry in ``DOMAINS`
 
 from __future__ import annotations
 
+from orchestration.core.arc.grids import ArcDataError
 from orchestration.core.config import ConfigError, DataConfig
-from orchestration.core.contexts import refuse_duplicates
+from orchestration.core.contexts import ContextDataError, refuse_duplicates
 from orchestration.core.domains import arc, knowledge
 
 DOMAINS = {"knowledge": knowledge, "arc": arc}
@@ -40,7 +41,10 @@ def load_data(data: DataConfig, key: str = "data") -> list:
     """The contexts ``data`` names, loaded by its domain. An empty selection and repeated contexts
     are refused: each context is scored once, keyed by its id."""
     data.check(key)
-    out = get(data.domain).load(data)
+    try:
+        out = get(data.domain).load(data)
+    except (ContextDataError, ArcDataError) as e:  # a file's fault: name the key that points at it
+        raise type(e)(f"{key}.source: {e}") from e
     if data.ids:
         by_id = {c.context_id: c for c in out} | {c.title: c for c in out if data.domain == "arc"}
         missing = [i for i in data.ids if i not in by_id]

@@ -54,12 +54,19 @@ class DefaultEdit:
     """The fixed TTT recipe of the 'default_ttt' condition (the edit schema's fields)."""
 
     use_basic_augmentations: bool = True
+    """Train also on the task under rotations, flips and transposes."""
     use_size_augmentations: bool = False
+    """... under upscaling by 2 (cells become 2x2, 2x1 or 1x2 blocks)."""
     use_chain_augmentations: bool = False
+    """... under a rotation/flip/transpose followed by upscaling."""
     use_repeat_augmentations: bool = False
+    """... under tiling the grids twice down, across or both."""
     strategy: Strategy = Strategy.train_using_output_tokens
+    """Loss on the whole prompt ('train_using_all_tokens') or on the target grid only."""
     learning_rate: float = 1e-3
+    """LoRA learning rate."""
     num_train_epochs: int = 2
+    """Passes over the test-time-training examples."""
 
 
 @dataclass
