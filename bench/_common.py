@@ -36,6 +36,19 @@ def edit_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def machine_record() -> dict:
+    """`orchestration.core.models.machine` with the kind docs/results.md names machines by (the CPU
+    family and whether `dtype: auto` is bf16 there, e.g. EPYC-BF16, Xeon-fp32) and the thread count."""
+    import torch
+
+    from orchestration.core.models import machine
+
+    m = machine()
+    family = next((f for f in ("EPYC", "Xeon") if f in m["cpu"]), m["cpu"].split()[0] if m["cpu"] else "CPU")
+    return {"kind": f"{family}-{'BF16' if m['dtype_auto'] == 'bf16' else 'fp32'}", **m,
+            "threads": torch.get_num_threads()}
+
+
 def config_for(model: str, overrides: dict):
     """The student's config under the default recipe with ``overrides`` ({'train.epochs': 1}), checked."""
     from student.config import StudentConfig

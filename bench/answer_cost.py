@@ -20,14 +20,11 @@ import statistics
 import sys
 import time
 
-from _common import restatement, squad_subset
+from _common import machine_record, restatement, squad_subset
 
 
 def measure(model: str, k: int, repeats: int, offset: int) -> dict:
-    import torch
-
     from orchestration.core.domains import knowledge
-    from orchestration.core.models import machine
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
@@ -57,7 +54,7 @@ def measure(model: str, k: int, repeats: int, offset: int) -> dict:
     with_, without = statistics.median(walls[True]), statistics.median(walls[False])
     part = {a: {p: round(statistics.median(x[p] for x in parts[a]), 3) for p in parts[a][0]} for a in parts}
     return {"student": model, "k": k, "repeats": repeats, "questions": sum(len(c.questions) for c in ctxs),
-            "machine": machine(), "threads": torch.get_num_threads(), "dtype_setting": st.cfg.train.dtype,
+            "dtype_setting": st.cfg.train.dtype,
             "s_per_adaptation_with_answers": round(with_, 3), "s_per_adaptation_loglik_only": round(without, 3),
             "saving": round(1 - without / with_, 3), "parts_with_answers": part[True],
             "parts_loglik_only": part[False],
@@ -71,7 +68,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--offset", type=int, default=300, help="first passage (the recipe-tuning range)")
     args = ap.parse_args()
-    print(json.dumps({"command": "python bench/answer_cost.py " + " ".join(sys.argv[1:]),
+    print(json.dumps({"name": "answer_cost", "page": "docs/results.md#rest-em-on-squad",
+                      "command": "python bench/answer_cost.py " + " ".join(sys.argv[1:]), "machine": machine_record(),
                       "results": [measure(m, args.k, args.repeats, args.offset) for m in args.students.split(",")]},
                      indent=1))
 

@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO
+from _common import REPO, machine_record
 
 STAGES = ("train", "heldout", "reference", "templates", "transfer")
 _QA = re.compile(r"^\s*(?:\d+[.)]\s*)?(?:question|answer|q|a)\s*[:.]", re.I)
@@ -192,7 +192,6 @@ def main() -> None:
         raise SystemExit(f"--stages must be a prefix of {','.join(STAGES)} (stages run in priority order)")
 
     from orchestration.core.config import load_config
-    from orchestration.core.models import machine
     from orchestration.driver.rounds import teacher_at
     from orchestration.driver.train import TrainConfig, run_train
 
@@ -205,8 +204,9 @@ def main() -> None:
     reward_student = students[0]
     times_path = root / "stage_wall_s.json"
     wall = json.loads(times_path.read_text()) if times_path.exists() else {}
-    out: dict = {"command": "python bench/rest_em.py " + " ".join(sys.argv[1:]), "machine": machine(),
-                 "threads": __import__("torch").get_num_threads(), "teacher": cfg.teacher.model,
+    out: dict = {"name": "rest_em", "page": "docs/results.md#rest-em-on-squad",
+                 "command": "python bench/rest_em.py " + " ".join(sys.argv[1:]), "machine": machine_record(),
+                 "teacher": cfg.teacher.model,
                  "reward_student": reward_student, "canonical_template": cfg.teacher.prompt,
                  "explore": list(cfg.teacher.explore),
                  "reward": {"rule": cfg.reward.rule, "margin": cfg.reward.margin, "baseline": cfg.reward.baseline,

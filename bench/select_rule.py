@@ -33,9 +33,10 @@ import json
 import sys
 from pathlib import Path
 
-from _common import REPO, cached_adaptations, squad_subset
+from _common import REPO, cached_adaptations, machine_record, squad_subset
 from reward_reliability import v0_samples
 
+PAGE = "docs/results.md#rest-em-on-squad"
 RULES = [("binary_gain", {}), ("threshold", {"delta": 0.1}),
          *(("best_of_k", {"margin": m}) for m in (0.0, 0.05, 0.1, 0.2)),
          *(("advantage", {"margin": m}) for m in (0.0, 0.05, 0.1, 0.2))]
@@ -91,7 +92,6 @@ def per_edit(d: dict) -> dict:
 
 def main() -> None:
     from orchestration.core.contexts import squad_role
-    from orchestration.core.models import machine
     from orchestration.core.stats import mean, paired_cluster_bootstrap, spearman
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -142,8 +142,8 @@ def main() -> None:
             if template_of[g.edit_id] == t:
                 cl.setdefault(g.context_id, []).append((g.gain, 0.0))
         per_template[t] = per_edit(paired_cluster_bootstrap(list(cl.values())))
-    report = {"command": "python bench/select_rule.py " + " ".join(sys.argv[1:]), "machine": machine(),
-              "threads": __import__("torch").get_num_threads(), "student": args.student, "teacher": args.teacher, "templates": templates,
+    report = {"name": "select_rule", "page": PAGE, "command": "python bench/select_rule.py " + " ".join(sys.argv[1:]),
+              "machine": machine_record(), "student": args.student, "teacher": args.teacher, "templates": templates,
               "per_template": args.per_template, "offset": args.offset, "limit": args.limit, "seeds": seeds,
               "signal": "loglik", "baseline": "reference", "edits": len(ga),
               "questions": sum(len(c.questions) for c in ctxs),
