@@ -115,14 +115,20 @@ def peft_train(st, spec, seed: int) -> tuple[int, float]:
     model.train()
     for _ in range(train.epochs):
         for inp, mask, lab in st._batches(ids, labels, train, rng):
-            with st._autocast():
-                loss = model(input_ids=inp, attention_mask=mask, labels=lab, use_cache=False).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            peft_step(st, model, opt, inp, mask, lab)
             real += int(mask.sum())
     model.eval()
     return real, time.perf_counter() - t0
+
+
+def peft_step(st, model, opt, inp, mask, lab):
+    """One step of the PEFT loop (forward with HF's own loss, backward, AdamW); its loss, on the device."""
+    with st._autocast():
+        loss = model(input_ids=inp, attention_mask=mask, labels=lab, use_cache=False).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def reference_train(st, seqs: list[str], epochs: int) -> tuple[int, float]:
