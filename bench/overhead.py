@@ -51,11 +51,25 @@ def batch(k: int, vocab: int, device):
     return [(x, torch.ones_like(x), x.clone()) for x in inp]
 
 
+def fused_runs(st, k: int, vocab: int) -> list:
+    """K fresh adapter slots (seeded 0..K-1), each an adaptation whose next batch is `batch`'s k-th,
+    as `LoraTrainer.fused_step` takes them."""
+    from student.config import learning_rate_of
+    from student.lora_train import _Run
+
+    bank, lr = st.trainer.bank_for(k), learning_rate_of(st.cfg)
+    runs = []
+    for slot, b in enumerate(batch(k, vocab, st.device)):
+        bank.reset(slot, slot)
+        st.trainer.opt.reset(slot)
+        runs.append(_Run(slot, slot, lr, ROWS, 0, 0, iter(()), next=(0, b)))
+    return runs
+
+
 def measure(shape: str, ks: list[int], device: str, steps: int, warmup: int) -> list[dict]:
     import torch
 
     from student.config import learning_rate_of
-    from student.lora_train import _Run
 
     folder = random_model(shape)
     fused_st, peft_st = student(folder, device), student(folder, device)
@@ -65,13 +79,8 @@ def measure(shape: str, ks: list[int], device: str, steps: int, warmup: int) -> 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     out = []
     for k in ks:
-        batches = batch(k, min(vocab, len(fused_st.tok)), fused_st.device)
-        bank = fused_st.trainer.bank_for(k)
-        runs = []
-        for slot, b in enumerate(batches):
-            bank.reset(slot, slot)
-            fused_st.trainer.opt.reset(slot)
-            runs.append(_Run(slot, slot, lr, ROWS, 0, 0, iter(()), next=(0, b)))
+        runs = fused_runs(fused_st, k, min(vocab, len(fused_st.tok)))
+        batches = [r.next[1] for r in runs]
         whole = [torch.cat(t) for t in zip(*batches)]  # the same 4K rows as one PEFT batch
 
         def timed(fn) -> float:
