@@ -36,10 +36,7 @@ def student(folder: str, device: str):
     from student.config import StudentConfig
     from student.model import Student
 
-    cfg = StudentConfig(model=folder)
-    if hasattr(cfg, "device"):
-        cfg.device = device
-    return Student(cfg)
+    return Student(StudentConfig(model=folder, device=device))
 
 
 def batch(k: int, vocab: int, device):

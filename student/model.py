@@ -13,7 +13,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from orchestration.core.domains.spec import Decode, Query, TrainSpec
-from orchestration.core.models import autocast_dtype, eos_ids, load_model, trim_cpu_memory, uses_chat
+from orchestration.core.models import (autocast_dtype, default_attention, eos_ids, load_model, resolve_device,
+                                       trim_cpu_memory, uses_chat)
 from student import prompting
 from student.answerer import Answerer, TransformersAnswerer
 from student.config import StudentConfig
@@ -34,13 +35,14 @@ class Student:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
+        device = resolve_device(cfg.device, "student.device")
         # The frozen base is stored in the autocast dtype: autocast does not cache casts of weights
         # that need no grad, so fp32 weights would be re-cast on every matmul. LoRA weights and the
         # optimizer state stay fp32.
-        self.dtype = autocast_dtype(cfg.train.dtype, "student.train.dtype")
-        attn = cfg.attn_implementation or ("eager" if not torch.cuda.is_available() else None)
+        self.dtype = autocast_dtype(cfg.train.dtype, "student.train.dtype", device)
+        attn = cfg.attn_implementation or default_attention(device)
         self.model, self.tok = load_model(cfg.model, cache=cache, trust_remote_code=cfg.trust_remote_code,
-                                          dtype=self.dtype, attn_implementation=attn)
+                                          dtype=self.dtype, attn_implementation=attn, device=device)
         self.model.requires_grad_(False)  # only the adapters train
         self.chat = uses_chat(self.tok, cfg.chat)
         self.device = self.model.device
