@@ -39,26 +39,33 @@ def student(folder: str, device: str):
     return Student(StudentConfig(model=folder, device=device))
 
 
-def batch(k: int, vocab: int, device):
-    """K adaptations' batches of 4 random 64-token rows, every token real and labelled."""
+def token_ids(k: int, vocab: int) -> list[list[list[int]]]:
+    """K adaptations' batches of 4 random 64-token rows (every token real and labelled)."""
     import torch
 
-    g = torch.Generator().manual_seed(k)
-    inp = torch.randint(100, vocab, (k, ROWS, WIDTH), generator=g).to(device)
-    return [(x, torch.ones_like(x), x.clone()) for x in inp]
+    return torch.randint(100, vocab, (k, ROWS, WIDTH), generator=torch.Generator().manual_seed(k)).tolist()
 
 
-def fused_runs(st, k: int, vocab: int) -> list:
-    """K fresh adapter slots (seeded 0..K-1), each an adaptation whose next batch is `batch`'s k-th,
-    as `LoraTrainer.fused_step` takes them."""
+def peft_batch(rows: list[list[int]], device) -> tuple:
+    """(input_ids, attention_mask, labels) on the device, as the PEFT loop's batches come."""
+    import torch
+
+    inp = torch.tensor(rows, device=device)
+    return inp, torch.ones_like(inp), inp.clone()
+
+
+def fused_runs(st, ids: list[list[list[int]]]) -> list:
+    """An adaptation per batch of ``ids``, in fresh adapter slots (seeded 0..K-1), whose next batch is
+    that one, as `LoraTrainer.fused_step` takes them (their batches, like the loop's, on the host)."""
     from student.config import learning_rate_of
-    from student.lora_train import _Run
+    from student.lora_train import Batch, _Run
 
-    bank, lr = st.trainer.bank_for(k), learning_rate_of(st.cfg)
+    bank, lr = st.trainer.bank_for(len(ids)), learning_rate_of(st.cfg)
     runs = []
-    for slot, b in enumerate(batch(k, vocab, st.device)):
+    for slot, rows in enumerate(ids):
         bank.reset(slot, slot)
         st.trainer.opt.reset(slot)
+        b = Batch(tuple(map(tuple, rows)), tuple(map(tuple, rows)))
         runs.append(_Run(slot, slot, lr, ROWS, 0, 0, iter(()), next=(0, b)))
     return runs
 
@@ -76,9 +83,10 @@ def measure(shape: str, ks: list[int], device: str, steps: int, warmup: int) -> 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     out = []
     for k in ks:
-        runs = fused_runs(fused_st, k, min(vocab, len(fused_st.tok)))
-        batches = [r.next[1] for r in runs]
-        whole = [torch.cat(t) for t in zip(*batches)]  # the same 4K rows as one PEFT batch
+        ids = token_ids(k, min(vocab, len(fused_st.tok)))
+        runs = fused_runs(fused_st, ids)
+        whole = peft_batch([row for rows in ids for row in rows], peft_st.device)  # the same 4K rows, one batch
+        four = peft_batch(ids[0], peft_st.device)
 
         def timed(fn) -> float:
             t0 = time.perf_counter()
@@ -92,7 +100,7 @@ def measure(shape: str, ks: list[int], device: str, steps: int, warmup: int) -> 
         for i in range(warmup + steps):
             got = {"fused": timed(lambda: fused_st.trainer.fused_step(runs)),
                    "peft": timed(lambda: peft_step(peft_st, model, opt, *whole)),
-                   "four": timed(lambda: peft_step(peft_st, model, opt, *batches[0]))}
+                   "four": timed(lambda: peft_step(peft_st, model, opt, *four))}
             if i >= warmup:
                 for key, t in got.items():
                     times[key].append(t)

@@ -25,7 +25,7 @@ import pstats
 import statistics
 import time
 
-from overhead import fused_runs, student
+from overhead import fused_runs, student, token_ids
 from _shapes import SHAPES, random_model
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     import torch
 
     st = student(random_model(args.shape), args.device)
-    runs = fused_runs(st, args.k, min(SHAPES[args.shape]["vocab_size"], len(st.tok)))
+    runs = fused_runs(st, token_ids(args.k, min(SHAPES[args.shape]["vocab_size"], len(st.tok))))
     sync = torch.cuda.synchronize if st.device.type == "cuda" else (lambda: None)
 
     def step():

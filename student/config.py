@@ -54,13 +54,17 @@ class LoraSettings:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    """Names of the linear layers that get an adapter (both built-in models use these names)."""
+    """Names of the linear layers that get an adapter (both built-in models use these names). Not the
+    LM head: the loss takes the frozen head's gradient in its forward (`student.head_loss`)."""
 
     def check(self, key: str = "student.lora") -> None:
         check_min(self, key, 1, "r")
         check_positive(self, key, "alpha")
         check_dropout(self, key, "dropout")
         check_nonempty(self, key, "target_modules")
+        if "lm_head" in self.target_modules:
+            raise ConfigError(f"{key}.target_modules={list(self.target_modules)} names lm_head; the inner loop keeps "
+                              f"the LM head frozen (student.head_loss): remove it")
 
 
 @dataclass

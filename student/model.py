@@ -18,7 +18,8 @@ from orchestration.core.models import (autocast_dtype, default_attention, eos_id
 from student import prompting
 from student.answerer import Answerer, TransformersAnswerer
 from student.config import StudentConfig
-from student.lora_train import LoraTrainer, TrainStats
+from student.lora_batch import to_device
+from student.lora_train import LoraTrainer, TrainStats, padded
 
 
 class Student:
@@ -172,8 +173,10 @@ class Student:
         return self.trainer.encode(spec, max_length)
 
     def _batches(self, ids, labels, train, rng):
-        """`LoraTrainer.batches` (bench/inner_loop.py builds its reference batches with it)."""
-        return self.trainer.batches(ids, labels, train, rng)
+        """`LoraTrainer.batches` as right-padded (input_ids, attention_mask, labels) tensors on the
+        student's device (bench/inner_loop.py builds its reference batches with it)."""
+        for b in self.trainer.batches(ids, labels, train, rng):
+            yield tuple(to_device(padded(b.ids, b.labels, self.tok.pad_token_id), self.device))
 
     def export_peft(self, slot: int, folder: str | Path) -> None:
         """Write slot's adapter as a PEFT adapter folder, loadable by ``PeftModel.from_pretrained``
