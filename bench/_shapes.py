@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from _common import REPO
+from _common import REPO, shared
 
 _SMOLLM2 = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
             "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
@@ -42,21 +42,20 @@ SHAPES: dict[str, dict] = {
 # where each shape's tokenizer may lie: gemma3 needs its own 262k-token one; the others fit SmolLM2's
 # 49,152 ids (shared/gpu/smollm2-tokenizer is the copy a GPU machine without network gets)
 _TOKENIZERS = {"gemma3-270m": ["gemma3-270m"]}
-_SMOLLM2_TOKENIZER = ["shared/gpu/smollm2-tokenizer", "smollm2-135m-instruct"]
+_SMOLLM2_TOKENIZER = ["gpu/smollm2-tokenizer", "smollm2-135m-instruct"]
 
 
 def tokenizer_dir(shape: str) -> Path:
-    """A folder holding the tokenizer for ``shape``: a ``shared/gpu`` copy (beside the checkout or
-    inside it) or the materialised built-in in the model cache."""
+    """A folder holding the tokenizer for ``shape``: the ``shared/gpu`` copy (`_common.shared`) or the
+    materialised built-in in the model cache."""
     from orchestration.core import catalog
 
     tried = []
     for name in _TOKENIZERS.get(shape, _SMOLLM2_TOKENIZER):
-        places = ([REPO.parent / name, REPO / name] if "/" in name else [catalog.cache_dir() / name])
-        for p in places:
-            if (p / "tokenizer.json").is_file():
-                return p
-            tried.append(str(p))
+        p = shared(name) if "/" in name else catalog.cache_dir() / name
+        if (p / "tokenizer.json").is_file():
+            return p
+        tried.append(str(p))
     raise SystemExit(f"no tokenizer for shape {shape!r}; looked in {', '.join(tried)}. Copy shared/gpu into the "
                      f"checkout, or materialise the built-in (`seal models fetch gemma3-270m` for gemma3)")
 
