@@ -61,10 +61,11 @@ def _chunk(head, h, y, cap: float):
     import torch
 
     z, t = _logits(head, h, cap)
-    zf = z.float()
-    lse = torch.logsumexp(zf, -1)
-    loss = lse - zf.gather(1, y[:, None])[:, 0]
-    dz = (zf - lse[:, None]).exp_()  # softmax
+    # the plain path's ops (cross_entropy of the fp32 logits is log_softmax, then the target's entry),
+    # so the losses are its own; then the softmax in place of the log-probabilities
+    logp = torch.log_softmax(z, -1, dtype=torch.float32)
+    loss = -logp.gather(1, y[:, None])[:, 0]
+    dz = logp.exp_()
     dz[torch.arange(len(y), device=y.device), y] -= 1
     if t is not None:
         dz.mul_(1 - t.float() * t.float())
