@@ -10,9 +10,20 @@ from pathlib import Path
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 REPO = Path(__file__).resolve().parent.parent
-SQUAD = REPO.parent / "shared" / "data" / "squad" / "squad_val.json"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+def shared(*parts: str) -> Path:
+    """A path in the shared folder: beside the checkout (../shared, as on the development machines),
+    else inside it (shared/, copied into a tree sent to a machine that has no ../shared)."""
+    for root in (REPO.parent / "shared", REPO / "shared"):
+        if root.joinpath(*parts).exists():
+            return root.joinpath(*parts)
+    return REPO.parent.joinpath("shared", *parts)
+
+
+SQUAD = shared("data", "squad", "squad_val.json")
 
 
 def squad_subset(offset: int, limit: int, path: Path = SQUAD):

@@ -9,7 +9,7 @@ timed ones first (``warmup_s``), as a long-running worker has done before its fi
 - reference: the SEAL reference implementation's recipe: batch 1, every sequence padded to 2048
   tokens with loss on the pads, the baseline re-scored for every adaptation. Slow, so it runs on
   fewer passages and one epoch, and is compared per real (non-pad) trained token. transformers'
-  default attention (sdpa), as the reference used. smollm2 only.
+  default attention (sdpa), as the reference used. smollm2 only (the built-in or its random-init shape).
 - naive: batch 1, dynamic padding (no pad tokens at batch 1), fp32; PEFT. smollm2 only.
 - default: today's recipe as it ran before the batched loop, kept here so the baseline stays fixed
   while the project's own path changes: one PEFT adapter at a time, length-grouped batches of 4,
@@ -22,15 +22,21 @@ timed ones first (``warmup_s``), as a long-running worker has done before its fi
 real_tokens_per_s = non-pad tokens trained / training seconds (batched: a group's training wall,
 shared by its K); adaptations_per_min counts whole adaptations (train + answer). mfu = 4 x base
 parameters x real_tokens_per_s / peak_flops (frozen base: forward + activation gradients), with
-peak_flops from a square matmul probe in the training dtype, in this run. mfu_ceilings (each
-student): the default's own batches through the frozen base alone, and the base's matmuls alone;
+peak_flops from a square matmul probe in the training dtype on the students' device, in this run.
+mfu_ceilings (each student): the default's own batches through the frozen base alone, and the base's matmuls alone;
 ``base_shape_scan``: the frozen base's forward + backward tokens/s at 1..32 rows of 64 tokens (what
 a bigger batch can gain on this machine at all).
 ``time_breakdown`` (batched K = 8): the share of a fused step's CPU time in the LM head's matmuls
 (forward and backward; gemma3's 262k-token vocabulary), from torch.profiler.
 
     python bench/inner_loop.py [--contexts 16] [--ks 1,4,8,16] [--students smollm2-135m-instruct,gemma3-270m]
+                               [--device auto|cpu|cuda|cuda:N] [--random-init smollm2-135m,qwen2.5-0.5b]
     .venv-vllm/bin/python bench/inner_loop.py --vllm [--ks 1,8] [--out bench/out/inner_loop_vllm]
+
+``--device``: where every setting runs (default auto: the GPU when torch sees one); on a GPU each
+setting also reports ``cuda_peak_mb`` (``peak_rss_mb`` is host memory). ``--random-init``: students
+built from `_shapes` (real shape, random weights: speed means something, accuracy does not), for a
+machine without the built-ins' packages; gemma3-270m needs its tokenizer materialised.
 
 ``--vllm``: instead, batched[K] answering through transformers against the same setting answering
 through vLLM (`student.answer.backend: vllm`, each adapter a runtime LoRA; the engine starts before the
@@ -51,23 +57,31 @@ import time
 from pathlib import Path
 
 from _common import restatement, squad_subset
+from _shapes import SHAPES
+
+_SHAPE_NAMES = [s for s in SHAPES if s != "tiny"]
 
 STUDENTS = ("smollm2-135m-instruct", "gemma3-270m")
 HERE = Path(__file__).resolve().parent
 
 
-def peak_flops(dtype, n: int = 2048, reps: int = 8, rounds: int = 3) -> float:
-    """Best of ``rounds`` timings of ``reps`` square matmuls (the first ones on a cold core run slow,
-    and a low peak would flatter the MFU)."""
+def peak_flops(dtype, device: str = "cpu", reps: int = 8, rounds: int = 3) -> float:
+    """Best of ``rounds`` timings of ``reps`` square matmuls on ``device`` (the first ones on a cold
+    core run slow, and a low peak would flatter the MFU); 2048-wide on a CPU, 8192-wide on a GPU,
+    whose peak a smaller one does not reach."""
     import torch
 
-    a = torch.randn(n, n).to(dtype)
+    n = 2048 if device == "cpu" else 8192
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    a = torch.randn(n, n, device=device).to(dtype)
     a @ a  # warm-up
+    sync()
     best = 0.0
     for _ in range(rounds):
         t0 = time.perf_counter()
         for _ in range(reps):
             a @ a
+        sync()
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
     return best
 
@@ -115,14 +129,20 @@ def peft_train(st, spec, seed: int) -> tuple[int, float]:
     model.train()
     for _ in range(train.epochs):
         for inp, mask, lab in st._batches(ids, labels, train, rng):
-            with st._autocast():
-                loss = model(input_ids=inp, attention_mask=mask, labels=lab, use_cache=False).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            peft_step(st, model, opt, inp, mask, lab)
             real += int(mask.sum())
     model.eval()
     return real, time.perf_counter() - t0
+
+
+def peft_step(st, model, opt, inp, mask, lab):
+    """One step of the PEFT loop (forward with HF's own loss, backward, AdamW); its loss, on the device."""
+    with st._autocast():
+        loss = model(input_ids=inp, attention_mask=mask, labels=lab, use_cache=False).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def reference_train(st, seqs: list[str], epochs: int) -> tuple[int, float]:
@@ -137,7 +157,7 @@ def reference_train(st, seqs: list[str], epochs: int) -> tuple[int, float]:
     real, t0 = 0, time.perf_counter()
     for _ in range(epochs):
         for s in seqs:
-            enc = st.tok(s, padding="max_length", max_length=2048, truncation=True, return_tensors="pt")
+            enc = st.tok(s, padding="max_length", max_length=2048, truncation=True, return_tensors="pt").to(st.device)
             real += int(enc["attention_mask"].sum())
             loss = model(input_ids=enc["input_ids"], labels=enc["input_ids"]).loss
             loss.backward()
@@ -172,16 +192,20 @@ def ceilings(st, contexts) -> dict:
                 x = embed(inp).detach().requires_grad_()
                 loss = model(inputs_embeds=x, attention_mask=mask, labels=lab, use_cache=False).loss
             loss.backward()
+        sync(st)
         base_s = time.perf_counter() - t0
     weights = [m.weight for name, m in st.model.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name]
     mm_s = 0.0
     with torch.no_grad():
         for _, mask, _ in batches:
-            ins = {d: torch.randn(mask.numel(), d, dtype=weights[0].dtype) for w in weights for d in w.shape}
+            ins = {d: torch.randn(mask.numel(), d, dtype=weights[0].dtype, device=st.device) for w in weights
+                   for d in w.shape}
+            sync(st)
             t0 = time.perf_counter()
             for w in weights:
                 ins[w.shape[1]] @ w.t()
                 ins[w.shape[0]] @ w
+            sync(st)
             mm_s += time.perf_counter() - t0
     return {"batches": len(batches), "real_tokens": real, "base_only_real_tokens_per_s": round(real / base_s, 1),
             "matmul_only_real_tokens_per_s": round(real / mm_s, 1), "base_shape_scan": shape_scan(st)}
@@ -198,7 +222,7 @@ def shape_scan(st, width: int = 64, rows=(1, 4, 8, 16, 32)) -> dict:
     out = {}
     model.train()
     for n in rows:
-        ids = torch.randint(100, 1000, (n, width), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(100, 1000, (n, width), generator=torch.Generator().manual_seed(0)).to(st.device)
 
         def once():
             with st._autocast():
@@ -209,12 +233,34 @@ def shape_scan(st, width: int = 64, rows=(1, 4, 8, 16, 32)) -> dict:
 
         once()  # warm-up
         reps = max(1, 1024 // (n * width))
+        sync(st)
         t0 = time.perf_counter()
         for _ in range(reps):
             once()
+        sync(st)
         out[f"{n}x{width}"] = round(reps * n * width / (time.perf_counter() - t0), 1)
     model.eval()
     return out
+
+
+def sync(st) -> None:
+    """Wait for the student's GPU, if it has one, so that a clock read after it counts its work."""
+    import torch
+
+    if st.device.type == "cuda":
+        torch.cuda.synchronize(st.device)
+
+
+RANDOM = "random-init-"
+"""A student named ``random-init-<shape>`` is `_shapes.random_model(shape)`: real shape, random weights."""
+
+
+def model_path(model: str) -> str:
+    if model.startswith(RANDOM):
+        from _shapes import random_model
+
+        return random_model(model.removeprefix(RANDOM))
+    return model
 
 
 def spec_of(ctx):
@@ -225,7 +271,7 @@ def spec_of(ctx):
 
 
 # ----- one setting, in its own process ---------------------------------------------------------
-def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k: int) -> dict:
+def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k: int, device: str) -> dict:
     import resource
 
     import torch
@@ -241,7 +287,8 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
         n = k  # one group, profiled
     ctxs = squad_subset(0, n)
     warm = squad_subset(max(n, contexts, 2 * 16), 1)[0]  # a passage outside every timed set
-    cfg = StudentConfig(model=model, attn_implementation="sdpa" if setting == "reference" else None)
+    cfg = StudentConfig(model=model_path(model), device=device,
+                        attn_implementation="sdpa" if setting == "reference" else None)
     if setting == "vllm":  # the batched path, answering through vLLM in the dtype it trains in
         from orchestration.core.models import machine
 
@@ -316,6 +363,8 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
     if setting == "default":
         out["ceilings"] = ceilings(st, ctxs)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if st.device.type == "cuda":
+        out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(st.device) / 2**20)
     return out
 
 
@@ -348,11 +397,13 @@ def breakdown(st, base, group, steps: int = 3) -> dict:
             "profiled_s": round(total / 1e6, 1)}
 
 
-def peak(dtype_name: str) -> dict:
+def peak(dtype_name: str, device: str) -> dict:
     import torch
 
+    from orchestration.core.models import resolve_device
+
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype_name]
-    return {"peak_flops": round(peak_flops(dtype)), "dtype": dtype_name}
+    return {"peak_flops": round(peak_flops(dtype, str(resolve_device(device)))), "dtype": dtype_name}
 
 
 # ----- the run ---------------------------------------------------------------------------------
@@ -382,8 +433,8 @@ def vllm_report(model: str, args) -> dict:
     """`--vllm`: the batched path answering through transformers and through vLLM, the same K."""
     out = {}
     for k in args.ks:
-        hf = child("one", model, "batched", str(args.contexts), "0", str(k))
-        vl = child("one", model, "vllm", str(args.contexts), "0", str(k))
+        hf = child("one", model, "batched", str(args.contexts), "0", str(k), args.device)
+        vl = child("one", model, "vllm", str(args.contexts), "0", str(k), args.device)
         out[str(k)] = {"transformers": hf, "vllm": vl,
                        "answer_s_vllm_over_transformers": round(vl["answer_s"] / hf["answer_s"], 2),
                        "adaptations_per_min_vllm_over_transformers":
@@ -393,15 +444,18 @@ def vllm_report(model: str, args) -> dict:
 
 
 def student_report(model: str, args, peaks: dict) -> dict:
+    def one(setting: str, contexts: int, ref: int, k: int) -> dict:
+        return child("one", model, setting, str(contexts), str(ref), str(k), args.device)
+
     settings = {}
-    if model == STUDENTS[0]:
-        settings["reference"] = child("one", model, "reference", str(args.contexts), str(args.reference_contexts), "1")
-        settings["naive"] = child("one", model, "naive", str(args.naive_contexts), "0", "1")
-    settings["default"] = child("one", model, "default", str(args.contexts), "0", "1")
-    batched = {str(k): child("one", model, "batched", str(args.contexts), "0", str(k)) for k in args.ks}
+    if model in (STUDENTS[0], RANDOM + "smollm2-135m"):
+        settings["reference"] = one("reference", args.contexts, args.reference_contexts, 1)
+        settings["naive"] = one("naive", args.naive_contexts, 0, 1)
+    settings["default"] = one("default", args.contexts, 0, 1)
+    batched = {str(k): one("batched", args.contexts, 0, k) for k in args.ks}
     if "8" in batched:
         try:
-            batched["8"]["time_breakdown"] = child("one", model, "breakdown", str(args.contexts), "0", "8")
+            batched["8"]["time_breakdown"] = one("breakdown", args.contexts, 0, 8)
         except RuntimeError as e:
             batched["8"]["time_breakdown"] = {"error": str(e)[-500:]}
     default = settings["default"]
@@ -436,6 +490,10 @@ def main() -> None:
     ap.add_argument("--reference-contexts", type=int, default=2)
     ap.add_argument("--ks", default=None, help="default 1,4,8,16 (with --vllm: 1,8)")
     ap.add_argument("--students", default=",".join(STUDENTS))
+    ap.add_argument("--random-init", default=None, metavar="NAME[,NAME]",
+                    help=f"instead of --students: real-shape, random-weight models ({', '.join(_SHAPE_NAMES)}; "
+                         "bench/_shapes.py), for a machine without the built-ins' packages")
+    ap.add_argument("--device", default="auto", help="auto (the GPU when torch sees one), cpu, cuda or cuda:N")
     ap.add_argument("--out", default=None,
                     help="where finished settings are kept; a rerun reuses them (delete the folder for a fresh "
                          "run); default bench/out/inner_loop (with --vllm: bench/out/inner_loop_vllm)")
@@ -447,17 +505,27 @@ def main() -> None:
     if args.child:
         what, *rest = args.child
         if what == "peak":
-            print(json.dumps(peak(rest[0])))
+            print(json.dumps(peak(*rest)))
         else:
-            model, setting, contexts, ref, k = rest
-            print(json.dumps(run_one(model, setting, int(contexts), int(ref), int(k))))
+            model, setting, contexts, ref, k, device = rest
+            print(json.dumps(run_one(model, setting, int(contexts), int(ref), int(k), device)))
         return
+    if args.random_init:
+        if args.students != ",".join(STUDENTS):
+            ap.error("give --students or --random-init, not both")
+        args.students = ",".join(RANDOM + name for name in args.random_init.split(","))
     args.ks = [int(k) for k in (args.ks or ("1,8" if args.vllm else "1,4,8,16")).split(",")]
     global CACHE
     CACHE = Path(args.out or HERE / "out" / ("inner_loop_vllm" if args.vllm else "inner_loop"))
     import torch
 
-    from orchestration.core.models import machine
+    from orchestration.core.config import ConfigError
+    from orchestration.core.models import machine, resolve_device
+
+    try:
+        resolve_device(args.device, "--device")  # a GPU that is not there: refused before any setting runs
+    except ConfigError as e:
+        ap.error(str(e))
 
     t0 = time.perf_counter()
     if args.vllm:
@@ -466,7 +534,7 @@ def main() -> None:
                           "students": {m: vllm_report(m, args) for m in students},
                           "wall_s": round(time.perf_counter() - t0, 1)}, indent=1))
         return
-    peaks = {d: child("peak", d)["peak_flops"] for d in ("bfloat16", "float32")}
+    peaks = {d: child("peak", d, args.device)["peak_flops"] for d in ("bfloat16", "float32")}
     students = {m: student_report(m, args, peaks) for m in args.students.split(",")}
     top = students.get(STUDENTS[0], next(iter(students.values())))
     print(json.dumps({

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from orchestration.core.config import (Choice, ConfigError, Dtype, check_choice, check_dropout, check_fraction,
-                                       check_min, check_nonempty, check_positive)
+from orchestration.core.config import (Choice, ConfigError, Dtype, check_choice, check_device, check_dropout,
+                                       check_fraction, check_min, check_nonempty, check_positive)
 from orchestration.core.domains.arc import ArcSettings
 
 
@@ -54,13 +54,17 @@ class LoraSettings:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    """Names of the linear layers that get an adapter (both built-in models use these names)."""
+    """Names of the linear layers that get an adapter (both built-in models use these names). Not the
+    LM head: the loss takes the frozen head's gradient in its forward (`student.head_loss`)."""
 
     def check(self, key: str = "student.lora") -> None:
         check_min(self, key, 1, "r")
         check_positive(self, key, "alpha")
         check_dropout(self, key, "dropout")
         check_nonempty(self, key, "target_modules")
+        if "lm_head" in self.target_modules:
+            raise ConfigError(f"{key}.target_modules={list(self.target_modules)} names lm_head; the inner loop keeps "
+                              f"the LM head frozen (student.head_loss): remove it")
 
 
 @dataclass
@@ -250,9 +254,13 @@ class StudentConfig:
     """Allow model code from the checkpoint to run. Off unless you trust the source."""
     threads: int = 0
     """torch intra-op threads (0 = torch's default: all cores)."""
+    device: str = "auto"
+    """Where the student trains, answers and scores log-likelihoods: 'auto' (the GPU when torch sees one,
+    else the CPU), 'cpu', 'cuda' (torch's current GPU) or 'cuda:N'. ``train.dtype: auto`` and the
+    attention kernel follow it. A vLLM engine (``answer.backend: vllm``) places itself."""
     attn_implementation: Optional[str] = None
-    """transformers attention kernel. None = 'eager' on CPU (15% more training tokens/s than 'sdpa'
-    for these short sequences on the 2-core dev machine) and transformers' default on GPU."""
+    """transformers attention kernel. None = `orchestration.core.models.default_attention` for ``device``:
+    'eager' on the CPU, transformers' default on a GPU."""
     grader: Grader = Grader.f1
     """Score per question: 'f1' (SQuAD token F1), 'exact' (normalized exact match), 'contains'
     (gold span contained in the answer) or 'judge' (LLM judge; see ``judge``)."""
@@ -267,6 +275,7 @@ class StudentConfig:
         """Every value of the node; the model itself is checked by `orchestration.core.catalog.check_model`
         (it needs the model cache of the command's config)."""
         check_min(self, key, 0, "threads")
+        check_device(self, key)
         check_choice(self, key, "grader", Grader)
         self.lora.check(f"{key}.lora")
         self.train.check(f"{key}.train")

@@ -27,7 +27,7 @@ def loglik_many(student, queries: list[list[Query]], adapters: list[int] | None 
     in a forward pass, right-padded, each row through its own adapter."""
     import torch
 
-    from student.lora_train import token_losses
+    from student.head_loss import token_losses
 
     adapters = list(range(len(queries))) if adapters is None else list(adapters)
     if len(adapters) != len(queries):

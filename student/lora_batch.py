@@ -15,7 +15,10 @@ Departures from PEFT, on purpose:
   per step instead of several per tensor (7 x 30 x 2 tensors per slot for smollm2-135m).
 - Rows of several slots go through batched matmuls in one of three layouts, whichever measured
   fastest for the shape (`_Plan`): no copy when the rows come slot by slot in equal numbers, a
-  matmul per run of rows sharing a slot for other long rows, padded slot blocks for short ones.
+  matmul per run of rows sharing a slot for other long rows (on the CPU), padded slot blocks for
+  short ones (and on a GPU, for all others: a constant number of kernels whatever K is).
+- Nothing on the way reads the device: routing plans are built on the host once per make-up of a
+  batch (`LoraBank.route`), and what goes to a GPU goes in pinned, asynchronous copies (`to_device`).
 
 Initialisation is PEFT's (``reset_lora_parameters(adapter, True)``: A ~ kaiming_uniform(a=sqrt(5)),
 B = 0, layer by layer in ``model.modules()`` order after ``torch.manual_seed(seed)``), drawn from a
@@ -29,6 +32,17 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+
+def to_device(t, device):
+    """Host tensor ``t`` on ``device``, without waiting for the device: on a GPU it is pinned and
+    copied asynchronously (a copy from pageable memory waits for every kernel queued before it: a
+    host sync per copy, which made each small index and scalar tensor a stall)."""
+    import torch
+
+    if torch.device(device).type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def target_linears(model, target_modules: list[str]) -> list[tuple[str, object]]:
@@ -71,6 +85,11 @@ class LoraBank:
                 out.append(leaf)
                 off += n
         self._plan: _Plan | None = None  # set by `route`
+        self._plans: dict[tuple[int, ...], _Plan] = {}  # built once per routing of a batch's rows
+        # long rows in any order: a matmul per run of rows on the CPU (measured fastest there), but
+        # padded slot blocks on a GPU, where a fused step over K adapters would otherwise launch 2K
+        # small matmuls (and as many autograd nodes) per layer: launches, not FLOPs, are its cost
+        self.runs_for_long_rows = device.type == "cpu"
         self._hooks = [m.register_forward_hook(self._hook(j)) for j, (_, m) in enumerate(self.layers)]
 
     def close(self) -> None:
@@ -84,7 +103,12 @@ class LoraBank:
         """Within the block, batch row n goes through slot ``rows[n]`` (-1: no adapter); see `_Plan`."""
         if any(not -1 <= s < self.slots for s in rows):
             raise ValueError(f"rows name slots {sorted(set(rows))}; this bank has slots 0..{self.slots - 1} (and -1)")
-        old, self._plan = self._plan, (_Plan.of(rows, self.flat.device) if any(s >= 0 for s in rows) else None)
+        key = tuple(rows)
+        if key not in self._plans:
+            if len(self._plans) >= 4096:  # bounded: answering routes batches of any make-up
+                self._plans.clear()
+            self._plans[key] = _Plan.of(rows, self.flat.device) if any(s >= 0 for s in rows) else None
+        old, self._plan = self._plan, self._plans[key]
         try:
             yield
         finally:
@@ -113,11 +137,12 @@ class LoraBank:
             if plan.src is None:  # one block of rows per slot, no copy: [slots, m * t, in]
                 h = x.reshape(len(plan.used), plan.m * t, d) @ A[plan.sel].transpose(1, 2)
                 return out.add_((h @ B[plan.sel].transpose(1, 2)).view(n, t, -1), alpha=self.scale)
-            if t > self.r:  # long rows: a matmul per run of consecutive rows with one slot
+            if t > self.r and self.runs_for_long_rows:  # a matmul per run of consecutive rows with one slot
                 parts = [F.linear(F.linear(xs, A[s]), B[s]) if s >= 0 else out.new_zeros(len(xs), t, out.shape[-1])
                          for xs, s in zip(x.split(plan.sizes), plan.segments)]
                 return out.add_(torch.cat(parts), alpha=self.scale)
-            # short rows (decoding): copy them into blocks padded to the largest slot's row count
+            # short rows (decoding), or any rows on a GPU: copied into blocks padded to the largest
+            # slot's row count
             blocks = x.new_zeros(len(plan.used) * plan.m, t, d).index_copy(0, plan.dest, x[plan.src])
             h = blocks.view(len(plan.used), plan.m * t, d) @ A[plan.sel].transpose(1, 2)
             delta = (h @ B[plan.sel].transpose(1, 2)).view(len(plan.used) * plan.m, t, -1)
@@ -172,10 +197,10 @@ class LoraBank:
 
 @dataclass(frozen=True)
 class _Plan:
-    """How the rows of one batch reach their slots; built once per forward or generate call.
+    """How the rows of one batch reach their slots; built once per make-up of a batch (`LoraBank.route`).
 
     Four layouts, by what measured fastest (smollm2-135m decoder, fp32, 2-core dev CPU, forward +
-    backward real tokens/s; K = 8 slots):
+    backward real tokens/s; K = 8 slots; on a GPU the third gives way to the fourth):
     - one slot for every row: plain matmuls (``slot``);
     - rows slot by slot, equal counts (a fused training step of full batches): a reshape to
       [slots, m * tokens, in] and two batched matmuls, no copy (``src`` None): 443 tok/s on 8 x 4
@@ -212,7 +237,8 @@ class _Plan:
                 src.append(n)
                 dest.append(pos[s] * m + seen[s])
                 seen[s] += 1
-        sel = slice(used[0], used[-1] + 1) if used[-1] - used[0] == len(used) - 1 else torch.tensor(used, device=device)
+        sel = (slice(used[0], used[-1] + 1) if used[-1] - used[0] == len(used) - 1
+               else to_device(torch.tensor(used), device))
         if len(rows) == len(used) * m and dest == list(range(len(rows))):
             return _Plan(len(rows), None, used, sel, m)
         segments, sizes = [], []
@@ -222,8 +248,8 @@ class _Plan:
             else:
                 segments.append(s)
                 sizes.append(1)
-        return _Plan(len(rows), None, used, sel, m, torch.tensor(src, device=device), torch.tensor(dest, device=device),
-                     tuple(segments), tuple(sizes))
+        src, dest = to_device(torch.tensor([src, dest]), device)
+        return _Plan(len(rows), None, used, sel, m, src, dest, tuple(segments), tuple(sizes))
 
 
 def _runs(slots: list[int]) -> list[tuple[int, int]]:
@@ -275,15 +301,14 @@ class SlotAdamW:
         for s in lrs:
             self.steps[s] += 1
 
-        def column(values):
-            return torch.tensor(values, dtype=self.param.dtype, device=self.param.device)[:, None]
-
         with torch.no_grad():
             for a, b in _runs(list(lrs)):
                 lr, step = [lrs[s] for s in range(a, b)], self.steps[a:b]
-                decay = column([1 - x * weight_decay for x in lr])
-                neg_step = column([-(x / (1 - b1 ** t)) for x, t in zip(lr, step)])
-                bc2_sqrt = column([(1 - b2 ** t) ** 0.5 for t in step])
+                # the per-slot scalars, in double as torch computes them, sent in one copy: [3, slots, 1]
+                decay, neg_step, bc2_sqrt = to_device(torch.tensor(
+                    [[1 - x * weight_decay for x in lr], [-(x / (1 - b1 ** t)) for x, t in zip(lr, step)],
+                     [(1 - b2 ** t) ** 0.5 for t in step]], dtype=torch.float64).to(self.param.dtype),
+                    self.param.device)[:, :, None]
                 width = max(1, self.chunk // (b - a))
                 for c in range(0, self.param.shape[1], width):
                     cols = slice(c, c + width)

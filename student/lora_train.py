@@ -12,8 +12,13 @@ float tolerance (tests/student/test_batched.py).
 Departures from the reference implementation and from plain HF training, on purpose: batches are
 padded only to their longest sequence and the loss counts real tokens only (the reference pads to
 2048 and trains on the pads); the loss is computed from the decoder's hidden states at the labelled
-positions only, head + cross-entropy in checkpointed chunks of tokens, so the logits of a step
-(tokens x vocabulary: gigabytes for gemma3's 262k vocabulary at K = 16) never exist all at once.
+positions only, head + cross-entropy in chunks of tokens with its gradient taken in the forward
+(`student.head_loss`), so the logits of a step (tokens x vocabulary: gigabytes for gemma3's 262k
+vocabulary at K = 16) never exist all at once and are never recomputed.
+
+On a GPU the loop's cost is the host's, not the matmuls' (issue 27: MFU 0.0005 on an H200 before).
+So batches stay on the host as token lists, each pass goes to the device in one asynchronous copy,
+and nothing is read back from the device until a step's losses, once, at its end.
 
 Shapes: input_ids / attention_mask / labels are (rows, longest sequence among the rows).
 """
@@ -29,6 +34,8 @@ from typing import Callable, ContextManager, Iterator
 from orchestration.core.domains.spec import TrainSpec
 from orchestration.core.models import trim_cpu_memory
 from student.config import StudentConfig, TrainSettings, learning_rate_of
+from student.head_loss import token_losses
+from student.lora_batch import to_device
 from student.prompting import raw_prompt
 
 
@@ -46,6 +53,37 @@ class TrainStats:
     learning_rate: float  # the rate it trained at (the spec's, the config's, or the student's default)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One training batch of an adaptation, kept on the host as token lists: a fused step builds the
+    tensors of its passes from these, rows in the order the passes run them, and sends each pass to
+    the device in one copy, so the loop never reads the device to learn a batch's lengths or labels."""
+
+    ids: tuple[tuple[int, ...], ...]  # each row's token ids, unpadded
+    labels: tuple[tuple[int, ...], ...]  # each row's labels: the ids, or -100 where a token carries no loss
+
+    @property
+    def real(self) -> int:
+        """Non-pad tokens."""
+        return sum(map(len, self.ids))
+
+    @property
+    def labelled(self) -> int:
+        """Next-token targets that carry loss (a row's first token is no target)."""
+        return sum(x != -100 for row in self.labels for x in row[1:])
+
+
+def padded(ids, labels, pad: int):
+    """(3, rows, longest) int64 host tensor of right-padded rows: input ids (``pad`` on pads),
+    attention mask, labels (-100 on pads)."""
+    import torch
+
+    width = max(map(len, ids))
+    return torch.tensor([[list(x) + [pad] * (width - len(x)) for x in ids],
+                         [[1] * len(x) + [0] * (width - len(x)) for x in ids],
+                         [list(y) + [-100] * (width - len(y)) for y in labels]], dtype=torch.long)
+
+
 @dataclass
 class _Run:
     """One adaptation inside a fused training loop: its slot, recipe, data and progress."""
@@ -56,8 +94,8 @@ class _Run:
     sequences: int
     truncated: int
     too_long: int
-    batches: Iterator  # (epoch, (input_ids, attention_mask, labels)), in this adaptation's own order
-    next: tuple | None = None  # the batch its next step trains on; None once it is done
+    batches: Iterator  # (epoch, Batch), in this adaptation's own order
+    next: tuple | None = None  # (epoch, Batch) its next step trains on; None once it is done
     steps: int = 0
     real: int = 0
     first: float = float("nan")
@@ -71,37 +109,6 @@ class _Run:
                           self.train_s, self.seed, self.lr)
 
 
-def token_losses(model, hidden, targets, chunk_logits: int = 1 << 26):
-    """Cross-entropy of each token, (tokens,) fp32, from decoder hidden states (tokens, hidden) and
-    next-token targets (tokens,), as the model's own forward computes logits (its head, then its
-    ``final_logit_softcapping`` if it has one, as gemma's does).
-
-    The head and loss run in chunks of about ``chunk_logits`` logits (64M: 256 MB in fp32), each under
-    ``torch.utils.checkpoint`` when there is more than one, so a step holds one chunk's logits at a time and backward recomputes
-    them instead of storing them (gemma3: 262k logits a token, 4 GB in fp32 for 16 adaptations x 4
-    rows x 60 tokens; the recompute costs one more head forward per step)."""
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.checkpoint import checkpoint
-
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-
-    def piece(h, y):
-        logits = head(h)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return F.cross_entropy(logits.float(), y, reduction="none")
-
-    chunk = max(1, chunk_logits // head.weight.shape[0])
-    # one chunk is held anyway: checkpointing it would only add a head forward (gemma3 at K = 1:
-    # batched 0.92x the PEFT loop's tokens/s with it)
-    grad = torch.is_grad_enabled() and hidden.requires_grad and len(targets) > chunk
-    parts = [checkpoint(piece, hidden[i:i + chunk], targets[i:i + chunk], use_reentrant=False) if grad
-             else piece(hidden[i:i + chunk], targets[i:i + chunk]) for i in range(0, len(targets), chunk)]
-    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-
-
 PASS_OVERHEAD = 64
 """A pass's fixed cost in padded tokens, for cutting passes: the frozen smollm2-135m base, fp32, on
 the 2-core AVX512F (no bf16) dev CPU, ran forward + backward at 264 tokens/s for one 64-token row,
@@ -109,15 +116,14 @@ the 2-core AVX512F (no bf16) dev CPU, ran forward + backward at 264 tokens/s for
 the same), i.e. ~40-60 tokens' worth of time per pass."""
 
 
-def _passes(batches, pass_tokens: int) -> list[list[tuple[int, int, int]]]:
-    """The rows of a fused step's batches (each (input_ids, attention_mask, labels), right-padded)
+def _passes(lengths: list[list[int]], pass_tokens: int) -> list[list[tuple[int, int, int]]]:
+    """The rows of a fused step's batches (``lengths[g]``: the real tokens of batch g's rows)
     cut into passes: (real length, batch, row), sorted longest first (ties in batch and row
     order), then split into runs of at most ``pass_tokens`` padded tokens (rows x the run's
     longest; a single longer row is a pass of its own) that minimise the padded tokens plus
     `PASS_OVERHEAD` per pass (dynamic programming over the sorted rows). Within a pass, rows come
     batch by batch, so full batches keep the bank's copy-free layout."""
-    rows = sorted(((n, g, j) for g, b in enumerate(batches) for j, n in enumerate(b[1].sum(1).tolist())),
-                  key=lambda x: (-x[0], x[1], x[2]))
+    rows = sorted(((n, g, j) for g, b in enumerate(lengths) for j, n in enumerate(b)), key=lambda x: (-x[0], x[1], x[2]))
     best, cut = [0.0] + [float("inf")] * len(rows), [0] * (len(rows) + 1)
     for j in range(1, len(rows) + 1):  # best[j]: the cheapest cut of rows[:j]; cut[j]: its last pass's start
         for i in range(j - 1, -1, -1):
@@ -131,6 +137,22 @@ def _passes(batches, pass_tokens: int) -> list[list[tuple[int, int, int]]]:
         out.append(sorted(rows[cut[j]:j], key=lambda x: (x[1], x[2])))
         j = cut[j]
     return out[::-1]
+
+
+def _pass_tensors(batches: list[Batch], rows: list[tuple[int, int, int]], pad: int, device):
+    """A pass's tensors on ``device``, from one host-to-device copy: input ids and attention mask
+    (rows, width), and over its labelled tokens (labelled,): their positions in the flattened
+    (rows, width) hidden states, their next tokens, and the batch each belongs to."""
+    import torch
+
+    host = padded([batches[g].ids[j] for _, g, j in rows], [batches[g].labels[j] for _, g, j in rows], pad)
+    n, width = host.shape[1:]
+    keep = (host[2, :, 1:] != -100).nonzero()  # (labelled, 2): row, position
+    target = host[2, keep[:, 0], keep[:, 1] + 1]
+    owner = torch.tensor([g for _, g, _ in rows])[keep[:, 0]]
+    flat = to_device(torch.cat([host[:2].reshape(-1), keep[:, 0] * width + keep[:, 1], target, owner]), device)
+    inp, mask, keep, target, owner = flat.split([n * width, n * width, len(target), len(target), len(target)])
+    return inp.view(n, width), mask.view(n, width), keep, target, owner
 
 
 class LoraTrainer:
@@ -187,30 +209,17 @@ class LoraTrainer:
         return ids, labels, truncated, too_long
 
     def batches(self, ids: list[list[int]], labels: list[list[int]], train: TrainSettings, rng: random.Random):
-        """One epoch of right-padded batches; labels are -100 on pads (and on prompt tokens a spec
-        puts no loss on) so they carry no loss.
+        """One epoch of batches (`Batch`); labels are -100 on prompt tokens a spec puts no loss on.
 
         Sequences are sorted by length, cut into batches of ``batch_size``, and the batch order is
         shuffled: a long passage is not padded against short edit items (padding is compute
         thrown away).
         """
-        import torch
-
         order = sorted(range(len(ids)), key=lambda j: (len(ids[j]), j))
         groups = [order[i:i + train.batch_size] for i in range(0, len(order), train.batch_size)]
         rng.shuffle(groups)
-        pad = self.tok.pad_token_id
         for group in groups:
-            rows = [ids[j] for j in group]
-            width = max(map(len, rows))
-            inp = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            lab = torch.full((len(rows), width), -100, dtype=torch.long)
-            for r, (j, seq) in enumerate(zip(group, rows)):
-                inp[r, :len(seq)] = torch.tensor(seq)
-                mask[r, :len(seq)] = 1
-                lab[r, :len(seq)] = torch.tensor(labels[j])
-            yield inp.to(self.device), mask.to(self.device), lab.to(self.device)
+            yield Batch(tuple(tuple(ids[j]) for j in group), tuple(tuple(labels[j]) for j in group))
 
     def _plan(self, slot: int, spec: TrainSpec, seed: int) -> _Run:
         """An adaptation's recipe (a spec may override the learning rate and epochs) and its batches:
@@ -254,13 +263,13 @@ class LoraTrainer:
         try:
             while live := [r for r in runs if r.next is not None]:
                 for r, loss in zip(live, self.fused_step(live)):
-                    epoch, (_, mask, _) = r.next
+                    epoch, batch = r.next
                     if epoch != r.epoch:
                         r.epoch, r.epoch_losses = epoch, []
                     if r.steps == 0:
                         r.first = loss
                     r.steps += 1
-                    r.real += int(mask.sum())
+                    r.real += batch.real
                     r.epoch_losses.append(loss)
                     r.next = None if max_steps and r.steps >= max_steps else next(r.batches, None)
                     if r.next is None:
@@ -277,43 +286,50 @@ class LoraTrainer:
         padded tokens (`_passes`), each pass's backward accumulating into its adapters' grads, so
         a long passage row is not padded against short edit rows of other adaptations. Each
         adaptation's loss is its own batch's mean over its labelled tokens, whichever passes its
-        rows fall in."""
+        rows fall in.
+
+        Everything a pass needs is built on the host from the batches' token lists and sent in one
+        copy (`_pass_tensors`); losses stay on the device until the step ends and are read back
+        once, as the step's result: on a GPU that is the step's only wait for the device."""
         import torch
-        import torch.nn.functional as F
 
         batches = [r.next[1] for r in live]
-        counts = torch.stack([(b[2][:, 1:] != -100).sum() for b in batches])
+        counts = to_device(torch.tensor([max(1, b.labelled) for b in batches], dtype=torch.float32), self.device)
         sums = torch.zeros(len(live), dtype=torch.float32, device=self.device)
-        for rows in _passes(batches, self.cfg.train.pass_tokens):
-            width = max(n for n, _, _ in rows)
-            inp, mask, lab = (torch.stack([F.pad(batches[g][n][j, :width], (0, width - min(width, batches[g][n].shape[1])),
-                                                 value=v) for _, g, j in rows])
-                              for n, v in ((0, self.tok.pad_token_id), (1, 0), (2, -100)))
-            group = torch.tensor([g for _, g, _ in rows], device=self.device)
-            with self.bank.route([live[g].slot for _, g, _ in rows]):  # backward too: checkpointed chunks recompute
-                with self.autocast():  # no KV cache: training never reads one back
-                    part = self.loss_sums(inp, mask, lab, group, len(live))
-                if part.requires_grad:  # not when no row has a labelled token
-                    with self.bank.quiet_backward():
-                        (part / counts.clamp(min=1)).sum().backward()
+        for rows in _passes([[len(x) for x in b.ids] for b in batches], self.cfg.train.pass_tokens):
+            if not any(y != -100 for _, g, j in rows for y in batches[g].labels[j][1:]):
+                continue  # nothing to learn in this pass: no forward at all
+            inp, mask, keep, target, owner = _pass_tensors(batches, rows, self.tok.pad_token_id, self.device)
+            with self.bank.route([live[g].slot for _, g, _ in rows]), self.autocast():
+                part = self._pass_loss(inp, mask, keep, target, owner, len(live))  # no KV cache: never read back
+            with self.bank.quiet_backward():
+                (part / counts).sum().backward()
             sums += part.detach()
         self.opt.step({r.slot: r.lr for r in live}, self.cfg.train.weight_decay)
         self.bank.zero_grad([r.slot for r in live])
-        return (sums / counts.clamp(min=1)).tolist()
+        return (sums / counts).tolist()
 
-    def loss_sums(self, inp, mask, lab, group, n: int):
-        """(n,) summed next-token loss of each group of rows over its labelled tokens; ``group``
-        (rows,) says which of the n groups a row belongs to. Divided by a group's labelled tokens it
-        is HF's ``model(labels=...).loss``, computed without the logits of unlabelled positions."""
+    def _pass_loss(self, inp, mask, keep, target, owner, n: int):
+        """(n,) summed next-token loss of each of n adaptations over a pass's labelled tokens:
+        ``keep`` (labelled,) are their positions in the flattened (rows, width) hidden states,
+        ``target`` the tokens that follow them, ``owner`` the adaptation of each."""
         import torch
 
         decoder = getattr(self.model, self.model.base_model_prefix)
         hidden = decoder(input_ids=inp, attention_mask=mask, use_cache=False).last_hidden_state  # (rows, width, d)
-        target = lab[:, 1:]
-        keep = target != -100
-        tokens = token_losses(self.model, hidden[:, :-1][keep], target[keep])  # (labelled tokens,)
-        owner = group[:, None].expand_as(target)[keep]
+        tokens = token_losses(self.model, hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep), target)
         return torch.zeros(n, dtype=tokens.dtype, device=tokens.device).index_add(0, owner, tokens)
+
+    def loss_sums(self, inp, mask, lab, group, n: int):
+        """(n,) summed next-token loss of each group of rows over its labelled tokens, from device
+        tensors (a test's way in; the loop builds its passes on the host); ``group`` (rows,) says
+        which of the n groups a row belongs to. Divided by a group's labelled tokens it is HF's
+        ``model(labels=...).loss``, computed without the logits of unlabelled positions."""
+        width = lab.shape[1]
+        target = lab[:, 1:]
+        keep = (target != -100).nonzero()  # (labelled, 2): row, position
+        return self._pass_loss(inp, mask, keep[:, 0] * width + keep[:, 1], target[keep[:, 0], keep[:, 1]],
+                               group[keep[:, 0]], n)
 
     # ----- after training ------------------------------------------------------------------
     def export_peft(self, slot: int, folder: str | Path) -> None:

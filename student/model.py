@@ -13,11 +13,13 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from orchestration.core.domains.spec import Decode, Query, TrainSpec
-from orchestration.core.models import autocast_dtype, eos_ids, load_model, trim_cpu_memory, uses_chat
+from orchestration.core.models import (autocast_dtype, default_attention, eos_ids, load_model, resolve_device,
+                                       trim_cpu_memory, uses_chat)
 from student import prompting
 from student.answerer import Answerer, TransformersAnswerer
 from student.config import StudentConfig
-from student.lora_train import LoraTrainer, TrainStats
+from student.lora_batch import to_device
+from student.lora_train import LoraTrainer, TrainStats, padded
 
 
 class Student:
@@ -34,13 +36,14 @@ class Student:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
+        device = resolve_device(cfg.device, "student.device")
         # The frozen base is stored in the autocast dtype: autocast does not cache casts of weights
         # that need no grad, so fp32 weights would be re-cast on every matmul. LoRA weights and the
         # optimizer state stay fp32.
-        self.dtype = autocast_dtype(cfg.train.dtype, "student.train.dtype")
-        attn = cfg.attn_implementation or ("eager" if not torch.cuda.is_available() else None)
+        self.dtype = autocast_dtype(cfg.train.dtype, "student.train.dtype", device)
+        attn = cfg.attn_implementation or default_attention(device)
         self.model, self.tok = load_model(cfg.model, cache=cache, trust_remote_code=cfg.trust_remote_code,
-                                          dtype=self.dtype, attn_implementation=attn)
+                                          dtype=self.dtype, attn_implementation=attn, device=device)
         self.model.requires_grad_(False)  # only the adapters train
         self.chat = uses_chat(self.tok, cfg.chat)
         self.device = self.model.device
@@ -170,8 +173,10 @@ class Student:
         return self.trainer.encode(spec, max_length)
 
     def _batches(self, ids, labels, train, rng):
-        """`LoraTrainer.batches` (bench/inner_loop.py builds its reference batches with it)."""
-        return self.trainer.batches(ids, labels, train, rng)
+        """`LoraTrainer.batches` as right-padded (input_ids, attention_mask, labels) tensors on the
+        student's device (bench/inner_loop.py builds its reference batches with it)."""
+        for b in self.trainer.batches(ids, labels, train, rng):
+            yield tuple(to_device(padded(b.ids, b.labels, self.tok.pad_token_id), self.device))
 
     def export_peft(self, slot: int, folder: str | Path) -> None:
         """Write slot's adapter as a PEFT adapter folder, loadable by ``PeftModel.from_pretrained``

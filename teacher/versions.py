@@ -33,7 +33,7 @@ def read_manifest(folder: Path) -> dict | None:
 
 
 def load_teacher(model: str, *, cache: str | None = None, trust_remote_code: bool = False, dtype=None,
-                 attn_implementation: str | None = None):
+                 attn_implementation: str | None = None, device=None):
     """Return (model, tokenizer) of a teacher version, in eval mode (as `load_model`).
 
     An adapter version is rebuilt from its chain: its parent is loaded (recursively), the adapter is
@@ -43,12 +43,12 @@ def load_teacher(model: str, *, cache: str | None = None, trust_remote_code: boo
     manifest = read_manifest(folder) if folder.is_dir() else None
     if manifest is None or manifest.get("save") != "adapter":
         return load_model(model, cache=cache, trust_remote_code=trust_remote_code, dtype=dtype,
-                          attn_implementation=attn_implementation)
+                          attn_implementation=attn_implementation, device=device)
     from peft import PeftModel
 
     parent = parent_of(folder, manifest)
     base, tok = load_teacher(parent, cache=cache, trust_remote_code=trust_remote_code, dtype=dtype,
-                             attn_implementation=attn_implementation)
+                             attn_implementation=attn_implementation, device=device)
     lm = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     lm.eval()
     return lm, tok

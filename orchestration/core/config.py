@@ -104,6 +104,19 @@ def check_choice(node, key: str, name: str, choices: type[Enum]) -> None:
         raise ConfigError(f"{at(key, name)}={value!r} is unknown; use one of {[m.value for m in choices]}")
 
 
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+"""A device setting: 'auto' (the GPU when torch sees one, else the CPU), 'cpu', 'cuda' (torch's current
+GPU) or 'cuda:N' (GPU N). `orchestration.core.models.resolve_device` turns it into a torch device."""
+
+
+def check_device(node, key: str, name: str = "device") -> None:
+    """The field is a device setting (`DEVICE`). Whether that GPU exists is known only with torch
+    loaded: `orchestration.core.models.resolve_device` refuses a missing one, naming the same key."""
+    value = getattr(node, name)
+    if not isinstance(value, str) or not DEVICE.fullmatch(value):
+        raise ConfigError(f"{at(key, name)}={value!r} is unknown; use 'auto', 'cpu', 'cuda' or 'cuda:N' (N: a GPU index)")
+
+
 def check_nonempty(node, key: str, *names: str) -> None:
     """Each list field has at least one item."""
     for name in names:

@@ -103,6 +103,8 @@ TEACHER = [  # (override under the teacher node, the key the error names)
     ("generation.batch_size=0", "generation.batch_size"),
     ("generation.backend=tgi", "generation.backend"),
     ("max_prompt_tokens=0", "max_prompt_tokens"),
+    ("device=gpu", "device"),
+    ("device=cuda:1", "device"),
     ("prompt=nope", "prompt"),
     ("model=nope-model", "model"),
     ("model={tmp}/no/such/teacher", "model"),
@@ -128,6 +130,7 @@ STUDENT = [
     ("train.batch_size=0", "train.batch_size"),
     ("answer.max_new_tokens=0", "answer.max_new_tokens"),
     ("answer.backend=tgi", "answer.backend"),
+    ("device=cuda:x", "device"),
     ("model={tmp}/no/such/student", "model"),  # a nonexistent local path: not sent to the hub
     ("model=no-such-org/no-such-model", "model"),  # a hub id, with the hub off (HF_HUB_OFFLINE=1)
 ]

@@ -382,3 +382,57 @@ def test_train_changes_the_output_on_its_text(tiny_model, ctx):
     after = loss()
     assert during < before - 0.1  # it learned its text (6.40 -> 6.1 on this random tiny model)
     assert after == before  # and discarding restored the base model exactly
+
+
+def test_long_rows_in_padded_slot_blocks_match_runs(tiny_model):
+    """The layout a GPU uses for long rows in any order (padded slot blocks, a constant number of
+    kernels) gives what the CPU's matmul per run of rows gives, forward and gradients."""
+    import torch
+
+    st = Student(tiny_cfg(tiny_model))
+    bank = st.trainer.bank_for(4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        bank.flat.normal_(std=0.3)
+    rows, ids = [3, -1, 0, 3, 0, 3], torch.randint(3, 500, (6, 9))
+    got = []
+    for runs in (True, False):
+        bank.runs_for_long_rows = runs
+        with bank.route(rows):
+            loss = st.model(input_ids=ids).logits.float().pow(2).mean()
+        with bank.quiet_backward():
+            loss.backward()
+        got.append((loss.detach(), bank.grad.clone()))
+        bank.grad.zero_()
+    assert got[0][1].abs().max() > 0  # the slots' gradients are there to compare
+    torch.testing.assert_close(got[1][0], got[0][0], **TOL)
+    torch.testing.assert_close(got[1][1], got[0][1], **TOL)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_k_together_equal_k_alone_in_bf16(tiny_model, ctx, device):
+    """K together = K alone where the student computes in bf16 (the dtype `auto` picks on a GPU and on
+    this CPU), at bf16's tolerance: losses within 2%, each slot's trained weights within 2% of their
+    norm (AdamW turns rounding noise in near-zero gradients into whole steps, so a few elements may
+    differ by more). Prints whether two runs of the same group gave the very same weights."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cfg = tiny_cfg(tiny_model, dtype="bf16", weight_decay=0.01)
+    cfg.device = device
+    st = Student(cfg)
+    specs, seeds = group_specs(ctx), [3, 1, 4, 1]
+    queries = [Query(q.question, q.answer, 4) for q in ctx.questions]
+    alone, together, log, _ = alone_and_together(st, specs, seeds, queries)
+    for k, ((stats, losses, weights, _), got) in enumerate(zip(alone, together)):
+        assert stats.steps == got.steps
+        if stats.steps:
+            torch.testing.assert_close(log[k], losses, rtol=2e-2, atol=1e-3)
+        a, b = torch.cat([w.flatten() for w in slot_weights(st, k)]), torch.cat([w.flatten() for w in weights])
+        assert (a - b).norm() <= 2e-2 * b.norm(), k
+    first = [slot_weights(st, k) for k in range(len(specs))]
+    st.train_many(specs, seeds)
+    again = [slot_weights(st, k) for k in range(len(specs))]
+    same = all(torch.equal(x, y) for a, b in zip(first, again) for x, y in zip(a, b))
+    print(f"\n{device} bf16: two runs of the same group {'gave identical' if same else 'differed in their'} weights")
