@@ -121,16 +121,17 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict
     left = [t for t in todo if t["id"] not in have]
     if left:
         from orchestration.core.domains import knowledge
+        from orchestration.core.jobs import StudentJob
         from student.model import Student
-        from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
+        from student.scoring import Baselines, adapt_and_score_many, make_grader
 
         st = Student(cfg)
         base = Baselines(st, make_grader("f1"), knowledge)
         t0 = time.perf_counter()
         for at in range(0, len(left), group):
             part = left[at:at + group]
-            jobs = [AdaptJob((t["ctx"],), (t["edit"],), t["train_as"], 0, t["id"], t.get("seed"), t.get("answer", True))
-                    for t in part]
+            jobs = [(t["id"], StudentJob("knowledge", t["train_as"], (t["ctx"],), (t["edit"],), seed=t.get("seed"),
+                                         answer=t.get("answer", True))) for t in part]
             results = adapt_and_score_many(st, base, jobs)
             with path.open("a") as f:
                 for t, r in zip(part, results):

@@ -1,7 +1,7 @@
 """What skipping the answers saves a training-round adaptation rewarded on log-likelihood. Prints JSON.
 
 A training round whose reward signal is ``loglik`` needs only the gold answers' log-likelihoods,
-so its jobs generate no answers (`student.scoring.AdaptJob.answer`). Per student, the same K
+so its jobs generate no answers (`orchestration.core.records.StudentJob.answer`). Per student, the same K
 adaptations (restatement edits of bench/restate_edits.py on recipe-tuning passages 301 on, the
 student's default recipe and seed) run twice in one process, alternating, each repeated
 ``--repeats`` times: with answering (what every job did before) and without. Reported per
@@ -25,16 +25,17 @@ from _common import machine_record, restatement, squad_subset
 
 def measure(model: str, k: int, repeats: int, offset: int) -> dict:
     from orchestration.core.domains import knowledge
+    from orchestration.core.jobs import StudentJob
     from student.config import StudentConfig
     from student.model import Student
-    from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
+    from student.scoring import Baselines, adapt_and_score_many, make_grader
 
     cfg = StudentConfig(model=model)
     st = Student(cfg)
     ctxs = squad_subset(offset, k)
     base = Baselines(st, make_grader(cfg.grader), knowledge)
     base.prefetch(ctxs)  # the unadapted baselines are cached per worker, not per job: outside the clock
-    jobs = {answer: [AdaptJob((c,), (restatement(c),), "edits", 0, f"{c.context_id}/{answer}", None, answer)
+    jobs = {answer: [(f"{c.context_id}/{answer}", StudentJob("knowledge", "edits", (c,), (restatement(c),), answer=answer))
                      for c in ctxs] for answer in (True, False)}
     adapt_and_score_many(st, base, jobs[True][:1])  # warm-up, as a long-running worker has done
     walls = {True: [], False: []}

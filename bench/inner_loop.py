@@ -276,9 +276,10 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
 
     import torch
 
+    from orchestration.core.jobs import StudentJob
     from student.config import StudentConfig
     from student.model import Student
-    from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader, score_context
+    from student.scoring import Baselines, adapt_and_score_many, make_grader, score_context
 
     n = {"reference": reference_contexts, "naive": contexts, "default": contexts}.get(setting, contexts)
     if setting in ("batched", "vllm") and 2 * k > n:
@@ -319,7 +320,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
         warmup_s = round(time.perf_counter() - t0, 2)
     elif setting in ("batched", "vllm", "breakdown"):
         t0 = time.perf_counter()
-        adapt_and_score_many(st, base, [AdaptJob((warm,), (restatement(warm),), "edits", 0, f"w{i}") for i in range(k)])
+        adapt_and_score_many(st, base, [(f"w{i}", StudentJob("knowledge", "edits", (warm,), (restatement(warm),))) for i in range(k)])
         warmup_s = round(time.perf_counter() - t0, 2)
     if setting == "breakdown":  # its own process: the profiler's memory can only sink itself
         return breakdown(st, base, ctxs[:k])
@@ -340,7 +341,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
     else:
         for g in range(0, n, k):
             group = ctxs[g:g + k]
-            results = adapt_and_score_many(st, base, [AdaptJob((c,), (restatement(c),), "edits", 0, c.context_id)
+            results = adapt_and_score_many(st, base, [(c.context_id, StudentJob("knowledge", "edits", (c,), (restatement(c),)))
                                                       for c in group])
             bad = [r for r in results if isinstance(r, Exception)]
             if bad:
@@ -375,14 +376,15 @@ def breakdown(st, base, group, steps: int = 3) -> dict:
     rest (norms, rotary, attention softmax, adds, copies), as shares of all ops."""
     from torch.profiler import ProfilerActivity, profile
 
-    from student.scoring import AdaptJob, adapt_and_score_many
+    from orchestration.core.jobs import StudentJob
+    from student.scoring import adapt_and_score_many
 
     vocab = st.model.get_output_embeddings().weight.shape[0]
     mms = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
     old, st.cfg.train.max_steps = st.cfg.train.max_steps, steps
     try:
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            adapt_and_score_many(st, base, [AdaptJob((c,), (restatement(c),), "edits", 0, c.context_id) for c in group])
+            adapt_and_score_many(st, base, [(c.context_id, StudentJob("knowledge", "edits", (c,), (restatement(c),))) for c in group])
     finally:
         st.cfg.train.max_steps = old
     head = sum(e.self_cpu_time_total for e in prof.key_averages(group_by_input_shape=True)

@@ -68,11 +68,11 @@ def apply(student, setting: dict) -> None:
 
 
 def run_setting(name, setting, models, contexts, out: Path, done: set, students: dict) -> None:
+    from orchestration.core.jobs import StudentJob
+    from orchestration.core.runs import append_jsonl
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, make_grader
-
-    from orchestration.core.runs import append_jsonl
 
     for model in models:
         if model not in students:
@@ -89,8 +89,8 @@ def run_setting(name, setting, models, contexts, out: Path, done: set, students:
                     verdicts, score = base.get(ctx)[:2]
                     train = {}
                 else:
-                    r = adapt_and_score(student, base, [ctx], [restatement(ctx) if cond == "edits" else ""],
-                                        condition=cond, completion=0, key=key)
+                    job = StudentJob("knowledge", cond, (ctx,), (restatement(ctx) if cond == "edits" else "",))
+                    r = adapt_and_score(student, base, key, job)
                     verdicts, score, train = r.verdicts, r.score, {**r.train, **r.timings}
                 row = {"key": key, "setting": name, "params": setting, "model": model, "context_id": ctx.context_id,
                        "condition": cond, "f1": score,

@@ -11,12 +11,13 @@ never re-scored per edit.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from orchestration.core.domains import knowledge
 from orchestration.core.domains.spec import TrainSpec
+from orchestration.core.jobs import StudentJob
 from orchestration.core.records import QuestionVerdict, StudentResult, mean_loglik
 from student.graders import GRADERS
 
@@ -125,42 +126,25 @@ def merge_specs(specs: list[TrainSpec]) -> TrainSpec:
                      info=info, invalid="; ".join(bad) or None)
 
 
-@dataclass(frozen=True)
-class AdaptJob:
-    """One adaptation to train and score: the edits of ``ctxs`` (one context, or several for the
-    multi-passage setting) under ``condition``. ``key`` and ``completion`` go into its result;
-    ``seed`` seeds its adapter init, batch order and data (None: the student's ``cfg.train.seed``).
-    ``answer=False``: only the gold answers' log-likelihoods are wanted (a training round whose
-    reward signal is ``loglik``), so no answer is generated; the verdicts carry no answer and no
-    score (question-style domains only)."""
-
-    ctxs: tuple  # the domain's contexts (knowledge: Context; ARC: ArcTask)
-    edits: tuple[str, ...]  # one per context
-    condition: str
-    completion: int
-    key: str
-    seed: int | None = None
-    answer: bool = True
-
-
-def _invalid_result(student, baselines, job, seed, spec, base) -> StudentResult:
+def _invalid_result(student, baselines, key, job, seed, spec, base) -> StudentResult:
     verdicts = tuple(QuestionVerdict(v.question, v.gold, "", 0.0) for v in base)
-    return _result(student, baselines, job, seed, verdicts, base, {**spec.info, "invalid": spec.invalid},
+    return _result(student, baselines, key, job, seed, verdicts, base, {**spec.info, "invalid": spec.invalid},
                    {"train_s": 0.0, "answer_s": 0.0})
 
 
-def _result(student, baselines, job, seed, verdicts, base, info, timings) -> StudentResult:
+def _result(student, baselines, key, job, seed, verdicts, base, info, timings) -> StudentResult:
     scores = [v.score for v in verdicts]
-    return StudentResult(key=job.key, student=student.cfg.model, context_id="+".join(c.context_id for c in job.ctxs),
-                         condition=job.condition, completion=job.completion,
+    return StudentResult(key=key, student=student.cfg.model, context_id=job.context_id,
+                         condition=job.condition, completion=job.sample,
                          score=None if None in scores else sum(scores) / len(scores),
                          baseline_score=sum(v.score for v in base) / len(base), baseline_loglik=mean_loglik(base),
                          verdicts=verdicts, seed=seed, grader=grader_name(student, baselines.domain), train=info,
                          timings=timings)
 
 
-def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) -> list[StudentResult | Exception]:
-    """Train one fresh adapter per job, all at once, on what the domain makes of its edits; answer
+def adapt_and_score_many(student, baselines: Baselines,
+                         jobs: list[tuple[str, StudentJob]]) -> list[StudentResult | Exception]:
+    """Train one fresh adapter per (key, job), all at once, on what the domain makes of its edits; answer
     every job's queries with its own adapter, all at once; score each; discard the adapters.
 
     Results come back in job order; a job that fails (its spec, its queries or its grading raised)
@@ -176,23 +160,25 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
     adaptations trained together."""
     domain = baselines.domain
     out: list[StudentResult | Exception | None] = [None] * len(jobs)
-    baselines.prefetch([c for job in jobs for c in job.ctxs])
+    baselines.prefetch([c for _, job in jobs for c in job.contexts])
     todo = []  # (job index, seed, spec, queries per context, baseline scores)
-    for i, job in enumerate(jobs):
+    for i, (key, job) in enumerate(jobs):
         try:
             seed = student.cfg.train.seed if job.seed is None else job.seed
             # the job's own copy of the config: ARC seeds its data from it
             cfg = replace(student.cfg, train=replace(student.cfg.train, seed=seed))
             spec = merge_specs([domain.train_spec(c, e, job.condition, cfg)
-                                for c, e in zip(job.ctxs, job.edits, strict=True)])
-            base = [v for c in job.ctxs for v in baselines.get(c)[0]]  # the unadapted verdicts
+                                for c, e in zip(job.contexts, job.edits, strict=True)])
+            base = [v for c in job.contexts for v in baselines.get(c)[0]]  # the unadapted verdicts
+            if job.domain != domain.NAME:
+                raise ValueError(f"job {key}: a {job.domain!r} job given to a student's {domain.NAME!r} baselines")
             if not job.answer and domain.DECODE.style != "question":
-                raise ValueError(f"job {job.key}: answer=False (log-likelihoods only) needs a question-style "
+                raise ValueError(f"job {key}: answer=False (log-likelihoods only) needs a question-style "
                                  f"domain; {domain.NAME!r} is graded on its answers")
             if spec.invalid:
-                out[i] = _invalid_result(student, baselines, job, seed, spec, base)
+                out[i] = _invalid_result(student, baselines, key, job, seed, spec, base)
             else:
-                todo.append((i, seed, spec, [domain.queries(c, cfg) for c in job.ctxs], base))
+                todo.append((i, seed, spec, [domain.queries(c, cfg) for c in job.contexts], base))
         except Exception as e:  # this job's own failure
             out[i] = e
     if not todo:
@@ -201,7 +187,7 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
         stats = student.train_many([t[2] for t in todo], [t[1] for t in todo])
         t0 = time.perf_counter()
         flat = [[q for qs in t[3] for q in qs] for t in todo]
-        asked = [k for k, t in enumerate(todo) if jobs[t[0]].answer]  # slots whose answers are wanted
+        asked = [k for k, t in enumerate(todo) if jobs[t[0]][1].answer]  # slots whose answers are wanted
         answers: list[list[str] | None] = [None] * len(todo)
         for k, got in zip(asked, student.respond_many([flat[k] for k in asked], domain.DECODE, asked)):
             answers[k] = got
@@ -215,27 +201,25 @@ def adapt_and_score_many(student, baselines: Baselines, jobs: list[AdaptJob]) ->
     finally:
         student.discard()
     for (i, seed, spec, queries, base), st, got, ll in zip(todo, stats, answers, gold_ll):
-        job = jobs[i]
+        key, job = jobs[i]
         try:
             verdicts, at = [], 0
-            for c, qs in zip(job.ctxs, queries):
+            for c, qs in zip(job.contexts, queries):
                 scored = (domain.score(c, qs, got[at:at + len(qs)], baselines.grade) if got is not None
                           else [QuestionVerdict(q.text, q.gold, None, None) for q in qs])
                 verdicts += attach(scored, None if ll is None else ll[at:at + len(qs)])
                 at += len(qs)
             info = {**st.__dict__, **spec.info, "group": len(todo)}
             timings = {"train_s": round(st.train_s, 3), "answer_s": round(answer_s, 3), "loglik_s": round(loglik_s, 3)}
-            out[i] = _result(student, baselines, job, seed, tuple(verdicts), base, info, timings)
+            out[i] = _result(student, baselines, key, job, seed, tuple(verdicts), base, info, timings)
         except Exception as e:
             out[i] = e
     return out
 
 
-def adapt_and_score(student, baselines: Baselines, ctxs: list, edits: list[str], *, condition: str,
-                    completion: int, key: str, seed: int | None = None) -> StudentResult:
+def adapt_and_score(student, baselines: Baselines, key: str, job: StudentJob) -> StudentResult:
     """`adapt_and_score_many` with one job; its error, if any, is raised."""
-    (result,) = adapt_and_score_many(student, baselines, [AdaptJob(tuple(ctxs), tuple(edits), condition, completion,
-                                                                   key, seed)])
+    (result,) = adapt_and_score_many(student, baselines, [(key, job)])
     if isinstance(result, Exception):
         raise result
     return result

@@ -17,8 +17,9 @@ No server: the driver and every worker open the same file. The contract:
 - **Groups.** Jobs of one `group` are leased together (`lease_group`) and acked together
   (`ack_many`, one transaction): a worker that dies mid-group leaves the whole group to be
   delivered again, so the same jobs run with the same companions (batched numbers depend on them).
-- **JSON only.** Payloads and results are `json.dumps` text, never pickle: any version of the code
-  (and `sqlite3` on the command line) reads the file.
+- **Typed, JSON only.** A job's payload is a `StudentJob` (``put`` refuses anything else) stored as
+  its `to_json` text, and a lease hands back the parsed record; results are `json.dumps` text. Never
+  pickle: `sqlite3` on the command line reads the file.
 - **Safe across processes.** Every write is one `BEGIN IMMEDIATE` transaction, so two workers never
   lease the same job. Each process (and thread) opens its own `Queue`: never share a connection.
 
@@ -37,7 +38,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-SCHEMA_VERSION = 2  # 2: jobs.grp (job groups); a version-1 file is migrated in place
+from orchestration.core.jobs import StudentJob
+
+SCHEMA_VERSION = 3  # 2: jobs.grp (job groups); 3: payloads are StudentJob records
 STATES = ("pending", "leased", "done", "dead", "stale")
 
 SCHEMA = """
@@ -56,11 +59,15 @@ CREATE TABLE flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+class QueueVersionError(RuntimeError):
+    """The queue file was written in a format this code does not read; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class Job:
     key: str  # idempotency key, unique forever
     kind: str  # e.g. "adapt/gemma3-270m"; workers lease by kind
-    payload: dict  # JSON-serialisable only
+    payload: StudentJob
     teacher_version: int  # the teacher version that produced the job
     round: int = 0
     group: str | None = None  # jobs of one group are leased and acked together (`lease_group`)
@@ -70,7 +77,7 @@ class Job:
 class Lease:
     key: str
     kind: str
-    payload: dict
+    payload: StudentJob
     teacher_version: int
     round: int
     attempt: int  # 1-based attempt number of this delivery
@@ -84,6 +91,13 @@ def _dumps(obj, key: str, what: str) -> str:
         return json.dumps(obj, sort_keys=True)
     except (TypeError, ValueError) as e:
         raise TypeError(f"job {key!r}: {what} is not JSON-serialisable ({e})") from None
+
+
+def _payload(job: Job) -> str:
+    if not isinstance(job.payload, StudentJob):
+        raise TypeError(f"job {job.key!r}: the payload must be an orchestration.core.records.StudentJob, "
+                        f"not {type(job.payload).__name__}; build one with StudentJob(...)")
+    return job.payload.to_json()
 
 
 def _where(kinds: Sequence[str] | None, round: int | None, states: Sequence[str] | None = None,
@@ -139,13 +153,15 @@ class Queue:
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 1:  # before job groups: every job is a group of its own
-                self._db.execute("ALTER TABLE jobs ADD COLUMN grp TEXT")
-                self._db.execute("CREATE INDEX jobs_grp ON jobs (grp)")
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version in (1, 2):
+                raise QueueVersionError(
+                    f"{self.path}: queue schema version {version}, written before job payloads were typed records; "
+                    f"this code reads version {SCHEMA_VERSION}. Finish that run with the commit that started it "
+                    f"(git_commit in its manifest.json), or start afresh with a new run_dir=PATH (its "
+                    f"results.jsonl and edits.jsonl stay readable)")
             elif version != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: queue schema version {version}, this code reads "
-                                   f"version {SCHEMA_VERSION}; use a new queue file")
+                raise QueueVersionError(f"{self.path}: queue schema version {version}, this code reads "
+                                        f"version {SCHEMA_VERSION}; start afresh with a new run_dir=PATH")
 
     @contextmanager
     def _write(self):
@@ -160,8 +176,7 @@ class Queue:
     def put(self, jobs: Iterable[Job]) -> int:
         """Insert the jobs; returns how many were new. An existing key is left untouched."""
         now = self.clock()
-        rows = [(j.key, j.kind, j.round, j.teacher_version, _dumps(j.payload, j.key, "payload"), now, now, j.group)
-                for j in jobs]
+        rows = [(j.key, j.kind, j.round, j.teacher_version, _payload(j), now, now, j.group) for j in jobs]
         with self._write() as db:
             return sum(db.execute(
                 "INSERT OR IGNORE INTO jobs (key, kind, round, teacher_version, payload, state, created, updated, grp)"
@@ -217,7 +232,7 @@ class Queue:
                        (attempts + 1, worker, token, expires, now, key))
             db.execute("INSERT INTO attempts (key, attempt, worker, token, leased_at) VALUES (?, ?, ?, ?, ?)",
                        (key, attempts + 1, worker, token, now))
-            return Lease(key, kind, json.loads(payload), version, round_, attempts + 1, worker, token, expires)
+            return Lease(key, kind, StudentJob.from_json(payload), version, round_, attempts + 1, worker, token, expires)
 
     def _end_attempt(self, key: str, token: str, outcome: str, reason: str | None, now: float) -> None:
         self._db.execute("UPDATE attempts SET ended_at = ?, outcome = ?, reason = ? WHERE key = ? AND token = ?",
@@ -321,9 +336,9 @@ class Queue:
     def jobs(self, kinds: Sequence[str] | None = None, round: int | None = None,
              states: Sequence[str] | None = None) -> list[dict]:
         where, params = _where(kinds, round, states)
-        cols = ("key", "kind", "round", "teacher_version", "state", "attempts", "last_error", "payload")
+        cols = ("key", "kind", "round", "teacher_version", "state", "attempts", "last_error")
         rows = self._db.execute(f"SELECT {', '.join(cols)} FROM jobs{where} ORDER BY rowid", params)
-        return [{**dict(zip(cols, r)), "payload": json.loads(r[-1])} for r in rows]
+        return [dict(zip(cols, r)) for r in rows]
 
     def attempts(self, key: str) -> list[dict]:
         """Deliveries of `key`, oldest first; outcome None while running, else acked | nacked | expired,

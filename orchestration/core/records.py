@@ -1,5 +1,8 @@
 """Plain records exchanged between the two sides: frozen dataclasses that round-trip through JSON.
 
+`StudentResult` is what a student reports for a job (`orchestration.core.jobs.StudentJob`);
+`SelfEdit` is what the teacher wrote.
+
 No pickle anywhere: a record is written with `to_json` and read back with `from_json`, which checks
 the field names, so a result file from another version fails loudly instead of half-loading (a
 field added later with a default reads as that default from older rows).
@@ -12,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 
-def _fields_checked(cls, line: str) -> dict:
+def fields_checked(cls, line: str) -> dict:
     """The row's fields: every one a field of ``cls``, and every field without a default present
     (a row written before a defaulted field was added reads with the default)."""
     raw = json.loads(line)
@@ -72,7 +75,7 @@ class StudentResult:
 
     @classmethod
     def from_json(cls, line: str) -> "StudentResult":
-        raw = _fields_checked(cls, line)
+        raw = fields_checked(cls, line)
         raw["verdicts"] = tuple(QuestionVerdict(**v) for v in raw["verdicts"])
         return cls(**raw)
 
@@ -121,4 +124,4 @@ class SelfEdit:
 
     @classmethod
     def from_json(cls, line: str) -> "SelfEdit":
-        return cls(**_fields_checked(cls, line))
+        return cls(**fields_checked(cls, line))

@@ -17,6 +17,7 @@ from orchestration.core.catalog import cache_dir, check_model
 from orchestration.core.config import ConfigError, DataConfig, at, check_min
 from orchestration.core.contexts import Context
 from orchestration.core.edits import edits_for
+from orchestration.core.jobs import StudentJob
 from orchestration.core.records import StudentResult
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl, write_atomic
 from orchestration.driver.keys import AdaptKey
@@ -119,7 +120,7 @@ def run_adapt(cfg: AdaptConfig, resolved) -> dict:
         if cond == "base":
             row = base_result(student, baselines, ctx, key)
         else:
-            row = adapt_and_score(student, baselines, [ctx], [edit], condition=cond, completion=i, key=key)
+            row = adapt_and_score(student, baselines, key, StudentJob(d.domain, cond, (ctx,), (edit,), sample=i))
         append_jsonl(results_path, row.to_json())
         done[key] = row
     summary = summarize([done[j.key] for j in jobs], cfg.student.model, d.source)

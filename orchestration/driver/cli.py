@@ -127,9 +127,10 @@ def run_worker(cmd: WorkerCommand) -> int:
     keys = {s.model: f"students.{i}" for i, s in enumerate(cfg.students)}
     by_name = {s.model: s for s in cfg.students}
     if getattr(cfg, "roles", "split") == "same":  # the student is a teacher version: v0 or checkpoints/v{n}
-        from dataclasses import replace
+        from orchestration.driver.train_config import students_at
 
-        by_name, keys = {cmd.student: replace(cfg.students[0], model=cmd.student)}, {cmd.student: "students.0"}
+        ((_, same),) = students_at(cfg, cmd.student)  # v0's learning rate, as inline and Ray workers have it
+        by_name, keys = {cmd.student: same}, {cmd.student: "students.0"}
     if cmd.student not in by_name:
         raise ConfigError(f"student={cmd.student!r} is not a student of this run; choose one of {sorted(by_name)}")
     student = by_name[cmd.student]
@@ -220,9 +221,11 @@ def error_message(e: BaseException, args) -> str | None:
     import yaml
     from omegaconf.errors import OmegaConfBaseException
 
+    from orchestration.core.queue import QueueVersionError
     from orchestration.driver.launch import WorkerError
 
-    if isinstance(e, (ConfigError, ContextDataError, ArcDataError, catalog.ModelNotFound, WorkerError)):
+    if isinstance(e, (ConfigError, ContextDataError, ArcDataError, catalog.ModelNotFound, WorkerError,
+                      QueueVersionError)):
         msg = str(e)
     elif isinstance(e, sqlite3.DatabaseError):
         run = getattr(args, "run_dir", None)

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from orchestration.core import domains
 from orchestration.core.catalog import cache_dir, check_model
 from orchestration.core.config import ConfigError, DataConfig, at, check_min, check_nonempty
-from orchestration.core import domains
 from orchestration.core.edits import edits_for
+from orchestration.core.jobs import StudentJob, job_kind
 from orchestration.core.queue import Job, Queue
 from orchestration.core.records import SelfEdit, StudentResult, question_values
 from orchestration.core.runs import open_run, read_jsonl, write_atomic
@@ -35,7 +36,6 @@ from orchestration.driver.steps import (EvalConfig, Slot, check_constrain, check
                                         grouped, make_workers)
 from orchestration.driver.train_config import WorkersConfig
 from student.config import StudentConfig, check_students
-from student.worker import job_kind
 from teacher.config import TeacherConfig
 
 
@@ -118,14 +118,9 @@ def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[Self
         kind = job_kind(s.model)
 
         def job(cond, group, edits, sample=None, seed=None):
-            payload = {"domain": domain.NAME, "condition": cond, "edit_id": None, "sample": sample or 0,
-                       **({} if seed is None else {"seed": seed})}
-            if n == 1:
-                payload |= {"context": domain.to_json(group[0]), "edit": edits[0]}
-            else:
-                payload |= {"contexts": [domain.to_json(c) for c in group], "edits": edits}
             key = CondKey(cond, tuple(c.context_id for c in group), seed, sample)
-            return Job(str(JobKey(key, s.model)), kind, payload, teacher_version=0)
+            task = StudentJob(domain.NAME, cond, tuple(group), tuple(edits), sample=sample or 0, seed=seed)
+            return Job(str(JobKey(key, s.model)), kind, task, teacher_version=0)
 
         if "base" in cfg.conditions:
             jobs += [job("base", [c], [""]) for c in contexts]

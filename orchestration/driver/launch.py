@@ -22,8 +22,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from orchestration.core.console import Progress
+from orchestration.core.delivery import STOP_FLAG
 from orchestration.core.queue import Queue
-from student.worker import STOP_FLAG, Worker
+from student.worker import Worker
 
 
 class WorkerError(RuntimeError):

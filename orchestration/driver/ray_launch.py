@@ -1,15 +1,17 @@
 """Ray launcher (launcher: ray): student workers and teacher generation as Ray actors.
 
 The durable ledger stays with the driver; actors never open the queue file. A dispatcher thread in
-the driver leases a job for each idle student actor (worker id ``host:pid:student``, as local
-workers), applies the staleness bound with `student.worker.stale_reason` (the rule every launcher
-uses), calls the actor's ``run_job``, renews the lease every ``lease_s / 3`` while the call runs,
-and acks the returned result under the job key. Hence:
+the driver drives the lease loop every launcher shares (`orchestration.core.delivery`) on behalf of
+each idle student actor (worker id ``host:pid:student``, as local workers): it leases the next
+group of jobs (``workers.group_size``, fixed by the driver, so the same jobs run together as with
+local workers), drops the stale ones, calls the actor's ``run_group`` (K adaptations in one pass),
+renews the leases every ``lease_s / 3`` while the call runs, and acks the group's results in one
+transaction. Hence:
 - a job that raises in the actor is nacked with "Type: message" (retried, then dead-lettered), as
   with local workers;
 - an actor that dies (killed, out of memory, node lost) fails its call with a Ray system error. The
-  driver nacks that delivery at once as "worker died: ..." instead of waiting for the lease to run
-  out: only the driver acks, and a failed call can never return a result, so the job cannot count
+  driver nacks that delivery at once as "worker died: ..." instead of waiting for the leases to run
+  out: only the driver acks, and a failed call can never return a result, so no job can count
   twice. Ray restarts the actor (up to ``max_restarts``); the driver leases it work again once it
   has reloaded its model. One death more and the run stops with `WorkerError` (resumable);
 - if the driver dies, the leases run out and the resumed run delivers the jobs again.
@@ -27,7 +29,6 @@ The cluster itself (`RayConfig`, joining or starting it, its resources): `ray_cl
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import socket
 import tempfile
@@ -39,7 +40,10 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
-from orchestration.core.queue import Lease, Queue
+from orchestration.core.delivery import Delivery, failure
+from orchestration.core.jobs import StudentJob, job_kind
+from orchestration.core.queue import Queue
+from orchestration.core.records import StudentResult
 from orchestration.driver.ray_cluster import RayConfig, check_resources, init_ray
 from orchestration.driver.ray_models import local_model, ship, terminate
 
@@ -73,11 +77,11 @@ class StudentActor:
     def ready(self) -> dict:
         return {"worker": self.worker.worker_id, "model_path": self.path}
 
-    def run_job(self, payload: dict, key: str) -> dict:
-        """The job's `StudentResult` as a JSON dict (what the queue stores)."""
-        result = json.loads(self.worker.run_job(payload, key).to_json())
-        result["student"] = self.name  # not the unpacked folder this actor happened to load
-        return result
+    def run_group(self, jobs: list[tuple[str, StudentJob]]) -> list[StudentResult | str]:
+        """Each job's `StudentResult`, or the reason it failed (`delivery.failure`), in order."""
+        # the student's name is the driver's, not the unpacked folder this actor happened to load
+        return [failure(r) if isinstance(r, Exception) else dataclasses.replace(r, student=self.name)
+                for r in self.worker.run_group(jobs)]
 
 
 class TeacherActor:
@@ -159,9 +163,8 @@ class Slot:
     actor: Any
     starting: Any = None  # ref of actor.ready() while the actor (re)loads; no job is leased to it then
     worker: str = ""  # its worker id once ready (host:pid:student; a restart changes the pid)
-    task: Any = None  # ref of the running run_job call
-    lease: Optional[Lease] = None
-    renewed: float = 0.0  # time.monotonic() of the last renewal
+    task: Any = None  # ref of the running run_group call
+    delivery: Optional[Delivery] = None  # the group of jobs it runs
     since: float = 0.0  # time.monotonic() when it began (re)starting
     noted: bool = False  # has the console been told that this start is slow?
     deaths: int = 0
@@ -264,19 +267,14 @@ class RayWorkers:
                     self.slots.append(Slot(student, i, actor, starting=actor.ready.remote(), since=time.monotonic()))
 
     def _lease(self, q: Queue) -> None:
-        from student.worker import job_kind, stale_reason
-
         wanted = {s.model for s in self.students}
         for slot in self.slots:
             if slot.starting is not None or slot.task is not None or slot.student.model not in wanted:
                 continue
-            while (lease := q.lease(slot.worker, [job_kind(slot.student.model)], self.cfg.workers.lease_s)):
-                reason = stale_reason(q, lease)
-                if reason is None:
-                    slot.lease, slot.renewed = lease, time.monotonic()
-                    slot.task = slot.actor.run_job.remote(lease.payload, lease.key)
+            while (d := Delivery.take(q, slot.worker, job_kind(slot.student.model), self.cfg.workers.lease_s)):
+                if d.leases:  # else all it leased was stale: take again
+                    slot.delivery, slot.task = d, slot.actor.run_group.remote(d.jobs)
                     break
-                q.drop([lease.key], reason)
 
     def _started(self, slot: Slot) -> None:
         import ray
@@ -294,15 +292,14 @@ class RayWorkers:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
-        lease, task = slot.lease, slot.task
-        slot.task = slot.lease = None
+        delivery, task = slot.delivery, slot.task
+        slot.task = slot.delivery = None
         try:
-            q.ack(lease, ray.get(task))
-        except RayTaskError as e:  # the job raised, not the actor: record why, as a local worker does
-            cause = e.cause if e.cause is not None else e
-            q.nack(lease, f"{type(cause).__name__}: {cause}")
-        except RayError as e:  # the actor is gone and the call with it: deliver the job again now
-            q.nack(lease, f"worker died: {type(e).__name__} (worker {slot.worker})")
+            delivery.finish(q, ray.get(task))
+        except RayTaskError as e:  # the call raised, not the actor: record why, as a local worker does
+            delivery.fail(q, failure(e.cause if e.cause is not None else e))
+        except RayError as e:  # the actor is gone and the call with it: deliver the jobs again now
+            delivery.fail(q, f"worker died: {type(e).__name__} (worker {slot.worker})")
             self._died(slot, e)
 
     def _died(self, slot: Slot, e: BaseException) -> None:
@@ -319,12 +316,10 @@ class RayWorkers:
 
     def _tend(self, q: Queue) -> None:
         """Renew the leases of running jobs; say once when an actor is slow to start."""
-        lease_s = self.cfg.workers.lease_s
         for slot in self.slots:
             if slot.starting is not None and not slot.noted and time.monotonic() - slot.since > SLOW_START_S:
                 note_slow_start(f"Ray actor {slot.index} of {slot.student.model}", slot.since,
                                 self.cfg.ray.worker_cpus, self.cfg.ray.worker_gpus)
                 slot.noted = True
-            if slot.lease is not None and time.monotonic() - slot.renewed > lease_s / 3:
-                q.renew(slot.lease, lease_s)  # False: lost to a new delivery; our ack cannot count twice
-                slot.renewed = time.monotonic()
+            if slot.delivery is not None:
+                slot.delivery.renew_due(q)

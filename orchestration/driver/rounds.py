@@ -11,6 +11,7 @@ from pathlib import Path
 from orchestration.core import domains
 from orchestration.core import rewards as R
 from orchestration.core.contexts import Context
+from orchestration.core.jobs import StudentJob, job_kind
 from orchestration.core.models import trim_cpu_memory
 from orchestration.core.queue import Job
 from orchestration.core.records import SelfEdit, StudentResult
@@ -19,7 +20,6 @@ from orchestration.driver import report
 from orchestration.driver.keys import EditId, JobKey
 from orchestration.driver.steps import Slot, generate_edits
 from orchestration.driver.train_config import TrainConfig
-from student.worker import job_kind
 
 
 def teacher_at(cfg: TrainConfig, run: Path, step: int) -> tuple[int, str]:
@@ -57,44 +57,32 @@ def wanted_edits(cfg: TrainConfig, r: int, version: int, ctxs: list[Context], he
     return out
 
 
-def step_jobs(cfg: TrainConfig, students, r: int, version: int, wanted, heldout: list[Context]) -> list[Job]:
+def step_jobs(cfg: TrainConfig, students, r: int, version: int, wanted, heldout: list[Context],
+              edits: dict[str, SelfEdit]) -> list[Job]:
+    """Every student's jobs of the step: the reference conditions (the held-out ones once per run;
+    each training context's fixed recipe, for its gains), and one job per wanted edit, carrying its
+    text and the version that wrote it (async rounds: an older one)."""
     domain = domains.get(cfg.data.domain)
     # A training context's jobs feed only its rewards: under the loglik signal they need no answers
     # (generating them cost most of an adaptation's scoring). Held-out contexts always answer, for F1.
-    train_ctx = {w.context.context_id for w in wanted if w.purpose == "train"}
-
-    def answer_of(context_id: str) -> dict:
-        return {"answer": False} if cfg.reward.signal == R.Signal.loglik and context_id in train_ctx else {}
-
+    loglik_only = cfg.reward.signal == R.Signal.loglik
+    train_ctxs = list({w.context.context_id: w.context for w in wanted if w.purpose == "train"}.values())
+    refs = [(c, cond, True) for c in heldout for cond in domain.REFERENCE] if r == 0 else []  # once per run
+    if cfg.reward.baseline == "reference":
+        refs += [(c, domain.REFERENCE[1], not loglik_only) for c in train_ctxs]
     jobs = []
     for _, s in students:
         kind = job_kind(s.model)
         # the adaptation seed travels with the job: a worker never reads it from shared state
-        base = {"domain": domain.NAME, "edit": "", "edit_id": None, "sample": 0, "seed": s.train.seed}
-        refs = [(c, cond) for c in heldout for cond in domain.REFERENCE] if r == 0 else []  # once per run
-        if cfg.reward.baseline == "reference":  # each training context's fixed recipe, for its gains
-            refs += [(c, domain.REFERENCE[1]) for c in {w.context.context_id: w.context for w in wanted
-                                                        if w.purpose == "train"}.values()]
-        for c, cond in refs:
-            jobs.append(Job(str(JobKey.reference(cond, c.context_id, s.model)), kind, {
-                **base, "context": domain.to_json(c), "condition": cond, **answer_of(c.context_id)},
-                teacher_version=version, round=r))
+        for c, cond, answer in refs:
+            job = StudentJob(domain.NAME, cond, (c,), ("",), seed=s.train.seed, answer=answer)
+            jobs.append(Job(str(JobKey.reference(cond, c.context_id, s.model)), kind, job, version, r))
         for w in wanted:
-            jobs.append(Job(str(JobKey.of_edit(w.edit_id, s.model)), kind, {
-                **base, "context": domain.to_json(w.context), "edit": None, "edit_id": w.edit_id, "sample": w.sample,
-                "condition": "heldout" if w.purpose == "heldout" else "edit",
-                **(answer_of(w.context.context_id) if w.purpose == "train" else {})},
-                teacher_version=version, round=r))
+            e, train = edits[w.edit_id], w.purpose == "train"
+            job = StudentJob(domain.NAME, "edit" if train else "heldout", (w.context,), (e.text,), edit_id=w.edit_id,
+                             sample=w.sample, seed=s.train.seed, answer=not (train and loglik_only))
+            jobs.append(Job(str(JobKey.of_edit(w.edit_id, s.model)), kind, job, e.teacher_version, r))
     return jobs
-
-
-def with_edit_text(jobs: list[Job], edits: dict[str, SelfEdit]) -> list[Job]:
-    """Fill in each job's edit text and the version that wrote it (async rounds: an older one)."""
-    out = []
-    for j in jobs:
-        e = edits[j.payload["edit_id"]] if j.payload["edit_id"] is not None else None
-        out.append(j if e is None else Job(j.key, j.kind, {**j.payload, "edit": e.text}, e.teacher_version, j.round))
-    return out
 
 
 class Prefetch(threading.Thread):

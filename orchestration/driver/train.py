@@ -25,7 +25,7 @@ async_rounds: while the students score step r, a driver thread already writes ro
 edits with v (`rounds.Prefetch`), so the teacher does not idle; step r+1 then scores edits one
 version old. ``max_teacher_lag`` bounds that age: the driver publishes its newest version and the
 bound on the queue, and a worker drops a staler job with the reason recorded
-(`student.worker.stale_reason`).
+(`orchestration.core.delivery.stale_reason`).
 """
 
 from __future__ import annotations
@@ -34,16 +34,15 @@ import json
 import time
 
 from orchestration.core import domains
+from orchestration.core.delivery import LAG_FLAG, VERSION_FLAG
 from orchestration.core.faults import fault
 from orchestration.core.queue import Queue
 from orchestration.core.records import SelfEdit
 from orchestration.core.runs import append_jsonl, open_run, read_jsonl
 from orchestration.driver import launch, report
-from orchestration.driver.rounds import (Prefetch, reward_round, step_jobs, teacher_at, update_teacher,
-                                         wanted_edits, with_edit_text)
+from orchestration.driver.rounds import Prefetch, reward_round, step_jobs, teacher_at, update_teacher, wanted_edits
 from orchestration.driver.steps import collect, generate_edits, grouped, make_workers
 from orchestration.driver.train_config import TrainConfig, contexts_of, labels, prepare, students_at
-from student.worker import LAG_FLAG, VERSION_FLAG
 
 __all__ = ["Train", "TrainConfig", "run_train"]
 
@@ -108,7 +107,7 @@ class Train:
         generate_edits(cfg, run, r, version, model, wanted, self.edits)
 
         # 2. jobs: one per (edit, student), plus the reference conditions
-        jobs = with_edit_text(step_jobs(cfg, students, r, version, wanted, self.heldout), self.edits)
+        jobs = step_jobs(cfg, students, r, version, wanted, self.heldout, self.edits)
         self.queue.put(grouped(jobs, cfg.workers.group_size))
         keys = {j.key for j in jobs}
         if cfg.async_rounds and r + 1 < cfg.rounds:

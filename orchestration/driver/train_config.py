@@ -155,9 +155,6 @@ class TrainConfig:
         if self.launcher == Launcher.ray and importlib.util.find_spec("ray") is None:
             raise ConfigError(f"{at(key, 'launcher')}=ray needs the ray package: pip install -e '.[dist]' "
                               f"(or set launcher=local)")
-        if self.launcher == Launcher.ray and self.workers.group_size > 1:
-            raise ConfigError(f"{at(key, 'workers.group_size')}={self.workers.group_size}: the Ray launcher runs one "
-                              f"adaptation per actor call; set workers.group_size=1 with launcher=ray")
         if self.async_rounds and self.launcher == Launcher.local and self.workers.mode == WorkersMode.inline:
             raise ConfigError(f"{at(key, 'async_rounds')}=true needs workers outside the driver: set workers.mode="
                               f"process (or launcher=ray), or async_rounds=false")

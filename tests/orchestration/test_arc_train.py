@@ -76,6 +76,7 @@ def test_seal_train_runs_the_arc_domain(tmp_path, tiny_chat_model, tiny_model):
 
 
 def test_a_valid_edit_trains_and_votes(tiny_chat_model):
+    from orchestration.core.jobs import StudentJob
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, make_grader
@@ -86,11 +87,11 @@ def test_a_valid_edit_trains_and_votes(tiny_chat_model):
     st = Student(cfg)
     task = synthetic_tasks(1)[0]
     base = Baselines(st, make_grader("f1"), arc)
-    r = adapt_and_score(st, base, [task], [f"Here you go: {GOOD} done"], condition="edit", completion=0, key="k")
+    r = adapt_and_score(st, base, "k", StudentJob("arc", "edit", (task,), (f"Here you go: {GOOD} done",)))
     assert r.train["steps"] > 0 and r.train["edit"]["use_basic_augmentations"] is True
     assert len(r.verdicts) == 1 and r.verdicts[0].score in (0.0, 1.0) and r.grader == "pass@2"
-    bad = adapt_and_score(st, base, [task], ['{"learning_rate": __import__("os")}'], condition="edit", completion=1,
-                          key="k2")
+    bad = adapt_and_score(st, base, "k2", StudentJob("arc", "edit", (task,), ('{"learning_rate": __import__("os")}',),
+                                                     sample=1))
     assert bad.score == 0.0 and bad.train["invalid"].startswith("bad_json")
 
 

@@ -4,6 +4,7 @@ of winners, and training-round jobs that want only log-likelihoods (tiny in-proc
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import teacher.rest_em
 from orchestration.core import rewards as R
 from orchestration.core.config import load_config
 from orchestration.core.contexts import load_contexts
-from orchestration.core.domains import knowledge
+from orchestration.core.jobs import StudentJob
 from orchestration.driver.keys import EditId
 from orchestration.driver.train import TrainConfig, run_train
 from test_train import write_config
@@ -105,14 +106,13 @@ def test_a_loglik_only_job_generates_no_answers_and_gets_the_same_reward(tiny_mo
 
     worker.student.answerer.run = counting
     worker.baselines_of("knowledge").get(ctx)  # the unadapted baseline, answered once for both jobs
-    job = {"domain": "knowledge", "context": knowledge.to_json(ctx), "condition": "edit", "edit": edit,
-           "edit_id": "r0/x/0", "sample": 0, "seed": 3}
-    ref = {**job, "condition": "passage", "edit": "", "edit_id": None}
+    job = StudentJob("knowledge", "edit", (ctx,), (edit,), edit_id="r0/x/0", seed=3)
+    ref = StudentJob("knowledge", "passage", (ctx,), ("",), seed=3)
     calls.clear()
     (with_answers, ref_answered) = worker.run_group([("a", job), ("ra", ref)])
     answered_calls = sum(calls)
     calls.clear()
-    (loglik_only, ref_loglik) = worker.run_group([("b", {**job, "answer": False}), ("rb", {**ref, "answer": False})])
+    (loglik_only, ref_loglik) = worker.run_group([("b", replace(job, answer=False)), ("rb", replace(ref, answer=False))])
     assert answered_calls >= 2 * len(ctx.questions) and calls == []  # no generate call at all
     assert all(v.answer is None and v.score is None for v in loglik_only.verdicts) and loglik_only.score is None
     assert all(isinstance(v.answer, str) for v in with_answers.verdicts) and with_answers.score is not None

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from orchestration.core.contexts import QA, Context
+from orchestration.core.jobs import StudentJob
 from orchestration.core.queue import Job, Queue
 
 SPAWN = mp.get_context("spawn")
@@ -22,8 +24,15 @@ class FakeClock:
         return self.now
 
 
-def job(key, kind="adapt/a", **payload):
-    return Job(key=key, kind=kind, payload=payload or {"x": key}, teacher_version=1)
+CTX = Context("c1", "Title", "A passage.", (QA("A question?", "An answer"),))
+
+
+def task(sample: int = 0, edit_id: str | None = None) -> StudentJob:
+    return StudentJob("knowledge", "edit", (CTX,), ("An edit.",), edit_id=edit_id, sample=sample)
+
+
+def job(key, kind="adapt/a", sample=0):
+    return Job(key=key, kind=kind, payload=task(sample, edit_id=key), teacher_version=1)
 
 
 @pytest.fixture
@@ -38,18 +47,26 @@ def q(tmp_path, clock):
 
 
 def test_put_is_idempotent_and_keeps_first_payload(q):
-    assert q.put([job("k1", v=1), job("k2")]) == 2
-    assert q.put([job("k1", v=2), job("k3")]) == 1
+    assert q.put([job("k1", sample=1), job("k2")]) == 2
+    assert q.put([job("k1", sample=2), job("k3")]) == 1
     rows = {r["key"]: r for r in q.jobs()}
     assert list(rows) == ["k1", "k2", "k3"]
-    assert rows["k1"]["payload"] == {"v": 1}
     assert q.counts() == {"pending": 3, "leased": 0, "done": 0, "dead": 0, "stale": 0}
+    assert q.lease("w", ["adapt/a"], 10).payload == task(1, edit_id="k1")
 
 
-def test_non_json_payload_names_the_key(q):
-    with pytest.raises(TypeError, match="'bad-key'"):
-        q.put([job("ok"), Job("bad-key", "adapt/a", {"s": {1, 2}}, teacher_version=1)])
+def test_a_dict_payload_is_refused_and_names_the_key(q):
+    with pytest.raises(TypeError, match="'bad-key'.*StudentJob"):
+        q.put([job("ok"), Job("bad-key", "adapt/a", {"condition": "edit"}, teacher_version=1)])
     assert q.jobs() == []  # the batch is rejected as a whole
+
+
+def test_a_lease_hands_back_the_parsed_record(q):
+    sent = StudentJob("knowledge", "heldout", (CTX, CTX), ("One.", "Two."), edit_id="e", sample=3, seed=7,
+                      answer=False)
+    q.put([Job("k", "adapt/a", sent, teacher_version=1)])
+    got = q.lease("w", ["adapt/a"], 10).payload
+    assert got == sent and isinstance(got.contexts[0], Context)
 
 
 @pytest.mark.parametrize("call,needle", [
@@ -72,7 +89,7 @@ def test_lease_by_kind_in_insertion_order(q):
     q.put([job("b1", kind="B"), job("a1", kind="A"), job("a2", kind="A")])
     got = [q.lease("w", ["A"], 60) for _ in range(3)]
     assert [g.key if g else None for g in got] == ["a1", "a2", None]
-    assert got[0].kind == "A" and got[0].attempt == 1 and got[0].payload == {"x": "a1"}
+    assert got[0].kind == "A" and got[0].attempt == 1 and got[0].payload.edit_id == "a1"
     assert q.counts(kinds=["B"])["pending"] == 1
     assert q.lease("w", ["A", "B"], 60).key == "b1"
 
@@ -221,7 +238,7 @@ def test_dropped_job_is_stale_and_refuses_ack(q):
 
 
 def test_filters_by_round_and_kind(q):
-    q.put([Job("r0", "A", {}, 1, round=0), Job("r1", "A", {}, 2, round=1), Job("b1", "B", {}, 2, round=1)])
+    q.put([Job("r0", "A", task(), 1, round=0), Job("r1", "A", task(), 2, round=1), Job("b1", "B", task(), 2, round=1)])
     q.ack(q.lease("w", ["A"], 60), {"r": 0})
     assert q.unfinished(round=1) == 2 and q.unfinished(kinds=["A"], round=1) == 1
     assert q.results(round=0) == {"r0": {"r": 0}} and q.results(round=1) == {}
@@ -263,14 +280,14 @@ def _drain(path, worker, acks):
     with Queue(path) as q:
         n = 0
         while (lease := q.lease(worker, ["tiny"], 60)) is not None:
-            n += q.ack(lease, {"worker": worker, "double": lease.payload["i"] * 2})
+            n += q.ack(lease, {"worker": worker, "double": lease.payload.sample * 2})
         acks.put((worker, n))
 
 
 def test_concurrent_workers_each_job_delivered_once(tmp_path):
     path = tmp_path / "q.sqlite"
     with Queue(path) as q:
-        assert q.put(Job(f"j{i}", "tiny", {"i": i}, teacher_version=1) for i in range(200)) == 200
+        assert q.put(Job(f"j{i}", "tiny", task(i), teacher_version=1) for i in range(200)) == 200
     acks = SPAWN.SimpleQueue()
     procs = [SPAWN.Process(target=_drain, args=(str(path), f"w{i}", acks)) for i in range(4)]
     for p in procs:
@@ -303,7 +320,7 @@ def _lease_and_hang(path, ready):
 def test_killed_worker_lease_expires_and_job_is_redone(tmp_path):
     path = tmp_path / "q.sqlite"
     with Queue(path) as q:
-        q.put([Job("only", "k", {}, teacher_version=1), Job("late", "late", {}, teacher_version=1)])
+        q.put([Job("only", "k", task(), teacher_version=1), Job("late", "late", task(), teacher_version=1)])
         early = q.lease("early", ["late"], 0.05)
         time.sleep(0.1)
         ready = SPAWN.Event()
@@ -332,7 +349,7 @@ def test_killed_worker_lease_expires_and_job_is_redone(tmp_path):
 
 
 def test_a_group_is_leased_together_and_redelivered_whole(q, clock):
-    q.put([Job(f"g{i}", "adapt/a", {}, 0, group="G") for i in range(3)] + [Job("solo", "adapt/a", {}, 0)])
+    q.put([Job(f"g{i}", "adapt/a", task(), 0, group="G") for i in range(3)] + [Job("solo", "adapt/a", task(), 0)])
     got = q.lease_group("w1", ["adapt/a"], 10.0)
     assert [x.key for x in got] == ["g0", "g1", "g2"]
     assert [x.key for x in q.lease_group("w2", ["adapt/a"], 10.0)] == ["solo"]  # a job with no group
@@ -346,14 +363,17 @@ def test_a_group_is_leased_together_and_redelivered_whole(q, clock):
 
 
 def test_ack_many_is_one_transaction(q):
-    q.put([Job(f"g{i}", "adapt/a", {}, 0, group="G") for i in range(2)])
+    q.put([Job(f"g{i}", "adapt/a", task(), 0, group="G") for i in range(2)])
     leases = q.lease_group("w", ["adapt/a"], 10.0)
     with pytest.raises(TypeError):  # the second result is not JSON: neither is recorded
         q.ack_many([(leases[0], {"ok": 1}), (leases[1], {"bad": object()})])
     assert q.results() == {} and q.counts()["leased"] == 2
 
 
-def test_a_version_1_queue_file_is_migrated(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_queue_file_of_untyped_payloads_is_refused_with_what_to_do(tmp_path, version):
+    """Queue files before StudentJob records (schema 1: no job groups; 2: dict payloads) are not
+    read: the message says how to finish or restart the run."""
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
     db.executescript("""
@@ -361,16 +381,9 @@ def test_a_version_1_queue_file_is_migrated(tmp_path):
             teacher_version INTEGER NOT NULL, payload TEXT NOT NULL, state TEXT NOT NULL,
             attempts INTEGER NOT NULL DEFAULT 0, lease_worker TEXT, lease_token TEXT, lease_expires REAL,
             last_error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
-        CREATE INDEX jobs_state_kind ON jobs (state, kind);
-        CREATE TABLE attempts (key TEXT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL,
-            token TEXT NOT NULL, leased_at REAL NOT NULL, ended_at REAL, outcome TEXT, reason TEXT,
-            PRIMARY KEY (key, attempt));
-        CREATE TABLE results (key TEXT PRIMARY KEY, result TEXT NOT NULL, worker TEXT NOT NULL,
-            attempt INTEGER NOT NULL, token TEXT NOT NULL, created REAL NOT NULL);
-        CREATE TABLE flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-        INSERT INTO jobs VALUES ('old', 'adapt/a', 0, 0, '{}', 'pending', 0, NULL, NULL, NULL, NULL, 1, 1);
-        PRAGMA user_version = 1;""")
+        INSERT INTO jobs VALUES ('old', 'adapt/a', 0, 0, '{"condition": "base"}', 'pending', 0, NULL, NULL, NULL,
+            NULL, 1, 1);""")
+    db.execute(f"PRAGMA user_version = {version}")
     db.close()
-    with Queue(path) as q:
-        assert [x.key for x in q.lease_group("w", ["adapt/a"], 10.0)] == ["old"]
-        assert q._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    with pytest.raises(RuntimeError, match=f"schema version {version}.*commit that started it.*new run_dir"):
+        Queue(path)

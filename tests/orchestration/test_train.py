@@ -16,6 +16,7 @@ import yaml
 
 from orchestration.core.config import ConfigError, load_config
 from orchestration.core.contexts import load_contexts
+from orchestration.core.jobs import StudentJob
 from orchestration.core.queue import Job, Queue
 from orchestration.driver.train import TrainConfig, run_train
 
@@ -41,6 +42,14 @@ def write_config(path: Path, teacher: str, student: str, mode: str, **top) -> Pa
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def poisoned(ctx) -> StudentJob:
+    """A job that fails on every delivery: its context (under an id of its own, so that no cached
+    baseline stands in for it) has no questions to score."""
+    from dataclasses import replace
+
+    return StudentJob("knowledge", "edit", (replace(ctx, context_id="poisoned", questions=()),), ("A fact.",))
 
 
 def expected_keys(student: str) -> set[str]:
@@ -210,14 +219,14 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_the_round_goes_on(tmp_pat
     ctx = load_contexts("demo", limit=1)[0]
     bad_key = f"r0/{ctx.context_id}/0@{tiny_model}"
     with Queue(run / "queue.sqlite") as q:
-        q.put([Job(bad_key, f"adapt/{tiny_model}", {"condition": "edit"}, teacher_version=0)])
+        q.put([Job(bad_key, f"adapt/{tiny_model}", poisoned(ctx), teacher_version=0)])
     cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
     rows = run_train(cfg, resolved)
     with Queue(run / "queue.sqlite") as q:
         dead = q.jobs(states=["dead"])
-        assert [d["key"] for d in dead] == [bad_key] and "KeyError" in dead[0]["last_error"]
+        assert [d["key"] for d in dead] == [bad_key] and "ZeroDivisionError" in dead[0]["last_error"]
         assert [a["outcome"] for a in q.attempts(bad_key)] == ["nacked"] * 3
-    assert rows[0]["jobs"]["dead"] == 1 and rows[0]["jobs"]["dead_reasons"][bad_key].startswith("KeyError")
+    assert rows[0]["jobs"]["dead"] == 1 and rows[0]["jobs"]["dead_reasons"][bad_key].startswith("ZeroDivisionError")
     assert rows[0]["rewards"]["incomplete"] == 1 and rows[0]["rewards"]["rewarded"] == 3
     assert set(result_keys(run)) == expected_keys(tiny_model) - {bad_key}
     assert len(rows) == 2  # the round went on, and so did the next one
@@ -316,20 +325,18 @@ def test_seal_train_end_to_end_on_the_packaged_models(tmp_path):
 def test_staleness_bound_drops_old_edits_with_the_reason(tmp_path, tiny_chat_model, tiny_model):
     """The local launcher applies max_teacher_lag from the queue flags the driver publishes: an edit
     of v0 is scored at v1 (lag 1) but dropped at v2, with the reason; reference jobs never go stale."""
-    from orchestration.core.contexts import context_to_json
+    from orchestration.core.delivery import LAG_FLAG, VERSION_FLAG
     from orchestration.driver import launch, steps
-    from student.worker import LAG_FLAG, VERSION_FLAG
 
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", rounds=0)
     cfg, _ = load_config(TrainConfig, cfg_path)
     run = tmp_path / "run"
     run.mkdir()
     ctx = load_contexts("demo", limit=1)[0]
-    payload = {"context": context_to_json(ctx), "edit": "A fact.", "edit_id": "e", "sample": 0}
+    edit = StudentJob("knowledge", "edit", (ctx,), ("A fact.",), edit_id="e")
     kind = f"adapt/{tiny_model}"
-    jobs = [Job("old", kind, {**payload, "condition": "edit"}, teacher_version=0),
-            Job("fresh", kind, {**payload, "condition": "edit"}, teacher_version=1),
-            Job("base", kind, {**payload, "condition": "base"}, teacher_version=0)]
+    jobs = [Job("old", kind, edit, teacher_version=0), Job("fresh", kind, edit, teacher_version=1),
+            Job("base", kind, StudentJob("knowledge", "base", (ctx,), ("",)), teacher_version=0)]
     with Queue(run / launch.QUEUE_FILE) as q:
         q.put(jobs)
         q.set_flag(VERSION_FLAG, "2")
@@ -398,3 +405,28 @@ def test_drop_unfinished_leaves_cut_edits_out_of_the_sft_set(tmp_path, tiny_chat
     assert rows[0]["rewards"]["rewarded"] == len(train) == 8 and 0 < len(whole) < len(train)
     manifest = json.loads((run / "checkpoints" / "v1" / "manifest.json").read_text())
     assert manifest["edit_ids"] == whole and manifest["dropped_unfinished"] == len(train) - len(whole)
+
+
+def test_a_process_worker_of_a_same_roles_run_trains_at_v0s_learning_rate(tmp_path, tiny_model):
+    """roles=same whose v0 is gemma3-270m (default rate 3e-4): a `seal worker` process serving the
+    version checkpoints/v1 trains at v0's rate, as `students_at` says, not at the 1e-3 of a folder."""
+    import shutil
+
+    from orchestration.core.jobs import job_kind
+    from orchestration.core.runs import open_run
+
+    run = tmp_path / "run"
+    cfg_path = write_config(tmp_path / "c.yaml", "gemma3-270m", tiny_model, "process", roles="same")
+    _, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
+    open_run("train", str(run), resolved)
+    v1 = str(shutil.copytree(tiny_model, run / "checkpoints" / "v1"))  # only its learning rate matters here
+    c = load_contexts("demo", limit=1)[0]
+    with Queue(run / "queue.sqlite") as q:
+        q.put([Job("r1/edit", job_kind(v1), StudentJob("knowledge", "edit", (c,), (c.context,), edit_id="r1/edit"),
+                   teacher_version=1, round=1)])
+    subprocess.run([sys.executable, "-m", "orchestration.driver.cli", "worker", f"run_dir={run}", f"student={v1}",
+                    "until=drained"], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    with Queue(run / "queue.sqlite") as q:
+        (result,) = q.results().values()
+    assert result["student"] == v1
+    assert result["train"]["learning_rate"] == 3e-4

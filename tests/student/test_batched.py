@@ -192,9 +192,11 @@ def test_arc_group_with_an_invalid_edit(tiny_chat_model):
     from omegaconf import OmegaConf
 
     from orchestration.core.arc.tasks import synthetic_tasks
+    from orchestration.core.contexts import load_contexts
     from orchestration.core.domains import arc
+    from orchestration.core.jobs import StudentJob
     from student.config import StudentConfig
-    from student.scoring import AdaptJob, Baselines, adapt_and_score, adapt_and_score_many, make_grader
+    from student.scoring import Baselines, adapt_and_score, adapt_and_score_many, make_grader
     from tests.orchestration.test_arc_train import GOOD, arc_student
 
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudentConfig), arc_student(tiny_chat_model)))
@@ -203,19 +205,18 @@ def test_arc_group_with_an_invalid_edit(tiny_chat_model):
     t1, t2 = synthetic_tasks(2)
     other = GOOD.replace('"learning_rate": 0.001', '"learning_rate": 0.003').replace('"num_train_epochs": 1',
                                                                                       '"num_train_epochs": 2')
-    jobs = [AdaptJob((t1,), (GOOD,), "edit", 0, "a", seed=5),
-            AdaptJob((t2,), ('{"learning_rate": __import__("os")}',), "edit", 1, "b"),
-            AdaptJob((t2,), (other,), "edit", 2, "c", seed=6),
-            AdaptJob((t1, t2), (GOOD,), "edit", 3, "d")]  # one edit for two contexts: raises on its own
+    passage = load_contexts("demo", limit=1)[0]
+    jobs = [("a", StudentJob("arc", "edit", (t1,), (GOOD,), seed=5)),
+            ("b", StudentJob("arc", "edit", (t2,), ('{"learning_rate": __import__("os")}',), sample=1)),
+            ("c", StudentJob("arc", "edit", (t2,), (other,), sample=2, seed=6)),
+            ("d", StudentJob("knowledge", "edit", (passage,), ("A fact.",), sample=3))]  # not ARC: raises on its own
     got = adapt_and_score_many(st, base, jobs)
     assert isinstance(got[3], ValueError)
     assert got[1].score == 0.0 and got[1].train["invalid"].startswith("bad_json") and "steps" not in got[1].train
     assert got[0].train["group"] == got[2].train["group"] == 2
     assert got[2].train["steps"] > got[0].train["steps"] > 0
     for i in (0, 2):
-        job = jobs[i]
-        alone = adapt_and_score(st, base, list(job.ctxs), list(job.edits), condition=job.condition,
-                                completion=job.completion, key=job.key, seed=job.seed)
+        alone = adapt_and_score(st, base, *jobs[i])
         assert alone.verdicts == got[i].verdicts and alone.score == got[i].score and alone.seed == got[i].seed
         for f in ("steps", "sequences", "real_tokens", "n_items"):
             assert alone.train[f] == got[i].train[f], f

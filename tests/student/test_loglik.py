@@ -49,11 +49,12 @@ def test_loglik_equals_forward_and_log_softmax(tiny_model, tiny_chat_model, ctx,
 
 def test_every_verdict_carries_its_loglik(tiny_model, ctx):
     from orchestration.core.domains import knowledge
+    from orchestration.core.jobs import StudentJob
     from student.scoring import Baselines, adapt_and_score, make_grader
 
     st = Student(tiny_cfg(tiny_model))
     base = Baselines(st, make_grader("f1"), knowledge)
-    r = adapt_and_score(st, base, [ctx], [""], condition="passage", completion=0, key="k")
+    r = adapt_and_score(st, base, "k", StudentJob("knowledge", "passage", (ctx,), ("",)))
     assert all(isinstance(v.loglik, float) for v in r.verdicts)
     assert all(isinstance(v.loglik, float) for v in base.get(ctx)[0])
     assert [v.loglik for v in r.verdicts] != [v.loglik for v in base.get(ctx)[0]]

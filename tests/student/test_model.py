@@ -3,6 +3,7 @@
 import pytest
 
 from orchestration.core.contexts import load_contexts
+from orchestration.core.jobs import StudentJob
 from student.config import StudentConfig
 from student.model import Student
 from student.scoring import Baselines, adapt_and_score, make_grader
@@ -26,7 +27,7 @@ def test_adapt_and_score_smoke(tiny_model, ctx):
     st = Student(tiny_cfg(tiny_model))
     assert st.chat is False
     base = Baselines(st, make_grader("f1"))
-    r = adapt_and_score(st, base, [ctx], ["A fact.\nAnother fact."], condition="edits", completion=0, key="k")
+    r = adapt_and_score(st, base, "k", StudentJob("knowledge", "edits", (ctx,), ("A fact.\nAnother fact.",)))
     assert r.condition == "edits" and r.key == "k" and len(r.verdicts) == len(ctx.questions)
     assert 0.0 <= r.score <= 1.0 and r.baseline_score == base.get(ctx)[1]
     assert r.train["learning_rate"] == 1e-3  # a folder, not a built-in: the general default, recorded

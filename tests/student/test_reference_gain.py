@@ -8,8 +8,9 @@ import pytest
 
 from orchestration.core import rewards as R
 from orchestration.core.contexts import load_contexts
+from orchestration.core.jobs import StudentJob
 from student.model import Student
-from student.scoring import AdaptJob, Baselines, adapt_and_score_many, make_grader
+from student.scoring import Baselines, adapt_and_score_many, make_grader
 from tests.student.test_model import tiny_cfg
 
 
@@ -22,8 +23,8 @@ def test_empty_edit_gains_nothing_over_the_reference(tiny_model, ctxs):
     st = Student(tiny_cfg(tiny_model))
     base = Baselines(st, make_grader("f1"))
     ctx = ctxs[0]
-    ref_job = AdaptJob((ctx,), ("",), "passage", 0, "passage")
-    empty_job = AdaptJob((ctx,), ("",), "edit", 0, "empty")
+    ref_job = ("passage", StudentJob("knowledge", "passage", (ctx,), ("",)))
+    empty_job = ("empty", StudentJob("knowledge", "edit", (ctx,), ("",)))
     (ref,), (empty,) = adapt_and_score_many(st, base, [ref_job]), adapt_and_score_many(st, base, [empty_job])
     assert empty.train["steps"] > 0 and empty.train["steps"] == ref.train["steps"]
     for signal in ("score", "loglik"):
@@ -33,7 +34,7 @@ def test_empty_edit_gains_nothing_over_the_reference(tiny_model, ctxs):
     assert R.gains(empty, ref, "loglik")["base"] != 0.0  # the adaptation did change the model
 
     # K = 8: both in one fused group, beside six other edits of other contexts
-    others = [AdaptJob((c,), (f"{c.title} is a place.\nIt has {i} towers.",), "edit", i, f"other{i}")
+    others = [(f"other{i}", StudentJob("knowledge", "edit", (c,), (f"{c.title} is a place.\nIt has {i} towers.",), sample=i))
               for i, c in zip(range(6), ctxs[1:] * 2)]
     got = adapt_and_score_many(st, base, [ref_job, *others[:3], empty_job, *others[3:]])
     assert not any(isinstance(r, Exception) for r in got) and got[0].train["group"] == 8
@@ -46,7 +47,7 @@ def test_empty_edit_gains_nothing_over_the_reference(tiny_model, ctxs):
 def test_gains_are_none_without_a_side(tiny_model, ctxs):
     st = Student(tiny_cfg(tiny_model))
     base = Baselines(st, make_grader("f1"))
-    (res,) = adapt_and_score_many(st, base, [AdaptJob((ctxs[0],), ("A fact.",), "edit", 0, "e")])
+    (res,) = adapt_and_score_many(st, base, [("e", StudentJob("knowledge", "edit", (ctxs[0],), ("A fact.",)))])
     g = R.gains(res, None, "loglik")
     assert g["reference"] is None
     assert g["base"] == pytest.approx(res.loglik - res.baseline_loglik)

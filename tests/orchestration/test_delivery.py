@@ -2,8 +2,11 @@
 
 import pytest
 
+from orchestration.core.arc.tasks import synthetic_tasks
+from orchestration.core.contexts import load_contexts
+from orchestration.core.delivery import LAG_FLAG, VERSION_FLAG, stale_reason
+from orchestration.core.jobs import StudentJob
 from orchestration.core.queue import Job, Queue
-from student.worker import LAG_FLAG, VERSION_FLAG, stale_reason
 
 
 @pytest.mark.parametrize("domain,condition,stale", [
@@ -11,8 +14,9 @@ from student.worker import LAG_FLAG, VERSION_FLAG, stale_reason
     ("arc", "edit", True), ("arc", "base", False), ("arc", "default_ttt", False),
 ])
 def test_reference_conditions_of_the_jobs_domain_are_never_stale(tmp_path, domain, condition, stale):
+    ctx = synthetic_tasks(1)[0] if domain == "arc" else load_contexts("demo", limit=1)[0]
     with Queue(tmp_path / "q.sqlite") as q:
-        q.put([Job("k", "adapt/x", {"domain": domain, "condition": condition}, teacher_version=0)])
+        q.put([Job("k", "adapt/x", StudentJob(domain, condition, (ctx,), ("",)), teacher_version=0)])
         q.set_flag(VERSION_FLAG, "3")
         q.set_flag(LAG_FLAG, "1")  # v0's job at v3: beyond the bound
         reason = stale_reason(q, q.lease("w", ["adapt/x"], 10.0))
