@@ -60,7 +60,7 @@ CREATE TABLE flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 class QueueVersionError(RuntimeError):
-    """The queue file was written in a format this code does not read; the message says what to do."""
+    """A queue file in a format this code does not read; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -153,15 +153,12 @@ class Queue:
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version in (1, 2):
-                raise QueueVersionError(
-                    f"{self.path}: queue schema version {version}, written before job payloads were typed records; "
-                    f"this code reads version {SCHEMA_VERSION}. Finish that run with the commit that started it "
-                    f"(git_commit in its manifest.json), or start afresh with a new run_dir=PATH (its "
-                    f"results.jsonl and edits.jsonl stay readable)")
             elif version != SCHEMA_VERSION:
-                raise QueueVersionError(f"{self.path}: queue schema version {version}, this code reads "
-                                        f"version {SCHEMA_VERSION}; start afresh with a new run_dir=PATH")
+                old = ", written before job payloads were typed records" if version < SCHEMA_VERSION else ""
+                raise QueueVersionError(
+                    f"{self.path}: queue schema version {version}{old}; this code reads version {SCHEMA_VERSION}. "
+                    f"Finish that run with the commit that started it (git_commit in its manifest.json), or start "
+                    f"afresh with a new run_dir=PATH (its results.jsonl and edits.jsonl stay readable)")
 
     @contextmanager
     def _write(self):
