@@ -165,8 +165,8 @@ def tokenize_prompt(tokenizer, text: str, chat: bool) -> list[int]:
 
 def prompt_tokenizer(cfg, cache: str | None = None, key: str = "teacher"):
     """(tokenizer, chat) of the teacher ``cfg`` (a TeacherConfig) without its weights: enough to render
-    and count prompts before any work. A built-in is materialised (or its cached folder reused); every
-    teacher version folder holds its tokenizer, an adapter-only one too (which has no config.json)."""
+    and count prompts before any work. A built-in is materialised (or its cached folder reused); an
+    adapter version (a shipped teacher among them) uses its root model's tokenizer."""
     from pathlib import Path
 
     from transformers import AutoTokenizer
@@ -175,8 +175,11 @@ def prompt_tokenizer(cfg, cache: str | None = None, key: str = "teacher"):
     from orchestration.core.config import ConfigError
     from orchestration.core.models import uses_chat
 
-    folder = Path(cfg.model).expanduser()
-    path = str(folder) if folder.is_dir() else catalog.resolve(cfg.model, catalog.cache_dir(cache))
+    from teacher.versions import root_model
+
+    model = root_model(cfg.model)  # an adapter version uses its root's tokenizer
+    folder = Path(model).expanduser()
+    path = str(folder) if folder.is_dir() else catalog.resolve(model, catalog.cache_dir(cache))
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     try:
         return tok, uses_chat(tok, cfg.chat, f"{key}.chat")

@@ -20,6 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
+from orchestration.core.catalog import teacher_path
 from orchestration.core.models import load_model
 
 MANIFEST = "manifest.json"
@@ -37,9 +38,10 @@ def load_teacher(model: str, *, cache: str | None = None, trust_remote_code: boo
     """Return (model, tokenizer) of a teacher version, in eval mode (as `load_model`).
 
     An adapter version is rebuilt from its chain: its parent is loaded (recursively), the adapter is
-    applied and merged. The tokenizer is the root's (SFT never changes it).
+    applied and merged. The tokenizer is the root's (SFT never changes it). A shipped teacher's name
+    (`catalog.TEACHERS`) loads its adapter folder.
     """
-    folder = Path(model).expanduser()
+    folder = Path(teacher_path(model)).expanduser()
     manifest = read_manifest(folder) if folder.is_dir() else None
     if manifest is None or manifest.get("save") != "adapter":
         return load_model(model, cache=cache, trust_remote_code=trust_remote_code, dtype=dtype,
@@ -52,6 +54,16 @@ def load_teacher(model: str, *, cache: str | None = None, trust_remote_code: boo
     lm = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     lm.eval()
     return lm, tok
+
+
+def root_model(model: str) -> str:
+    """The model an adapter version's chain starts from (whose tokenizer it uses), or ``model``
+    itself (a shipped teacher's name: its folder)."""
+    folder = Path(teacher_path(model)).expanduser()
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest is None or manifest.get("save") != "adapter":
+        return teacher_path(model)
+    return root_model(parent_of(folder, manifest))
 
 
 def parent_of(folder: Path, manifest: dict) -> str:

@@ -47,7 +47,7 @@ def model_path(model: str, cache: str | None = None) -> str:
     """What vLLM loads for a teacher version: a built-in name -> its materialised folder (as `load_model`
     resolves it), a folder or hub id unchanged. An adapter-only version is refused: vLLM loads whole
     checkpoints, and rebuilding one means merging its chain of adapters (`teacher.versions`)."""
-    folder = Path(model).expanduser()
+    folder = Path(catalog.teacher_path(model)).expanduser()
     manifest = read_manifest(folder) if folder.is_dir() else None
     if manifest is not None and manifest.get("save") == "adapter":
         raise ConfigError(f"teacher version {model} is adapter-only (teacher.sft.save=adapter), which vLLM cannot "

@@ -7,6 +7,10 @@ a model loaded that way carries a GGUF quantization config that Trainer refuses 
 built-in is dequantised once into a plain safetensors checkpoint in a cache folder; after that it
 loads in seconds like any local checkpoint.
 
+Shipped teachers (`TEACHERS`) are teacher versions trained by this project, kept in the package
+as small LoRA adapters over a built-in (`teacher.versions`: an adapter version whose parent is the
+built-in); their name works wherever a teacher is named, and `teacher_path` maps it to the folder.
+
 Anywhere a model is named, a local checkpoint folder or a hub id (``org/name``) works too: `resolve`
 passes them through unchanged. `check_model` refuses, before any work, a name that is none of these
 (or a hub id the hub does not know, or cannot be asked about within `HUB_TIMEOUT_S`), naming the
@@ -55,6 +59,18 @@ BUILTINS: dict[str, Builtin] = {
                 3e-4),
     ]
 }
+
+
+TEACHERS: dict[str, str] = {
+    "seal-teacher-smollm2": "SmolLM2-135M-Instruct after 2 ReST^EM rounds on SQuAD passages 201-280, rewarded by "
+                            "smollm2-135m-instruct's gold-answer log-likelihood (docs/results.md#rest-em-on-squad)",
+}
+"""Shipped teachers: name -> what it is. Each is the folder ``teachers/<name>`` of this package."""
+
+
+def teacher_path(model: str) -> str:
+    """A shipped teacher's name -> its adapter folder; any other model name unchanged."""
+    return str(Path(__file__).parent / "teachers" / model) if model in TEACHERS else model
 
 
 class ModelNotFound(ConfigError):
@@ -165,7 +181,8 @@ def kind(model: str) -> str:
 
 
 def _choices() -> str:
-    return f"a built-in ({', '.join(BUILTINS)}), a checkpoint folder (with config.json) or a hub id (org/name)"
+    return (f"a built-in ({', '.join(BUILTINS)}), a shipped teacher ({', '.join(TEACHERS)}), a checkpoint folder "
+            f"(with config.json) or a hub id (org/name)")
 
 
 def resolve(model: str, root: Path | None = None) -> str:
@@ -192,9 +209,11 @@ def check_model(model: str, key: str, root: Path | None = None) -> None:
 
     Accepted: a built-in (its package installed, or already materialised under ``root``); a folder
     with a config.json, or a teacher version saved as an adapter (`teacher.versions`: an
-    adapter_config.json and a manifest naming its parent, which is checked in turn); a hub id the hub
-    knows, or that is cached locally when the hub is off (HF_HUB_OFFLINE=1) or unreachable.
+    adapter_config.json and a manifest naming its parent, which is checked in turn), a shipped teacher
+    among them; a hub id the hub knows, or that is cached locally when the hub is off
+    (HF_HUB_OFFLINE=1) or unreachable.
     """
+    model = teacher_path(model)
     what = kind(model)
     if what == "builtin":
         if not is_materialized(model, root or cache_dir()):
@@ -283,7 +302,7 @@ def checksum(model: str, root: Path | None = None) -> dict:
         marker = json.loads((path / MARKER).read_text())
         return {"model": model, "kind": "builtin", "package": f"{marker['package']}=={marker['package_version']}",
                 "gguf_sha256": marker["gguf_sha256"]}
-    p = Path(model).expanduser()
+    p = Path(teacher_path(model)).expanduser()
     if p.is_dir():
         h = hashlib.sha256()
         for f in sorted(p.glob("*.safetensors")):

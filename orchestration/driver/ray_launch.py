@@ -123,8 +123,10 @@ class RayTeacherBackend:
         from orchestration.core.models import uses_chat
 
         init_ray(cfg.ray)
-        folder = Path(model).expanduser()  # a version folder holds its tokenizer (adapter ones too)
-        path = str(folder) if folder.is_dir() else resolve(model, cache_dir(cfg.models_cache))
+        from teacher.versions import root_model
+
+        root = root_model(model)  # an adapter version uses its root's tokenizer
+        path = root if Path(root).expanduser().is_dir() else resolve(root, cache_dir(cfg.models_cache))
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.teacher.trust_remote_code)
         self.chat = uses_chat(self.tokenizer, cfg.teacher.chat, "teacher.chat")
         rc = cfg.ray
