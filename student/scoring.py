@@ -164,14 +164,14 @@ def adapt_and_score_many(student, baselines: Baselines,
     todo = []  # (job index, seed, spec, queries per context, baseline scores)
     for i, (key, job) in enumerate(jobs):
         try:
+            if job.domain != domain.NAME:
+                raise ValueError(f"job {key}: a {job.domain!r} job given to a student's {domain.NAME!r} baselines")
             seed = student.cfg.train.seed if job.seed is None else job.seed
             # the job's own copy of the config: ARC seeds its data from it
             cfg = replace(student.cfg, train=replace(student.cfg.train, seed=seed))
             spec = merge_specs([domain.train_spec(c, e, job.condition, cfg)
                                 for c, e in zip(job.contexts, job.edits, strict=True)])
             base = [v for c in job.contexts for v in baselines.get(c)[0]]  # the unadapted verdicts
-            if job.domain != domain.NAME:
-                raise ValueError(f"job {key}: a {job.domain!r} job given to a student's {domain.NAME!r} baselines")
             if not job.answer and domain.DECODE.style != "question":
                 raise ValueError(f"job {key}: answer=False (log-likelihoods only) needs a question-style "
                                  f"domain; {domain.NAME!r} is graded on its answers")
