@@ -147,7 +147,8 @@ class TeacherConfig:
     """The edit-writing model."""
 
     model: str = "smollm2-135m-instruct"
-    """Version 0: a built-in name (see `seal models list`), a local checkpoint folder or a hub id."""
+    """Version 0: a built-in name (see `seal models list`), a shipped teacher (`seal-teacher-smollm2`, trained
+    by this project), a local checkpoint folder or a hub id."""
     chat: Optional[bool] = None
     """Prompt through the chat template? None = decide from the tokenizer (has a chat template)."""
     trust_remote_code: bool = False
