@@ -33,6 +33,14 @@ def read_manifest(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def adapter_version(model: str) -> tuple[Path, dict] | None:
+    """(folder, manifest) of an adapter-only version named by ``model`` (a shipped teacher's name
+    among them); None for any other model."""
+    folder = Path(teacher_path(model)).expanduser()
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    return (folder, manifest) if manifest is not None and manifest.get("save") == "adapter" else None
+
+
 def load_teacher(model: str, *, cache: str | None = None, trust_remote_code: bool = False, dtype=None,
                  attn_implementation: str | None = None, device=None):
     """Return (model, tokenizer) of a teacher version, in eval mode (as `load_model`).
@@ -41,13 +49,13 @@ def load_teacher(model: str, *, cache: str | None = None, trust_remote_code: boo
     applied and merged. The tokenizer is the root's (SFT never changes it). A shipped teacher's name
     (`catalog.TEACHERS`) loads its adapter folder.
     """
-    folder = Path(teacher_path(model)).expanduser()
-    manifest = read_manifest(folder) if folder.is_dir() else None
-    if manifest is None or manifest.get("save") != "adapter":
+    adapter = adapter_version(model)
+    if adapter is None:
         return load_model(model, cache=cache, trust_remote_code=trust_remote_code, dtype=dtype,
                           attn_implementation=attn_implementation, device=device)
     from peft import PeftModel
 
+    folder, manifest = adapter
     parent = parent_of(folder, manifest)
     base, tok = load_teacher(parent, cache=cache, trust_remote_code=trust_remote_code, dtype=dtype,
                              attn_implementation=attn_implementation, device=device)
@@ -59,11 +67,8 @@ def load_teacher(model: str, *, cache: str | None = None, trust_remote_code: boo
 def root_model(model: str) -> str:
     """The model an adapter version's chain starts from (whose tokenizer it uses), or ``model``
     itself (a shipped teacher's name: its folder)."""
-    folder = Path(teacher_path(model)).expanduser()
-    manifest = read_manifest(folder) if folder.is_dir() else None
-    if manifest is None or manifest.get("save") != "adapter":
-        return teacher_path(model)
-    return root_model(parent_of(folder, manifest))
+    adapter = adapter_version(model)
+    return teacher_path(model) if adapter is None else root_model(parent_of(*adapter))
 
 
 def parent_of(folder: Path, manifest: dict) -> str:

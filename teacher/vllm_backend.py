@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import gc
 import sys
-from pathlib import Path
 
 from orchestration.core import catalog
 from orchestration.core.config import ConfigError
@@ -36,7 +35,7 @@ from orchestration.core.models import eos_ids, kv_cache_kwargs, uses_chat, vllm_
 from teacher.backend import Generation, batch_seed, check_sampling
 from teacher.config import GenerationSettings, TeacherConfig
 from teacher.prompts import tokenize_prompt
-from teacher.versions import read_manifest
+from teacher.versions import adapter_version
 
 # generation.dtype -> vLLM's dtype names. 'auto' is left to vLLM: it picks bf16/fp16 for an fp32
 # checkpoint (the built-ins are materialised in fp32) and avoids fp16 for the models that overflow in it.
@@ -47,9 +46,7 @@ def model_path(model: str, cache: str | None = None) -> str:
     """What vLLM loads for a teacher version: a built-in name -> its materialised folder (as `load_model`
     resolves it), a folder or hub id unchanged. An adapter-only version is refused: vLLM loads whole
     checkpoints, and rebuilding one means merging its chain of adapters (`teacher.versions`)."""
-    folder = Path(catalog.teacher_path(model)).expanduser()
-    manifest = read_manifest(folder) if folder.is_dir() else None
-    if manifest is not None and manifest.get("save") == "adapter":
+    if adapter_version(model) is not None:
         raise ConfigError(f"teacher version {model} is adapter-only (teacher.sft.save=adapter), which vLLM cannot "
                           f"load as a model; use teacher.sft.save=merged with teacher.generation.backend=vllm")
     return catalog.resolve(model, catalog.cache_dir(cache))
