@@ -1,5 +1,9 @@
 """`seal train` end to end with both vLLM backends (configs/vllm_cpu.yaml: the demo shrunk), on the
-packaged models."""
+packaged models.
+
+The student is smollm2-135m-instruct here, not the config's gemma3-270m: the path through both engines
+is the same, and with gemma3 (its 262k-token vocabulary) this test was the largest single cost of
+`make test`. bench/vllm_train.py runs the config as it is."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 pytest.importorskip("vllm", reason="vllm is not installed here: `make test-vllm` runs these in .venv-vllm")
 pytestmark = pytest.mark.vllm
 
+STUDENT = "smollm2-135m-instruct"
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "vllm_cpu.yaml"
 
 
@@ -20,7 +25,7 @@ def test_seal_train_runs_with_both_vllm_backends(tmp_path, figures):
     from orchestration.core.runs import read_jsonl
     from orchestration.driver.train import TrainConfig, run_train
 
-    cfg, resolved = load_config(TrainConfig, CONFIG, [f"run_dir={tmp_path / 'run'}"])
+    cfg, resolved = load_config(TrainConfig, CONFIG, [f"run_dir={tmp_path / 'run'}", f"students.0.model={STUDENT}"])
     assert cfg.teacher.generation.backend == "vllm" and cfg.students[0].answer.backend == "vllm"
     rows = run_train(cfg, resolved)
     run = tmp_path / "run"
@@ -35,5 +40,5 @@ def test_seal_train_runs_with_both_vllm_backends(tmp_path, figures):
     assert [r["round"] for r in rows] == [0, 1]
     held = rows[-1]["heldout"][cfg.students[0].model]
     assert held["n_missing"] == 0 and held["n_questions"] >= 1
-    figures["seal_train_vllm"] = {"config": "configs/vllm_cpu.yaml", "wall_s": round(sum(r["wall_s"] for r in rows), 1),
+    figures["seal_train_vllm"] = {"config": f"configs/vllm_cpu.yaml, student {STUDENT}", "wall_s": round(sum(r["wall_s"] for r in rows), 1),
                                   "rewards": rows[0]["rewards"], "heldout": held}
