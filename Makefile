@@ -50,7 +50,7 @@ lint: setup
 
 # docs/configuration.md is generated from the config dataclasses' field docstrings (tests/test_docs.py)
 docs: setup
-	$(BIN)/python -m orchestration.driver.docgen
+	$(BIN)/python -m orchestration.docgen
 
 test: models lint
 	$(BIN)/python -m pytest -q --durations=15

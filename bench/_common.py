@@ -28,7 +28,7 @@ SQUAD = shared("data", "squad", "squad_val.json")
 
 def squad_subset(offset: int, limit: int, path: Path = SQUAD):
     """Standard SQuAD subset (random.Random(42) shuffle), passages [offset, offset + limit)."""
-    from orchestration.core.contexts import load_contexts
+    from core.contexts import load_contexts
 
     return load_contexts(str(path), shuffle_seed=42, offset=offset, limit=limit)
 
@@ -48,11 +48,11 @@ def edit_sha(text: str) -> str:
 
 
 def machine_record() -> dict:
-    """`orchestration.core.models.machine` with the kind docs/results.md names machines by (the CPU
+    """`core.models.machine` with the kind docs/results.md names machines by (the CPU
     family and whether `dtype: auto` is bf16 there, e.g. EPYC-BF16, Xeon-fp32) and the thread count."""
     import torch
 
-    from orchestration.core.models import machine
+    from core.models import machine
 
     m = machine()
     family = next((f for f in ("EPYC", "Xeon") if f in m["cpu"]), m["cpu"].split()[0] if m["cpu"] else "CPU")
@@ -81,7 +81,7 @@ def recipe_of(cfg) -> dict:
     import json
     from dataclasses import asdict
 
-    from orchestration.core.models import machine
+    from core.models import machine
     from student.config import learning_rate_of
 
     train = {k: v for k, v in asdict(cfg.train).items() if k != "pass_tokens"}
@@ -120,8 +120,8 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict
             if i in want and r.get("edit_sha") == want[i] and (r.get("answered", True) or i not in asks)}
     left = [t for t in todo if t["id"] not in have]
     if left:
-        from orchestration.core.domains import knowledge
-        from orchestration.core.jobs import StudentJob
+        from core.domains import knowledge
+        from core.jobs import StudentJob
         from student.model import Student
         from student.scoring import Baselines, adapt_and_score_many, make_grader
 

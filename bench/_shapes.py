@@ -48,7 +48,7 @@ _SMOLLM2_TOKENIZER = ["gpu/smollm2-tokenizer", "smollm2-135m-instruct"]
 def tokenizer_dir(shape: str) -> Path:
     """A folder holding the tokenizer for ``shape``: the ``shared/gpu`` copy (`_common.shared`) or the
     materialised built-in in the model cache."""
-    from orchestration.core import catalog
+    from core import catalog
 
     tried = []
     for name in _TOKENIZERS.get(shape, _SMOLLM2_TOKENIZER):

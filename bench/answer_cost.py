@@ -1,7 +1,7 @@
 """What skipping the answers saves a training-round adaptation rewarded on log-likelihood. Prints JSON.
 
 A training round whose reward signal is ``loglik`` needs only the gold answers' log-likelihoods,
-so its jobs generate no answers (`orchestration.core.records.StudentJob.answer`). Per student, the same K
+so its jobs generate no answers (`core.records.StudentJob.answer`). Per student, the same K
 adaptations (restatement edits of bench/restate_edits.py on recipe-tuning passages 301 on, the
 student's default recipe and seed) run twice in one process, alternating, each repeated
 ``--repeats`` times: with answering (what every job did before) and without. Reported per
@@ -24,8 +24,8 @@ from _common import machine_record, restatement, squad_subset
 
 
 def measure(model: str, k: int, repeats: int, offset: int) -> dict:
-    from orchestration.core.domains import knowledge
-    from orchestration.core.jobs import StudentJob
+    from core.domains import knowledge
+    from core.jobs import StudentJob
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score_many, make_grader

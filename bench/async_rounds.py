@@ -27,8 +27,8 @@ SHRINK = ["rounds=3", "contexts_per_round=2", "edits_per_context=2", "heldout.li
 
 
 def run(mode: bool, run_dir: str, overrides: list[str]) -> dict:
-    from orchestration.core.config import load_config
-    from orchestration.driver.train import TrainConfig, run_train
+    from core.config import load_config
+    from orchestration.train import TrainConfig, run_train
 
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg, resolved = load_config(TrainConfig, REPO / "configs" / "demo.yaml",

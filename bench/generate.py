@@ -31,7 +31,7 @@ import json
 import time
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from orchestration.core.models import machine
+from core.models import machine
 
 TARGET = 8.0
 WARMUP_TOKENS = 8
@@ -90,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from orchestration.core.contexts import load_contexts
+    from core.contexts import load_contexts
     from teacher.prompts import render
 
     contexts = load_contexts("demo")

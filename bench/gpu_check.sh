@@ -34,7 +34,7 @@ if ! $PY -c "import trl, omegaconf, datasets" 2>/dev/null; then
     echo "missing trl/omegaconf/datasets and no shared/gpu/wheels to install them from" >&2
   fi
 fi
-$PY -c "import json, torch; from orchestration.core.models import machine; print(json.dumps({'machine': machine(), \
+$PY -c "import json, torch; from core.models import machine; print(json.dumps({'machine': machine(), \
 'torch': torch.__version__, 'threads': torch.get_num_threads()}))" > "$OUT/machine.json"
 [ "$DEVICE" = cuda ] && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 

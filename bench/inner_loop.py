@@ -264,8 +264,8 @@ def model_path(model: str) -> str:
 
 
 def spec_of(ctx):
-    from orchestration.core.domains.sequences import edit_to_sequences
-    from orchestration.core.domains.spec import TrainSpec
+    from core.domains.sequences import edit_to_sequences
+    from core.domains.spec import TrainSpec
 
     return TrainSpec(sequences=tuple(edit_to_sequences(ctx.title, ctx.context, restatement(ctx)).sequences))
 
@@ -276,7 +276,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
 
     import torch
 
-    from orchestration.core.jobs import StudentJob
+    from core.jobs import StudentJob
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score_many, make_grader, score_context
@@ -291,7 +291,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
     cfg = StudentConfig(model=model_path(model), device=device,
                         attn_implementation="sdpa" if setting == "reference" else None)
     if setting == "vllm":  # the batched path, answering through vLLM in the dtype it trains in
-        from orchestration.core.models import machine
+        from core.models import machine
 
         cfg.answer.backend, v = "vllm", cfg.answer.vllm
         v.enforce_eager, v.max_model_len = True, 2048
@@ -326,7 +326,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
         return breakdown(st, base, ctxs[:k])
     t0 = time.perf_counter()
     if setting == "reference":
-        from orchestration.core.domains.sequences import edit_to_sequences
+        from core.domains.sequences import edit_to_sequences
 
         for c in ctxs:
             score_context(st, c, grade)  # the reference re-scores the baseline for every adaptation
@@ -376,7 +376,7 @@ def breakdown(st, base, group, steps: int = 3) -> dict:
     rest (norms, rotary, attention softmax, adds, copies), as shares of all ops."""
     from torch.profiler import ProfilerActivity, profile
 
-    from orchestration.core.jobs import StudentJob
+    from core.jobs import StudentJob
     from student.scoring import adapt_and_score_many
 
     vocab = st.model.get_output_embeddings().weight.shape[0]
@@ -402,7 +402,7 @@ def breakdown(st, base, group, steps: int = 3) -> dict:
 def peak(dtype_name: str, device: str) -> dict:
     import torch
 
-    from orchestration.core.models import resolve_device
+    from core.models import resolve_device
 
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype_name]
     return {"peak_flops": round(peak_flops(dtype, str(resolve_device(device)))), "dtype": dtype_name}
@@ -521,8 +521,8 @@ def main() -> None:
     CACHE = Path(args.out or HERE / "out" / ("inner_loop_vllm" if args.vllm else "inner_loop"))
     import torch
 
-    from orchestration.core.config import ConfigError
-    from orchestration.core.models import machine, resolve_device
+    from core.config import ConfigError
+    from core.models import machine, resolve_device
 
     try:
         resolve_device(args.device, "--device")  # a GPU that is not there: refused before any setting runs

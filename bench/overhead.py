@@ -126,7 +126,7 @@ def main() -> None:
         ap.error(f"--steps {args.steps}: time at least 10 steps (a median of fewer is noise)")
     import torch
 
-    from orchestration.core.models import machine
+    from core.models import machine
 
     ks = [int(k) for k in args.ks.split(",")]
     results = []

@@ -56,7 +56,7 @@ def form(texts: list[str], passages: list[str]) -> dict:
     """How a set of edits looks: its mean lines, words per line, share of Question:/Answer: lines,
     share of numbered or bulleted lines, paragraphs (blank-line separated), and the share of its words
     found in the edit's own passage (a restatement is near 1). ``passages[i]`` is ``texts[i]``'s."""
-    from orchestration.core.stats import mean
+    from core.stats import mean
 
     rows = []
     for text, passage in zip(texts, passages, strict=True):
@@ -77,8 +77,8 @@ def evaluate(cfg, teacher_model: str, student: str, run: Path, conditions: list[
     adaptation seed 0."""
     from omegaconf import OmegaConf
 
-    from orchestration.core.config import DataConfig
-    from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
+    from core.config import DataConfig
+    from orchestration.evaluate import EvaluateConfig, run_evaluate
     from student.config import StudentConfig
 
     data = DataConfig(source=cfg.data.source, shuffle_seed=cfg.data.shuffle_seed, offset=offset, limit=limit)
@@ -92,15 +92,15 @@ def evaluate(cfg, teacher_model: str, student: str, run: Path, conditions: list[
 
 def values(run: Path, condition: str, metric: str) -> dict:
     """context id -> per-question ``metric`` ('score' or 'loglik') of ``condition`` in an evaluate run."""
-    from orchestration.core.records import StudentResult, question_values
-    from orchestration.core.runs import read_jsonl
+    from core.records import StudentResult, question_values
+    from core.runs import read_jsonl
 
     return question_values([r for r in map(StudentResult.from_json, read_jsonl(run / "results.jsonl"))
                             if r.condition == condition], metric)
 
 
 def paired(a: dict, b: dict) -> dict:
-    from orchestration.core.stats import paired_by_context
+    from core.stats import paired_by_context
 
     d = paired_by_context(a, b)
     return {"mean": d["diff"], "lo": d["lo"], "hi": d["hi"], "contexts": d["contexts"], "questions": d["questions"]}
@@ -108,8 +108,8 @@ def paired(a: dict, b: dict) -> dict:
 
 def rounds_summary(train: Path, rows: list[dict]) -> list[dict]:
     """Per round: rewards, winners' templates, SFT, and the training edits' lengths and cuts."""
-    from orchestration.core.runs import read_jsonl
-    from orchestration.core.stats import mean, spread
+    from core.runs import read_jsonl
+    from core.stats import mean, spread
     from teacher.versions import list_versions, read_manifest
 
     rewards = [json.loads(x) for x in read_jsonl(train / "rewards.jsonl")]
@@ -142,8 +142,8 @@ def rounds_summary(train: Path, rows: list[dict]) -> list[dict]:
 def forms(train: Path, cfg) -> dict:
     """The form of each version's greedy edits on the between-round slice (281-300), and of v0's
     sampled round-0 edits under each explored template."""
-    from orchestration.core import domains
-    from orchestration.core.runs import read_jsonl
+    from core import domains
+    from core.runs import read_jsonl
 
     ctx = {c.context_id: c.context for c in domains.load_data(cfg.data, "data") + domains.load_data(cfg.heldout, "heldout")}
     edits = [json.loads(x) for x in read_jsonl(train / "edits.jsonl")]
@@ -159,7 +159,7 @@ def forms(train: Path, cfg) -> dict:
 
 def examples(v0_run: Path, last_run: Path, n: int = 3, chars: int = 700) -> list[dict]:
     """v0's and v_last's greedy edits for the same first ``n`` held-out passages."""
-    from orchestration.core.runs import read_jsonl
+    from core.runs import read_jsonl
 
     def by_ctx(run):
         return {e["context_id"]: e["text"] for e in map(json.loads, read_jsonl(run / "edits.jsonl"))}
@@ -181,7 +181,7 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "results" / "rest_em.json"))
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. rounds=1")
     args = p.parse_args()
-    from orchestration.core.contexts import SQUAD_SPLIT
+    from core.contexts import SQUAD_SPLIT
 
     ((lo, hi),) = SQUAD_SPLIT["heldout"]
     smoke = not lo <= args.heldout_offset < hi
@@ -191,9 +191,9 @@ def main() -> None:
     if stages != list(STAGES[:len(stages)]):
         raise SystemExit(f"--stages must be a prefix of {','.join(STAGES)} (stages run in priority order)")
 
-    from orchestration.core.config import load_config
-    from orchestration.driver.rounds import teacher_at
-    from orchestration.driver.train import TrainConfig, run_train
+    from core.config import load_config
+    from orchestration.rounds import teacher_at
+    from orchestration.train import TrainConfig, run_train
 
     root = Path(args.run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -267,8 +267,8 @@ def heldout_runs(cfg, root: Path, students: list[str], last: int) -> dict:
 
 def summarize(out: dict, cfg, root: Path, students: list[str], wall: dict) -> None:
     """Fill ``out`` with what the stages run so far have on disk (see the module docstring)."""
-    from orchestration.core.runs import read_jsonl
-    from orchestration.driver.rounds import teacher_at
+    from core.runs import read_jsonl
+    from orchestration.rounds import teacher_at
 
     train, reward_student = root / "train", students[0]
     last, _ = teacher_at(cfg, train, cfg.rounds + 1)

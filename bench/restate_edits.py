@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from orchestration.core.contexts import context_id, read_json_records, validate_records  # noqa: E402
+from core.contexts import context_id, read_json_records, validate_records  # noqa: E402
 
 MAX_ITEMS, MAX_QA_PER_SENT = 30, 2
 ABBREVS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "col", "lt", "sgt", "capt", "gov",

@@ -37,8 +37,8 @@ from _common import REPO, SQUAD, cached_adaptations, squad_subset
 def v0_samples(teacher: str, template: str, offset: int, limit: int, k: int, max_new_tokens: int,
                out: Path) -> dict[str, list[str]]:
     """context_id -> the untrained teacher's k sampled edits, written once by `seal generate`."""
-    from orchestration.core.config import DataConfig
-    from orchestration.driver.generate import GenerateConfig, run_generate
+    from core.config import DataConfig
+    from orchestration.generate import GenerateConfig, run_generate
     from teacher.config import TeacherConfig
 
     path = out / f"v0_{teacher}_{template}_{offset}_{limit}_k{k}.json"
@@ -54,7 +54,7 @@ def v0_samples(teacher: str, template: str, offset: int, limit: int, k: int, max
 
 def design(rows: list[dict], ctxs, k: int, seeds: list[int], signal: str, baseline: str) -> dict:
     """The reliability figures of one reward design."""
-    from orchestration.core.stats import mean, spearman
+    from core.stats import mean, spearman
 
     metric = "f1" if signal == "score" else "loglik"
     by = {r["id"]: r for r in rows}
@@ -82,8 +82,8 @@ def design(rows: list[dict], ctxs, k: int, seeds: list[int], signal: str, baseli
 
 
 def main() -> None:
-    from orchestration.core.contexts import SQUAD_SPLIT, squad_role
-    from orchestration.core.models import machine
+    from core.contexts import SQUAD_SPLIT, squad_role
+    from core.models import machine
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", default="gemma3-270m")

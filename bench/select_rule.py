@@ -10,7 +10,7 @@ teacher range; never 101-200, the held-out passages, or 281-300, the between-rou
    adaptation seeds, scoring only the gold answers' log-likelihoods (no answers are generated);
 3. an edit's gain under a seed is its mean gold-answer log-likelihood minus that of the passage-only
    adaptation with the same seed (reward.signal=loglik, reward.baseline=reference);
-4. each rule (`orchestration.core.rewards.rewarded`, the code `seal train` runs) picks edits from
+4. each rule (`core.rewards.rewarded`, the code `seal train` runs) picks edits from
    seed a's gains and, separately, from seed b's. Per rule:
    - ``picked``: edits picked under each seed (mean of the two);
    - ``agreement``: |picks_a & picks_b| / |picks_a | picks_b| (Jaccard);
@@ -44,8 +44,8 @@ RULES = [("binary_gain", {}), ("threshold", {"delta": 0.1}),
 
 def gains_of(rows: dict, ctxs, edits: dict, seed: int) -> list:
     """Every edit's gain over the passage-only adaptation of the same seed (`rewards.EditGain`)."""
-    from orchestration.core.rewards import EditGain
-    from orchestration.core.stats import mean
+    from core.rewards import EditGain
+    from core.stats import mean
 
     out = []
     for c in ctxs:
@@ -58,8 +58,8 @@ def gains_of(rows: dict, ctxs, edits: dict, seed: int) -> list:
 
 def judge(rule: str, kw: dict, ga: list, gb: list, template_of: dict) -> dict:
     """A rule's picks under each seed, scored by the other seed (see the module docstring)."""
-    from orchestration.core.rewards import RewardConfig, rewarded
-    from orchestration.core.stats import paired_cluster_bootstrap
+    from core.rewards import RewardConfig, rewarded
+    from core.stats import paired_cluster_bootstrap
 
     cfg = RewardConfig(rule=rule, signal="loglik", baseline="reference", **kw)
     pa, pb = set(rewarded(cfg, ga)), set(rewarded(cfg, gb))
@@ -91,8 +91,8 @@ def per_edit(d: dict) -> dict:
 
 
 def main() -> None:
-    from orchestration.core.contexts import squad_role
-    from orchestration.core.stats import mean, paired_cluster_bootstrap, spearman
+    from core.contexts import squad_role
+    from core.stats import mean, paired_cluster_bootstrap, spearman
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", default="smollm2-135m-instruct")

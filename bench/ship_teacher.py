@@ -9,7 +9,7 @@ version: the largest logit difference on the given passages' canonical prompts, 
 greedy edits agree.
 
     python bench/ship_teacher.py bench/out/rest_em/train/checkpoints/v2 \
-        orchestration/core/teachers/seal-teacher-smollm2 --about about.json
+        core/teachers/seal-teacher-smollm2 --about about.json
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def extract(merged: Path, out: Path, about: dict) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from orchestration.core.models import load_model
+    from core.models import load_model
     from teacher.versions import read_manifest
 
     manifest = read_manifest(merged)
@@ -75,7 +75,7 @@ def check(merged: Path, out: Path, passages: int) -> dict:
     """The shipped adapter against the merged version: logits and greedy edits on passages 281-.."""
     import torch
 
-    from orchestration.core.models import load_model
+    from core.models import load_model
     from teacher.config import TeacherConfig
     from teacher.prompts import render
     from teacher.versions import load_teacher

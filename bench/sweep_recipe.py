@@ -16,7 +16,7 @@ the LoRA target modules and a higher learning rate around the same winner. Choos
     python bench/sweep_recipe.py --offset 300 --limit 20        # stages 1, 2 and 3
     python bench/sweep_recipe.py --offset 320 --limit 40 --only S2 # confirm one setting
 
-Tune only on passages >= 300 (`orchestration.core.contexts.SQUAD_SPLIT`); the README's sweep
+Tune only on passages >= 300 (`core.contexts.SQUAD_SPLIT`); the README's sweep
 table was made on passages 1-20, before the split, and is labelled so.
 """
 
@@ -68,8 +68,8 @@ def apply(student, setting: dict) -> None:
 
 
 def run_setting(name, setting, models, contexts, out: Path, done: set, students: dict) -> None:
-    from orchestration.core.jobs import StudentJob
-    from orchestration.core.runs import append_jsonl
+    from core.jobs import StudentJob
+    from core.runs import append_jsonl
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, make_grader

@@ -1,7 +1,7 @@
 """Does an inner-loop recipe rank edits the way their content says it should? Resumable; prints JSON.
 
 On SQuAD passages outside the standard subset (the recipe-tuning range, shuffled indices 300-499 by
-default; see `orchestration.core.contexts.SQUAD_SPLIT`), each student is adapted under its default
+default; see `core.contexts.SQUAD_SPLIT`), each student is adapted under its default
 recipe (or one with ``--set`` overrides) on:
 
 - passage: the passage alone;
@@ -38,8 +38,8 @@ PAIRS = (("restate", "passage"), ("passage", "bad"), ("v0", "passage"), ("restat
 
 def v0_edits(ctxs, teacher: str, out: Path, offset: int, limit: int) -> dict[str, str]:
     """context_id -> the untrained teacher's greedy edit, written once by `seal generate`."""
-    from orchestration.core.config import DataConfig
-    from orchestration.driver.generate import GenerateConfig, run_generate
+    from core.config import DataConfig
+    from orchestration.generate import GenerateConfig, run_generate
     from teacher.config import TeacherConfig
 
     path = out / f"v0_{teacher}_{offset}_{limit}.json"
@@ -65,7 +65,7 @@ def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group
 
 
 def summarise(rows: list[dict], ctxs, conditions: tuple[str, ...] = CONDITIONS) -> dict:
-    from orchestration.core.stats import bootstrap_ci, paired_cluster_bootstrap
+    from core.stats import bootstrap_ci, paired_cluster_bootstrap
 
     by = {(r["context_id"], r["condition"]): r for r in rows}
     ids = [c.context_id for c in ctxs]
@@ -124,8 +124,8 @@ def markdown(model: str, r: dict) -> str:
 
 
 def main() -> None:
-    from orchestration.core.contexts import SQUAD_SPLIT, squad_role
-    from orchestration.core.models import machine
+    from core.contexts import SQUAD_SPLIT, squad_role
+    from core.models import machine
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--students", default="gemma3-270m,smollm2-135m-instruct")

@@ -33,8 +33,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from orchestration.core.models import machine
-    from orchestration.core.runs import read_jsonl
+    from core.models import machine
+    from core.runs import read_jsonl
 
     seal = Path(sys.executable).parent / "seal"
     out = {"command": " ".join(["python bench/vllm_train.py", *args.overrides]), "config": "configs/vllm_cpu.yaml",

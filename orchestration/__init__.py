@@ -1,6 +1,4 @@
-"""Orchestration: the framework's base layer (`orchestration.core`) and its driver (`orchestration.driver`).
-
-The two live in one folder but are separate layers (see the import-linter contract in
-pyproject.toml): `core` holds records, configs, the model catalogue and the contexts and imports
-nothing above it; `teacher/` and `student/` build on `core`; `driver` (CLI, loops, reports) sits on top.
+"""Driver layer: the `seal` CLI and the loops it runs (train, evaluate, generate, compare, continual),
+the worker launchers and the reports. Imports `teacher`, `student` and the base layer `core`; nothing
+imports it. The queue that links teacher and students is in `core`, because both sides use it.
 """

@@ -1,6 +1,6 @@
 """Student side: LoRA adaptation on a domain's training data, batched answering, grading, and the
 worker that serves adapt jobs. (Turning an edit into training data is the domain's job, in
-`orchestration.core.domains`.)
+`core.domains`.)
 
 - `config`: the ``student:`` config dataclasses, every field documented.
 - `model`: `Student`, one loaded base model that trains and answers through K adapter slots.

@@ -2,7 +2,7 @@
 
 Plain dataclasses (no torch), mirrored by the ``student:`` node of the YAML files in ``configs/``.
 Every field is documented here; this file is the manual for that node. Each dataclass's ``check(key)``
-refuses out-of-range values before any work (see `orchestration.core.config`).
+refuses out-of-range values before any work (see `core.config`).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from orchestration.core.config import (Choice, ConfigError, Dtype, check_choice, check_device, check_dropout,
+from core.config import (Choice, ConfigError, Dtype, check_choice, check_device, check_dropout,
                                        check_fraction, check_min, check_nonempty, check_positive)
-from orchestration.core.domains.arc import ArcSettings
+from core.domains.arc import ArcSettings
 
 
 class Grader(Choice):
@@ -113,7 +113,7 @@ class TrainSettings:
 
 def learning_rate_of(cfg: "StudentConfig") -> float:
     """The inner loop's learning rate: ``train.learning_rate``, or the student's own default."""
-    from orchestration.core.catalog import BUILTINS, DEFAULT_LEARNING_RATE
+    from core.catalog import BUILTINS, DEFAULT_LEARNING_RATE
 
     if cfg.train.learning_rate is not None:
         return cfg.train.learning_rate
@@ -213,7 +213,7 @@ class AnswerSettings:
         check_min(self, key, 1, "max_new_tokens", "batch_size")
         self.vllm.check(f"{key}.vllm")
         if self.backend == AnswerBackend.vllm:
-            from orchestration.core.models import vllm_platform
+            from core.models import vllm_platform
 
             vllm_platform(f"{key}.backend")
 
@@ -259,7 +259,7 @@ class StudentConfig:
     else the CPU), 'cpu', 'cuda' (torch's current GPU) or 'cuda:N'. ``train.dtype: auto`` and the
     attention kernel follow it. A vLLM engine (``answer.backend: vllm``) places itself."""
     attn_implementation: Optional[str] = None
-    """transformers attention kernel. None = `orchestration.core.models.default_attention` for ``device``:
+    """transformers attention kernel. None = `core.models.default_attention` for ``device``:
     'eager' on the CPU, transformers' default on a GPU."""
     grader: Grader = Grader.f1
     """Score per question: 'f1' (SQuAD token F1), 'exact' (normalized exact match), 'contains'
@@ -272,7 +272,7 @@ class StudentConfig:
     """How ARC edits are run (domain 'arc' only): edit limits, the default_ttt recipe, prediction views."""
 
     def check(self, key: str = "student") -> None:
-        """Every value of the node; the model itself is checked by `orchestration.core.catalog.check_model`
+        """Every value of the node; the model itself is checked by `core.catalog.check_model`
         (it needs the model cache of the command's config)."""
         check_min(self, key, 0, "threads")
         check_device(self, key)

@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from orchestration.core.runs import write_atomic
+from core.runs import write_atomic
 from student.config import JudgeConfig
 
 SYSTEM_PROMPT = "You grade answers to questions. Reply with exactly one word: yes or no."

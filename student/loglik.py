@@ -9,7 +9,7 @@ answer is ``gold`` as the student would write it after its prompt (a leading spa
 
 from __future__ import annotations
 
-from orchestration.core.domains.spec import Query
+from core.domains.spec import Query
 
 
 def answer_tokens(student, query: Query) -> tuple[list[int], list[int]]:

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
-from orchestration.core.domains.spec import TrainSpec
-from orchestration.core.models import trim_cpu_memory
+from core.domains.spec import TrainSpec
+from core.models import trim_cpu_memory
 from student.config import StudentConfig, TrainSettings, learning_rate_of
 from student.head_loss import token_losses
 from student.lora_batch import to_device

@@ -12,8 +12,8 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from orchestration.core.domains.spec import Decode, Query, TrainSpec
-from orchestration.core.models import (autocast_dtype, default_attention, eos_ids, load_model, resolve_device,
+from core.domains.spec import Decode, Query, TrainSpec
+from core.models import (autocast_dtype, default_attention, eos_ids, load_model, resolve_device,
                                        trim_cpu_memory, uses_chat)
 from student import prompting
 from student.answerer import Answerer, TransformersAnswerer
@@ -53,7 +53,7 @@ class Student:
         if cfg.answer.backend == "vllm":
             # training stays here; answers come from a vLLM engine that serves each trained adapter
             # as a runtime LoRA (exported as PEFT when first needed)
-            from orchestration.core import catalog
+            from core import catalog
             from student.vllm_answer import VLLMAnswerer
 
             self.answerer = VLLMAnswerer.start(catalog.resolve(cfg.model, catalog.cache_dir(cache)), cfg.answer,
@@ -111,7 +111,7 @@ class Student:
                                  stop)
 
     def respond(self, queries: list[Query], decode: Decode) -> list[str]:
-        """Answers to a domain's queries (`orchestration.core.domains.spec`), per its decode rule,
+        """Answers to a domain's queries (`core.domains.spec`), per its decode rule,
         with slot 0's adapter if one is trained (else the base model)."""
         return self.respond_many([queries], decode, [self._slot()])[0]
 

@@ -15,10 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from orchestration.core.domains import knowledge
-from orchestration.core.domains.spec import TrainSpec
-from orchestration.core.jobs import StudentJob
-from orchestration.core.records import QuestionVerdict, StudentResult, mean_loglik
+from core.domains import knowledge
+from core.domains.spec import TrainSpec
+from core.jobs import StudentJob
+from core.records import QuestionVerdict, StudentResult, mean_loglik
 from student.graders import GRADERS
 
 Grade = Callable[[list[tuple[str, str, str]]], list[float]]  # [(question, gold, answer)] -> scores

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from orchestration.core.models import kv_cache_kwargs, vllm_platform
+from core.models import kv_cache_kwargs, vllm_platform
 from student.config import AnswerSettings, VLLMSettings
 
 

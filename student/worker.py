@@ -2,10 +2,10 @@
 
 The model is loaded once per worker and unadapted baselines are cached per context, so a job costs
 one adaptation: train a fresh adapter on the job's edit, answer the context's questions without the
-passage, grade, discard the adapter. A job (`orchestration.core.records.StudentJob`) carries the
+passage, grade, discard the adapter. A job (`core.records.StudentJob`) carries the
 whole context (passage and questions), so a worker needs nothing from the driver but the queue file.
 
-The lease loop is `orchestration.core.delivery`'s, shared with the Ray launcher: a worker leases a
+The lease loop is `core.delivery`'s, shared with the Ray launcher: a worker leases a
 group of jobs, a background thread renews the leases while the group runs (a worker that dies stops
 renewing, so its jobs are delivered again once the leases run out), the group's results are acked
 in one transaction, and a job that raised is nacked with the exception as its reason (retried up to
@@ -20,11 +20,11 @@ import socket
 import time
 from pathlib import Path
 
-from orchestration.core.delivery import STOP_FLAG, Delivery, Renewer, failure
-from orchestration.core.faults import fault
-from orchestration.core.jobs import StudentJob, job_kind
-from orchestration.core.queue import Queue
-from orchestration.core.records import StudentResult
+from core.delivery import STOP_FLAG, Delivery, Renewer, failure
+from core.faults import fault
+from core.jobs import StudentJob, job_kind
+from core.queue import Queue
+from core.records import StudentResult
 from student.config import StudentConfig
 
 
@@ -45,7 +45,7 @@ class Worker:
 
     def baselines_of(self, domain: str):
         """This student's baseline cache in ``domain`` (one per domain, so ids never collide)."""
-        from orchestration.core import domains
+        from core import domains
         from student.scoring import Baselines
 
         if domain not in self.baselines:

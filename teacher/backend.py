@@ -3,8 +3,8 @@ seed hash, and the request checks every backend runs.
 
 Three classes implement it: `teacher.generate.TransformersBackend` (this process, the CPU default),
 `teacher.vllm_backend.VLLMBackend` (a ``vllm.LLM`` engine) and the driver's
-``orchestration.driver.ray_launch.RayTeacherBackend`` (either of them in a Ray actor). The driver
-(`orchestration.driver.steps.write_edits`) sees only this interface.
+``orchestration.ray_launch.RayTeacherBackend`` (either of them in a Ray actor). The driver
+(`orchestration.steps.write_edits`) sees only this interface.
 
 Why a module of its own: both in-process backends need `Generation` and `batch_seed`, and
 `teacher.generate.make_backend` picks between them; with the shared parts in `teacher.generate`,

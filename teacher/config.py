@@ -3,7 +3,7 @@ and how ReST^EM trains it on the rewarded edits.
 
 Plain dataclasses (no torch), mirrored by the ``teacher:`` node of the YAML files in ``configs/``.
 Every field is documented here; this file is the manual for that node. Each dataclass's ``check(key)``
-refuses out-of-range values before any work (see `orchestration.core.config`).
+refuses out-of-range values before any work (see `core.config`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from orchestration.core.config import (Choice, ConfigError, Dtype, check_choice, check_device, check_dropout,
+from core.config import (Choice, ConfigError, Dtype, check_choice, check_device, check_dropout,
                                        check_fraction, check_min, check_nonempty, check_positive)
 
 
@@ -84,7 +84,7 @@ class GenerationSettings:
             raise ConfigError(f"{key}.constrain=true is implemented for the transformers backend only; "
                               f"set {key}.backend=transformers or constrain=false")
         if self.backend == Backend.vllm:
-            from orchestration.core.models import vllm_platform
+            from core.models import vllm_platform
 
             vllm_platform(f"{key}.backend")
 
@@ -183,7 +183,7 @@ class TeacherConfig:
     sft: SFTSettings = field(default_factory=SFTSettings)
 
     def check(self, key: str = "teacher") -> None:
-        """Every value of the node; the model itself is checked by `orchestration.core.catalog.check_model`
+        """Every value of the node; the model itself is checked by `core.catalog.check_model`
         (it needs the model cache of the command's config)."""
         from teacher.prompts import template_text
 

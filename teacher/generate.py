@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 from contextlib import nullcontext
 
-from orchestration.core.models import autocast_dtype, eos_ids, resolve_device, uses_chat
+from core.models import autocast_dtype, eos_ids, resolve_device, uses_chat
 from teacher.backend import Backend, Generation, batch_seed, check_sampling
 from teacher.config import TeacherConfig
 from teacher.prompts import tokenize_prompt

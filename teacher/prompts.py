@@ -57,8 +57,8 @@ TEMPLATES: dict[str, str] = {
 }
 
 # ARC (domain 'arc'): {title} is the task id and {context} its demonstrations and test input as
-# text (`orchestration.core.arc.ttt.format_prompt`). The edit is a JSON object, parsed strictly by
-# the student (`orchestration.core.arc.schema`). 'arc-config' shows one example of the format, for
+# text (`core.arc.ttt.format_prompt`). The edit is a JSON object, parsed strictly by
+# the student (`core.arc.schema`). 'arc-config' shows one example of the format, for
 # teachers that write the JSON unaided; its values are not a recommendation, but a small teacher
 # copies them. 'arc-options' lists the keys and their ranges with no example: it is meant for
 # teacher.generation.constrain=true, where the decoder enforces the format and the prompt need
@@ -171,9 +171,9 @@ def prompt_tokenizer(cfg, cache: str | None = None, key: str = "teacher"):
 
     from transformers import AutoTokenizer
 
-    from orchestration.core import catalog
-    from orchestration.core.config import ConfigError
-    from orchestration.core.models import uses_chat
+    from core import catalog
+    from core.config import ConfigError
+    from core.models import uses_chat
 
     from teacher.versions import root_model
 
@@ -192,7 +192,7 @@ def check_prompt_lengths(cfg, contexts, domain, tokenizer, chat: bool, key: str 
     """Refuse contexts whose teacher prompt is longer than ``cfg.max_prompt_tokens`` tokens, naming
     that bound's key (``key`` is the teacher node's dotted path) and where the contexts come from
     (``data_key``). The prompts are rendered exactly as generation renders them."""
-    from orchestration.core.config import ConfigError
+    from core.config import ConfigError
 
     bound = cfg.max_prompt_tokens
     over = []

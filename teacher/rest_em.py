@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.core.models import default_attention, resolve_device
+from core.models import default_attention, resolve_device
 from teacher.config import SFTSettings, TeacherConfig
 
 
@@ -86,10 +86,10 @@ def build_trainer(model, tokenizer, dataset, s: SFTSettings, output_dir: Path, d
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from orchestration.core.faults import fault
+    from core.faults import fault
 
     class FaultHook(TrainerCallback):
-        """The kill-resume tests' ``sft`` fault point (`orchestration.core.faults`), after each step."""
+        """The kill-resume tests' ``sft`` fault point (`core.faults`), after each step."""
 
         def on_step_end(self, args, state, control, **kwargs):
             fault("sft")

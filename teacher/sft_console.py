@@ -2,7 +2,7 @@
 
 Trainer prints each log dict (``{'loss': ..., 'grad_norm': ...}``) to stdout, beside the project's
 table, through its PrinterCallback (or ProgressCallback's bar, without ``disable_tqdm``). Here the
-bar is the project's (`orchestration.core.console.Progress`) and the dicts go to stderr, which a
+bar is the project's (`core.console.Progress`) and the dicts go to stderr, which a
 `seal` command sends to the run folder's log (``seal --verbose``: the console). The dicts are also
 kept in ``trainer.state.log_history``, which the version's manifest records.
 """
@@ -17,7 +17,7 @@ def quiet_trainer(trainer):
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from orchestration.core.console import Progress
+    from core.console import Progress
 
     class Console(TrainerCallback):
         bar: Progress | None = None

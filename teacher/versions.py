@@ -20,8 +20,8 @@ import re
 import shutil
 from pathlib import Path
 
-from orchestration.core.catalog import teacher_path
-from orchestration.core.models import load_model
+from core.catalog import teacher_path
+from core.models import load_model
 
 MANIFEST = "manifest.json"
 _VERSION = re.compile(r"v([1-9][0-9]*)")

@@ -29,9 +29,9 @@ from __future__ import annotations
 import gc
 import sys
 
-from orchestration.core import catalog
-from orchestration.core.config import ConfigError
-from orchestration.core.models import eos_ids, kv_cache_kwargs, uses_chat, vllm_platform
+from core import catalog
+from core.config import ConfigError
+from core.models import eos_ids, kv_cache_kwargs, uses_chat, vllm_platform
 from teacher.backend import Generation, batch_seed, check_sampling
 from teacher.config import GenerationSettings, TeacherConfig
 from teacher.prompts import tokenize_prompt

@@ -15,7 +15,7 @@ def build_tiny_checkpoint(path, chat: bool) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from orchestration.core.contexts import demo_records
+    from core.contexts import demo_records
 
     texts = [f"{r['title']}\n{r['context']}" for r in demo_records()]
     texts += [q["question"] + " " + q["answer"] for r in demo_records() for q in r["questions"]]

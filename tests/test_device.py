@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestration.core.config import ConfigError
-from orchestration.core.models import autocast_dtype, default_attention, fast_cpu_bf16, resolve_device
+from core.config import ConfigError
+from core.models import autocast_dtype, default_attention, fast_cpu_bf16, resolve_device
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.driver import docgen
+from orchestration import docgen
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -11,12 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_packages_import_without_torch():
-    """Every module of the three packages imports without the heavy libraries (they load lazily)."""
+    """Every module of the four packages imports without the heavy libraries (they load lazily)."""
     code = ("import importlib, pkgutil, sys\n"
-            "for pkg in ('teacher', 'student', 'orchestration'):\n"
+            "for pkg in ('core', 'teacher', 'student', 'orchestration'):\n"
             "    for m in pkgutil.walk_packages(importlib.import_module(pkg).__path__, pkg + '.'):\n"
             "        importlib.import_module(m.name)\n"
-            "assert 'orchestration.driver.train' in sys.modules and 'teacher.vllm_backend' in sys.modules\n"
+            "assert 'orchestration.train' in sys.modules and 'teacher.vllm_backend' in sys.modules\n"
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'ray', 'vllm') if m in sys.modules]\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestration.core.contexts import demo_records, validate_records
+from core.contexts import demo_records, validate_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_readme_quickstart_runs(tmp_path, tiny_chat_model, tiny_model):
     cfg["run_dir"] = str(tmp_path / "run")
     (tmp_path / "my_run.yaml").write_text(yaml.safe_dump(cfg))
 
-    p = subprocess.run([sys.executable, "-m", "orchestration.driver.cli", "train", str(tmp_path / "my_run.yaml")],
+    p = subprocess.run([sys.executable, "-m", "orchestration.cli", "train", str(tmp_path / "my_run.yaml")],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout + p.stderr
     run = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""The SQuAD three-way split (orchestration.core.contexts.SQUAD_SPLIT) holds in every shipped config:
+"""The SQuAD three-way split (core.contexts.SQUAD_SPLIT) holds in every shipped config:
 held-out contexts come from the held-out range (or, for the versions between ReST^EM rounds, a
 teacher-range slice), training contexts from the teacher-training or recipe-tuning ranges, and no
 config's training and held-out passages overlap."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from orchestration.core.contexts import SQUAD_SPLIT, squad_role
+from core.contexts import SQUAD_SPLIT, squad_role
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from orchestration.core.contexts import demo_records
-from orchestration.driver.cli import main
+from core.contexts import demo_records
+from orchestration.cli import main
 
 
 def args(tiny_model, run_dir, *extra):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.core.arc.schema import EditError, parse_edit
-from orchestration.core.arc.tasks import synthetic_tasks
-from orchestration.core.config import load_config
-from orchestration.core.domains import arc
-from orchestration.driver.train import TrainConfig, run_train
+from core.arc.schema import EditError, parse_edit
+from core.arc.tasks import synthetic_tasks
+from core.config import load_config
+from core.domains import arc
+from orchestration.train import TrainConfig, run_train
 from tests.orchestration.test_train import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_seal_train_runs_the_arc_domain(tmp_path, tiny_chat_model, tiny_model):
 
 
 def test_a_valid_edit_trains_and_votes(tiny_chat_model):
-    from orchestration.core.jobs import StudentJob
+    from core.jobs import StudentJob
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, make_grader
@@ -99,9 +99,9 @@ def test_seal_evaluate_and_compare_accept_the_arc_domain(tmp_path, tiny_chat_mod
     """The same drivers, unchanged, with data.domain=arc: evaluate's conditions are the domain's."""
     import yaml
 
-    from orchestration.core.config import ConfigError
-    from orchestration.driver.compare import CompareConfig, run_compare
-    from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
+    from core.config import ConfigError
+    from orchestration.compare import CompareConfig, run_compare
+    from orchestration.evaluate import EvaluateConfig, run_evaluate
 
     arc_data = {"domain": "arc", "source": "synthetic", "offset": 0, "limit": 1}
     ev = {"teacher": {"model": tiny_chat_model, "threads": 1, "prompt": "arc-config",
@@ -129,8 +129,8 @@ def test_seal_evaluate_and_compare_accept_the_arc_domain(tmp_path, tiny_chat_mod
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"train": train, "arms": ["same", "split"], "transfer": False}))
     cfg, resolved = load_config(CompareConfig, tmp_path / "c.yaml", [f"run_dir={tmp_path / 'cmp'}"])
     run = run_compare(cfg, resolved)
-    from orchestration.driver.compare import slug
-    from orchestration.driver.train_config import SAME
+    from orchestration.compare import slug
+    from orchestration.train_config import SAME
 
     arms = {d.name: d for d in run.iterdir() if (d / "metrics.jsonl").is_file()}
     assert set(arms) == {"same", f"split-{slug(tiny_model)}"}
@@ -166,7 +166,7 @@ def test_seal_evaluate_and_compare_accept_the_arc_domain(tmp_path, tiny_chat_mod
 
 
 def test_constrained_choices_are_every_valid_edit_once():
-    from orchestration.core.arc.schema import EditLimits
+    from core.arc.schema import EditLimits
 
     choices = arc.edit_choices()
     assert len(choices) == len(set(choices)) == 2 ** 4 * 2 * len(arc.LEARNING_RATES) * len(arc.EPOCHS)
@@ -176,7 +176,7 @@ def test_constrained_choices_are_every_valid_edit_once():
 
 
 def test_constrain_with_the_vllm_backend_is_refused(tmp_path):
-    from orchestration.core.config import ConfigError
+    from core.config import ConfigError
 
     root = Path(__file__).resolve().parents[2]
     cfg, resolved = load_config(TrainConfig, root / "configs" / "arc_synthetic.yaml",
@@ -189,7 +189,7 @@ def test_constrain_with_the_vllm_backend_is_refused(tmp_path):
 def test_an_arc_edits_file_names_tasks_by_id_and_feeds_the_file_condition(tmp_path, tiny_model):
     import yaml
 
-    from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
+    from orchestration.evaluate import EvaluateConfig, run_evaluate
 
     arc_data = {"domain": "arc", "source": "synthetic", "offset": 0, "limit": 1}
     task = synthetic_tasks(1)[0]
@@ -205,7 +205,7 @@ def test_an_arc_edits_file_names_tasks_by_id_and_feeds_the_file_condition(tmp_pa
 
 
 def test_seal_generate_refuses_the_arc_domain_up_front(tmp_path, capsys):
-    from orchestration.driver.cli import main
+    from orchestration.cli import main
 
     out = tmp_path / "e.json"
     assert main(["generate", str(ROOT / "configs" / "generate_demo.yaml"), "data.domain=arc", "data.source=synthetic",
@@ -217,7 +217,7 @@ def test_seal_generate_refuses_the_arc_domain_up_front(tmp_path, capsys):
 def test_the_reference_baseline_on_arc_is_default_ttt(tmp_path, tiny_chat_model, tiny_model):
     """reward.baseline=reference fits ARC: each training task's default_ttt adaptation is queued,
     and every gain is the edit's pass@2 minus that reference's."""
-    from orchestration.core.records import StudentResult
+    from core.records import StudentResult
 
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline",
                             data={"domain": "arc", "source": "synthetic", "limit": 2},

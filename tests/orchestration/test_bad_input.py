@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration.core.contexts import demo_records
-from orchestration.driver.cli import main
+from core.contexts import demo_records
+from orchestration.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"adapt": "adapt_demo.yaml", "train": "demo.yaml", "generate": "generate_demo.yaml",
@@ -31,7 +31,7 @@ def no_model_loads(monkeypatch):
 
     import student.model
     import teacher.versions
-    from orchestration.core import models
+    from core import models
 
     def refuse(*args, **kwargs):
         raise AssertionError("model loaded")
@@ -331,9 +331,9 @@ def test_empty_completions_in_an_edits_file(capsys, tmp_path, files, command, ov
 
 def test_corrupt_queue_file(capsys, tmp_path):
     """A run folder whose queue.sqlite is garbage: the resume names the file and the fix."""
-    from orchestration.core.config import load_config
-    from orchestration.core.runs import open_run
-    from orchestration.driver.train import TrainConfig
+    from core.config import load_config
+    from core.runs import open_run
+    from orchestration.train import TrainConfig
 
     run = tmp_path / "run"
     args = argv("train", run, "workers.mode=inline")
@@ -351,7 +351,7 @@ def test_report_of_a_folder_that_is_no_run(capsys, tmp_path):
 
 # ----- --debug and bugs -------------------------------------------------------------------------
 def test_debug_flag_and_env_show_the_traceback(capsys, monkeypatch, tmp_path):
-    from orchestration.core.config import ConfigError
+    from core.config import ConfigError
 
     args = argv("train", tmp_path / "run", "teacher.sft.keep_last=-1")
     with pytest.raises(ConfigError, match="teacher.sft.keep_last"):
@@ -365,7 +365,7 @@ def test_debug_flag_and_env_show_the_traceback(capsys, monkeypatch, tmp_path):
 
 
 def test_an_unexpected_error_keeps_its_traceback(monkeypatch, tmp_path):
-    from orchestration.driver import adapt
+    from orchestration import adapt
 
     def bug(self, key=""):
         raise ZeroDivisionError("a bug, not a bad input")
@@ -393,7 +393,7 @@ def test_a_teacher_version_saved_as_an_adapter_is_accepted(tmp_path, capsys, tin
 
     from transformers import AutoTokenizer
 
-    from orchestration.core.catalog import ModelNotFound, check_model
+    from core.catalog import ModelNotFound, check_model
 
     v1, v2 = tmp_path / "checkpoints" / "v1", tmp_path / "checkpoints" / "v2"
     shutil.copytree(tiny_chat_model, v1)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import yaml
 
-from orchestration.core.config import load_config
-from orchestration.driver.cli import main
-from orchestration.driver.compare import CompareConfig, arm_curves, build_figure, run_compare, slug, transfer_matrix
+from core.config import load_config
+from orchestration.cli import main
+from orchestration.compare import CompareConfig, arm_curves, build_figure, run_compare, slug, transfer_matrix
 
 
 def tiny_compare_config(path: Path, teacher: str, students: list[str]) -> Path:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.core import domains
-from orchestration.core.config import load_config
-from orchestration.driver.continual import ContinualConfig, heatmap, run_continual
+from core import domains
+from core.config import load_config
+from orchestration.continual import ContinualConfig, heatmap, run_continual
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 3  # contexts in the sequence

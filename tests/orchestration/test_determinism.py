@@ -2,7 +2,7 @@
 exactly what an uninterrupted run with the same seeds ends with.
 
 Each case runs `seal train` as a subprocess with ``SEAL_FAULT=<point>[:n]`` (see
-`orchestration.core.faults`), so the driver or a worker SIGKILLs itself there, then reruns the same
+`core.faults`), so the driver or a worker SIGKILLs itself there, then reruns the same
 command without it, and compares the run folder's fingerprint with the uninterrupted reference run
 of the same variant (plain, and ``async_rounds``). The references are run once per module.
 
@@ -61,7 +61,7 @@ def seal_train(cfg: Path, run: Path, fault: str | None = None, mark: Path | None
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEAL_FAULT")}
     if fault:
         env |= {"SEAL_FAULT": fault, "SEAL_FAULT_MARK": str(mark)}
-    return subprocess.run([sys.executable, "-m", "orchestration.driver.cli", "train", str(cfg), f"run_dir={run}"],
+    return subprocess.run([sys.executable, "-m", "orchestration.cli", "train", str(cfg), f"run_dir={run}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.core.config import load_config
-from orchestration.core.contexts import load_contexts
-from orchestration.core.queue import Queue
-from orchestration.core.stats import bootstrap_ci, spread
-from orchestration.driver.evaluate import EvaluateConfig, run_evaluate
+from core.config import load_config
+from core.contexts import load_contexts
+from core.queue import Queue
+from core.stats import bootstrap_ci, spread
+from orchestration.evaluate import EvaluateConfig, run_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,7 +78,7 @@ def test_bootstrap_interval():
 
 
 def test_paired_cluster_bootstrap_and_per_question():
-    from orchestration.core.stats import fmt_paired, paired_by_context, paired_cluster_bootstrap, per_question
+    from core.stats import fmt_paired, paired_by_context, paired_cluster_bootstrap, per_question
 
     same = paired_cluster_bootstrap([[(0.5, 0.5)] * 3] * 4)
     assert (same["diff"], same["lo"], same["hi"], same["contexts"], same["questions"]) == (0.0, 0.0, 0.0, 4, 12)
@@ -101,7 +101,7 @@ def test_paired_cluster_bootstrap_and_per_question():
 
 
 def test_spearman():
-    from orchestration.core.stats import spearman
+    from core.stats import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import teacher.rest_em
-from orchestration.core import rewards as R
-from orchestration.core.config import load_config
-from orchestration.core.contexts import load_contexts
-from orchestration.core.jobs import StudentJob
-from orchestration.driver.keys import EditId
-from orchestration.driver.train import TrainConfig, run_train
+from core import rewards as R
+from core.config import load_config
+from core.contexts import load_contexts
+from core.jobs import StudentJob
+from orchestration.keys import EditId
+from orchestration.train import TrainConfig, run_train
 from test_train import write_config
 
 

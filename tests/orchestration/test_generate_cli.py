@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.core.contexts import load_contexts
-from orchestration.core.edits import FORMAT, read_edits
-from orchestration.driver.cli import main
+from core.contexts import load_contexts
+from core.edits import FORMAT, read_edits
+from orchestration.cli import main
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "generate_demo.yaml")
 
@@ -39,7 +39,7 @@ def test_generate_resumes_the_same_chunks_and_refuses_another_config(tmp_path, t
     assert main(args) == 0
     whole = json.loads(out.read_text())["records"]
 
-    import orchestration.driver.steps as steps
+    import orchestration.steps as steps
 
     passes = []
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.driver.keys import AdaptKey, CondKey, EditId, JobKey
+from orchestration.keys import AdaptKey, CondKey, EditId, JobKey
 
 # Every job key, edit id and seal adapt key in the run folders that 4db23af wrote: `make demo`
 # (real models, a fresh clone) and the tiny-model runs of

@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 import ray
 
-from orchestration.core.config import ConfigError, load_config
-from orchestration.core.contexts import load_contexts
-from orchestration.core.delivery import LAG_FLAG, VERSION_FLAG
-from orchestration.core.jobs import StudentJob, job_kind
-from orchestration.core.queue import Job, Queue
-from orchestration.driver import launch, steps
-from orchestration.driver.ray_cluster import RayConfig, init_ray
-from orchestration.driver.ray_launch import RayWorkers, student_actor
-from orchestration.driver.ray_models import model_files, ship, terminate
-from orchestration.driver.train import TrainConfig, run_train
-from orchestration.driver.train_config import WorkersConfig
+from core.config import ConfigError, load_config
+from core.contexts import load_contexts
+from core.delivery import LAG_FLAG, VERSION_FLAG
+from core.jobs import StudentJob, job_kind
+from core.queue import Job, Queue
+from orchestration import launch, steps
+from orchestration.ray_cluster import RayConfig, init_ray
+from orchestration.ray_launch import RayWorkers, student_actor
+from orchestration.ray_models import model_files, ship, terminate
+from orchestration.train import TrainConfig, run_train
+from orchestration.train_config import WorkersConfig
 from student.config import AnswerSettings, LoraSettings, StudentConfig, TrainSettings
 from tests.orchestration.test_train import check_complete, poisoned, wait_for, write_config
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration.core.config import ConfigError, load_config
-from orchestration.core.contexts import load_contexts
-from orchestration.core.jobs import StudentJob
-from orchestration.core.queue import Job, Queue
-from orchestration.driver.train import TrainConfig, run_train
+from core.config import ConfigError, load_config
+from core.contexts import load_contexts
+from core.jobs import StudentJob
+from core.queue import Job, Queue
+from orchestration.train import TrainConfig, run_train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def check_complete(run: Path, student: str) -> None:
 
 
 def start_driver(cfg: Path, run: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestration.driver.cli", "train", str(cfg), f"run_dir={run}"],
+    return subprocess.Popen([sys.executable, "-m", "orchestration.cli", "train", str(cfg), f"run_dir={run}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -137,7 +137,7 @@ def test_inline_run_then_resume(tmp_path, capsys, tiny_chat_model, tiny_model):
 def test_reference_baseline_on_the_loglik_signal(tmp_path, tiny_chat_model, tiny_model):
     """reward.baseline=reference queues the passage-only adaptation of each training context, and
     every gain is the edit's log-likelihood minus that reference's (rewards.jsonl, both gains)."""
-    from orchestration.core.records import StudentResult
+    from core.records import StudentResult
 
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline",
                             reward={"rule": "threshold", "delta": -100.0, "baseline": "reference", "signal": "loglik"})
@@ -254,7 +254,7 @@ def test_bad_train_config_is_refused_before_any_work(tmp_path, override, needle)
 
 
 def test_worker_command_errors_name_the_fix(tmp_path, capsys, tiny_chat_model, tiny_model):
-    from orchestration.driver.cli import main
+    from orchestration.cli import main
 
     assert main(["worker", f"run_dir={tmp_path}", "student=x"]) == 2
     assert "start the run with `seal train` first" in capsys.readouterr().err
@@ -325,8 +325,8 @@ def test_seal_train_end_to_end_on_the_packaged_models(tmp_path):
 def test_staleness_bound_drops_old_edits_with_the_reason(tmp_path, tiny_chat_model, tiny_model):
     """The local launcher applies max_teacher_lag from the queue flags the driver publishes: an edit
     of v0 is scored at v1 (lag 1) but dropped at v2, with the reason; reference jobs never go stale."""
-    from orchestration.core.delivery import LAG_FLAG, VERSION_FLAG
-    from orchestration.driver import launch, steps
+    from core.delivery import LAG_FLAG, VERSION_FLAG
+    from orchestration import launch, steps
 
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", rounds=0)
     cfg, _ = load_config(TrainConfig, cfg_path)
@@ -370,7 +370,7 @@ def test_async_rounds_prefetch_the_next_rounds_edits(tmp_path, tiny_chat_model, 
 
 
 def test_same_roles_keep_the_learning_rate_of_v0s_model():
-    from orchestration.driver.train_config import students_at
+    from orchestration.train_config import students_at
 
     cfg = TrainConfig(roles="same")
     cfg.teacher.model = "gemma3-270m"  # a built-in with its own rate; its versions are folders
@@ -381,7 +381,7 @@ def test_same_roles_keep_the_learning_rate_of_v0s_model():
 
 
 def test_rounds_take_fresh_contexts_unless_reused():
-    from orchestration.driver.train_config import contexts_of
+    from orchestration.train_config import contexts_of
 
     cfg = TrainConfig(rounds=2, contexts_per_round=2)
     train = list("abcdef")
@@ -412,8 +412,8 @@ def test_a_process_worker_of_a_same_roles_run_trains_at_v0s_learning_rate(tmp_pa
     version checkpoints/v1 trains at v0's rate, as `students_at` says, not at the 1e-3 of a folder."""
     import shutil
 
-    from orchestration.core.jobs import job_kind
-    from orchestration.core.runs import open_run
+    from core.jobs import job_kind
+    from core.runs import open_run
 
     run = tmp_path / "run"
     cfg_path = write_config(tmp_path / "c.yaml", "gemma3-270m", tiny_model, "process", roles="same")
@@ -424,7 +424,7 @@ def test_a_process_worker_of_a_same_roles_run_trains_at_v0s_learning_rate(tmp_pa
     with Queue(run / "queue.sqlite") as q:
         q.put([Job("r1/edit", job_kind(v1), StudentJob("knowledge", "edit", (c,), (c.context,), edit_id="r1/edit"),
                    teacher_version=1, round=1)])
-    subprocess.run([sys.executable, "-m", "orchestration.driver.cli", "worker", f"run_dir={run}", f"student={v1}",
+    subprocess.run([sys.executable, "-m", "orchestration.cli", "worker", f"run_dir={run}", f"student={v1}",
                     "until=drained"], cwd=ROOT, check=True, capture_output=True, timeout=300)
     with Queue(run / "queue.sqlite") as q:
         (result,) = q.results().values()

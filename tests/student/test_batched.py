@@ -13,9 +13,9 @@ from collections import defaultdict
 
 import pytest
 
-from orchestration.core.contexts import load_contexts
-from orchestration.core.domains.knowledge import DECODE as QUESTION
-from orchestration.core.domains.spec import Query, TrainSpec
+from core.contexts import load_contexts
+from core.domains.knowledge import DECODE as QUESTION
+from core.domains.spec import Query, TrainSpec
 from student.model import Student
 from tests.student.test_model import tiny_cfg
 
@@ -60,7 +60,7 @@ def peft_reference(path: str, st, spec: TrainSpec, seed: int):
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
-    from orchestration.core.models import load_model
+    from core.models import load_model
 
     lora, train = st.cfg.lora, st.cfg.train
     model, tok = load_model(path, attn_implementation="eager")
@@ -191,10 +191,10 @@ def test_arc_group_with_an_invalid_edit(tiny_chat_model):
     records its own error, and the valid ones equal their one-at-a-time results."""
     from omegaconf import OmegaConf
 
-    from orchestration.core.arc.tasks import synthetic_tasks
-    from orchestration.core.contexts import load_contexts
-    from orchestration.core.domains import arc
-    from orchestration.core.jobs import StudentJob
+    from core.arc.tasks import synthetic_tasks
+    from core.contexts import load_contexts
+    from core.domains import arc
+    from core.jobs import StudentJob
     from student.config import StudentConfig
     from student.scoring import Baselines, adapt_and_score, adapt_and_score_many, make_grader
     from tests.orchestration.test_arc_train import GOOD, arc_student
@@ -320,7 +320,7 @@ def test_export_peft_loads_in_peft_with_equal_logits(tiny_model, ctx, tmp_path):
     import torch
     from peft import PeftModel
 
-    from orchestration.core.models import load_model
+    from core.models import load_model
 
     st = Student(tiny_cfg(tiny_model, learning_rate=1e-2))
     st.train_many([TrainSpec(sequences=sentences(ctx, 3)), TrainSpec(sequences=sentences(ctx, 4, 2))], [0, 1])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.core.contexts import load_contexts
-from orchestration.core.jobs import StudentJob
+from core.contexts import load_contexts
+from core.jobs import StudentJob
 from student.config import StudentConfig
 from student.graders import contains, token_f1
 from student.model import Student

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestration.core.contexts import load_contexts
-from orchestration.core.domains.spec import Query
+from core.contexts import load_contexts
+from core.domains.spec import Query
 from student.loglik import loglik_many
 from student.model import Student
 from tests.student.test_model import tiny_cfg
@@ -48,8 +48,8 @@ def test_loglik_equals_forward_and_log_softmax(tiny_model, tiny_chat_model, ctx,
 
 
 def test_every_verdict_carries_its_loglik(tiny_model, ctx):
-    from orchestration.core.domains import knowledge
-    from orchestration.core.jobs import StudentJob
+    from core.domains import knowledge
+    from core.jobs import StudentJob
     from student.scoring import Baselines, adapt_and_score, make_grader
 
     st = Student(tiny_cfg(tiny_model))

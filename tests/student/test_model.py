@@ -2,8 +2,8 @@
 
 import pytest
 
-from orchestration.core.contexts import load_contexts
-from orchestration.core.jobs import StudentJob
+from core.contexts import load_contexts
+from core.jobs import StudentJob
 from student.config import StudentConfig
 from student.model import Student
 from student.scoring import Baselines, adapt_and_score, make_grader
@@ -102,7 +102,7 @@ def test_padding_carries_no_loss(tiny_model):
 def test_pairs_put_loss_on_the_target_only_unless_prompt_loss(tiny_chat_model):
     """A (prompt, target) pair is rendered like a raw query (chat template here); its prompt tokens
     carry no loss unless the spec asks for it; a pair over max_length is left out and counted."""
-    from orchestration.core.domains.spec import TrainSpec
+    from core.domains.spec import TrainSpec
 
     st = Student(tiny_cfg(tiny_chat_model, max_length=64))
     spec = TrainSpec(pairs=(("input:\n01\noutput:\n", "10\n\n"), ("x " * 200, "1")))

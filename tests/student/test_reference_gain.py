@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestration.core import rewards as R
-from orchestration.core.contexts import load_contexts
-from orchestration.core.jobs import StudentJob
+from core import rewards as R
+from core.contexts import load_contexts
+from core.jobs import StudentJob
 from student.model import Student
 from student.scoring import Baselines, adapt_and_score_many, make_grader
 from tests.student.test_model import tiny_cfg

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.core.config import ConfigError
+from core.config import ConfigError
 from student.config import AnswerSettings, StudentConfig, VLLMSettings
-from orchestration.core.models import vllm_platform
+from core.models import vllm_platform
 from student.vllm_answer import AdapterBook, VLLMAnswerer, answer_kwargs, engine_kwargs
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -259,8 +259,8 @@ def test_respond_many_one_request_per_slot_rows_in_order(tiny_model, tmp_path):
     """K slots and the base model in one respond_many: one engine call per slot and budget (budgets in
     increasing order, slots in increasing order), each row answered with its own slot's weights, in
     its own place, within its own token budget, cut per the decode rule."""
-    from orchestration.core.domains.knowledge import DECODE
-    from orchestration.core.domains.spec import Decode, Query
+    from core.domains.knowledge import DECODE
+    from core.domains.spec import Decode, Query
 
     st = vllm_student(tiny_model, tmp_path)
     engine = st.answerer
@@ -281,8 +281,8 @@ def test_respond_many_one_request_per_slot_rows_in_order(tiny_model, tmp_path):
 def test_training_a_slot_again_serves_the_new_weights(tiny_model, tmp_path):
     """A slot whose folder the book evicted (keep_adapters=1) is saved again; weights that change in
     a slot (trained further with fresh=False) are saved again under a new id."""
-    from orchestration.core.domains.knowledge import DECODE
-    from orchestration.core.domains.spec import Query
+    from core.domains.knowledge import DECODE
+    from core.domains.spec import Query
 
     st = vllm_student(tiny_model, tmp_path, keep=1)
     llm, q = st.answerer.llm, Query(QUESTION, "", 8)
@@ -321,8 +321,8 @@ def test_vllm_answerer_errors_are_clear(tiny_model, tmp_path):
     """Each refusal names what is wrong and the way out, and none reaches the engine."""
     import torch
 
-    from orchestration.core.domains.knowledge import DECODE
-    from orchestration.core.domains.spec import Query
+    from core.domains.knowledge import DECODE
+    from core.domains.spec import Query
 
     st = vllm_student(tiny_model, tmp_path)
     llm = st.answerer.llm
@@ -358,7 +358,7 @@ def test_vllm_platform_raises_clear_error_here(tiny_model):
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_VLLM and has_gpu()), reason="needs vllm and a CUDA GPU")
 def test_vllm_answerer_serves_a_trained_adapter_on_gpu():
-    from orchestration.core import catalog
+    from core import catalog
     from student.model import Student
 
     cfg = StudentConfig(model="smollm2-135m-instruct")

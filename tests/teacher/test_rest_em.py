@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.core.contexts import load_contexts
+from core.contexts import load_contexts
 from teacher.config import TeacherConfig
 from teacher.prompts import render, tokenize_prompt
 from teacher.rest_em import SFTExample, build_dataset, build_trainer, loglik, sft_update

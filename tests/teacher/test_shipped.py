@@ -11,8 +11,8 @@ def test_the_shipped_teacher_loads_by_name_as_its_base_plus_its_adapter():
     smollm2-135m-instruct with the shipped bf16 LoRA adapter merged in; its tokenizer is the base's."""
     import torch
 
-    from orchestration.core.catalog import TEACHERS, check_model, teacher_path
-    from orchestration.core.models import load_model
+    from core.catalog import TEACHERS, check_model, teacher_path
+    from core.models import load_model
     from teacher.config import TeacherConfig
     from teacher.prompts import prompt_tokenizer
 

@@ -23,9 +23,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestration.core import catalog
-from orchestration.core.config import ConfigError
-from orchestration.core.models import CPU_KV_CACHE_GIB, kv_cache_kwargs, vllm_platform, vllm_problem
+from core import catalog
+from core.config import ConfigError
+from core.models import CPU_KV_CACHE_GIB, kv_cache_kwargs, vllm_platform, vllm_problem
 from teacher.backend import batch_seed
 from teacher.config import TeacherConfig
 from teacher.generate import make_backend

@@ -21,7 +21,7 @@ def pytest_terminal_summary(terminalreporter):
     if FIGURES:
         import vllm
 
-        from orchestration.core.models import machine
+        from core.models import machine
 
         terminalreporter.write_sep("-", "vllm figures (JSON)")
         terminalreporter.write_line(json.dumps({"machine": machine(), "vllm": vllm.__version__, "figures": FIGURES}, indent=1))

@@ -13,7 +13,7 @@ SAMPLES = 32
 
 
 def prompts(backend, n: int) -> list[str]:
-    from orchestration.core.contexts import demo_records
+    from core.contexts import demo_records
     from teacher.prompts import render
 
     return [render("implications", {}, r["title"], r["context"], backend.tokenizer, backend.chat)

@@ -20,10 +20,10 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "vllm_cpu.yaml"
 
 
 def test_seal_train_runs_with_both_vllm_backends(tmp_path, figures):
-    from orchestration.core.config import load_config
-    from orchestration.core.records import StudentResult
-    from orchestration.core.runs import read_jsonl
-    from orchestration.driver.train import TrainConfig, run_train
+    from core.config import load_config
+    from core.records import StudentResult
+    from core.runs import read_jsonl
+    from orchestration.train import TrainConfig, run_train
 
     cfg, resolved = load_config(TrainConfig, CONFIG, [f"run_dir={tmp_path / 'run'}", f"students.0.model={STUDENT}"])
     assert cfg.teacher.generation.backend == "vllm" and cfg.students[0].answer.backend == "vllm"
