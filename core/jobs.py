@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass, fields
 
 from core import domains
-from core.records import fields_checked
+from core.records import Condition, fields_checked
 
 
 def job_kind(student: str) -> str:
-    """Queue kind of the jobs of one student (each student's workers serve only their own)."""
-    return f"adapt/{student}"
+    """Queue kind of the jobs of one student (each student's workers serve only their own). A colon,
+    not a slash: a student that is a folder reads ``adapt:/runs/x/v1``, not ``adapt//runs/x/v1``."""
+    return f"adapt:{student}"
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class StudentJob:
     `to_json` and hands a worker the parsed record."""
 
     domain: str  # the contexts' domain: 'knowledge' | 'arc' (`core.domains`)
-    condition: str  # base | passage | default_ttt | edit | heldout | teacher | file
+    condition: Condition
     contexts: tuple  # the domain's contexts (knowledge: Context; ARC: ArcTask)
     edits: tuple[str, ...]  # one per context; "" for the reference conditions
     edit_id: str | None = None  # the `SelfEdit` whose text is in ``edits`` (seal train); None otherwise
@@ -58,4 +59,4 @@ class StudentJob:
     def from_json(cls, text: str) -> "StudentJob":
         raw = fields_checked(cls, text)
         domain = domains.get(raw["domain"])
-        return cls(**{**raw, "contexts": tuple(map(domain.from_json, raw["contexts"])), "edits": tuple(raw["edits"])})
+        return cls(**{**raw, "condition": Condition(raw["condition"]), "contexts": tuple(map(domain.from_json, raw["contexts"])), "edits": tuple(raw["edits"])})

@@ -1,4 +1,6 @@
-"""Loading a causal LM and its tokenizer by name, and deciding how to prompt it.
+"""Loading a causal LM and its tokenizer, and how it runs on this machine: device, dtype, attention
+kernel, the CPU's allocator, the machine record, vLLM's platform, chat or plain prompting. (What a
+model name means and where its files are is `core.catalog`'s.)
 
 Shared by the teacher and the student sides, hence in the base layer. Chat vs plain prompting is
 decided from the model itself (does its tokenizer have a chat template?) with a config override,

@@ -40,7 +40,8 @@ from typing import Callable, Iterable, Sequence
 
 from core.jobs import StudentJob
 
-SCHEMA_VERSION = 3  # 2: jobs.grp (job groups); 3: payloads are StudentJob records
+SCHEMA_VERSION = 4  # 2: jobs.grp (job groups); 3: payloads are StudentJob records; 4: conditions and
+# purposes are enums, a result names its edit by `sample`
 STATES = ("pending", "leased", "done", "dead", "stale")
 
 SCHEMA = """
@@ -154,11 +155,11 @@ class Queue:
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
-                old = ", written before job payloads were typed records" if version < SCHEMA_VERSION else ""
+                old = ", written by an earlier version of this code" if version < SCHEMA_VERSION else ""
                 raise QueueVersionError(
                     f"{self.path}: queue schema version {version}{old}; this code reads version {SCHEMA_VERSION}. "
                     f"Finish that run with the commit that started it (git_commit in its manifest.json), or start "
-                    f"afresh with a new run_dir=PATH (its results.jsonl and edits.jsonl stay readable)")
+                    f"afresh with a new run_dir=PATH")
 
     @contextmanager
     def _write(self):

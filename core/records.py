@@ -14,6 +14,28 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from core.config import Choice
+
+
+class Purpose(Choice):
+    """What the teacher wrote an edit for."""
+
+    train = "train"  # seal train: sampled for a round's rewards
+    heldout = "heldout"  # the held-out evaluation of a teacher version (seal train, seal evaluate)
+    generate = "generate"  # seal generate, seal continual
+
+
+class Condition(Choice):
+    """What a student was adapted on for a job and its result."""
+
+    base = "base"  # nothing: the unadapted student
+    passage = "passage"  # knowledge's fixed recipe: the passage alone
+    default_ttt = "default_ttt"  # ARC's fixed recipe: the task's own examples
+    edit = "edit"  # seal train: a training edit of the round
+    heldout = "heldout"  # seal train: a held-out edit of a teacher version
+    teacher = "teacher"  # seal evaluate: the teacher's edits
+    file = "file"  # seal evaluate: edits from a file
+
 
 def fields_checked(cls, line: str) -> dict:
     """The row's fields: every one a field of ``cls``, and every field without a default present
@@ -55,8 +77,8 @@ class StudentResult:
     key: str
     student: str
     context_id: str
-    condition: str  # base | passage | edits (seal adapt); edit | heldout (seal train)
-    completion: int  # index of the edit among the context's completions (0 for base/passage)
+    condition: Condition
+    sample: int  # index of the edit among the context's edits (0 without one)
     score: float | None
     baseline_score: float
     verdicts: tuple[QuestionVerdict, ...]
@@ -77,7 +99,7 @@ class StudentResult:
     def from_json(cls, line: str) -> "StudentResult":
         raw = fields_checked(cls, line)
         raw["verdicts"] = tuple(QuestionVerdict(**v) for v in raw["verdicts"])
-        return cls(**raw)
+        return cls(**raw | {"condition": Condition(raw["condition"])})
 
 
 def question_values(results, metric: str) -> dict[str, list[float | None]]:
@@ -103,7 +125,7 @@ class SelfEdit:
     context_id: str
     teacher_version: int
     round: int
-    purpose: str  # 'train' (sampled for rewards) | 'heldout' (evaluation of this teacher version)
+    purpose: Purpose
     sample: int  # index among the k edits of this context
     template: str
     chat: bool
@@ -124,4 +146,5 @@ class SelfEdit:
 
     @classmethod
     def from_json(cls, line: str) -> "SelfEdit":
-        return cls(**fields_checked(cls, line))
+        raw = fields_checked(cls, line)
+        return cls(**raw | {"purpose": Purpose(raw["purpose"])})

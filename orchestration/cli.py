@@ -1,12 +1,12 @@
-"""The `seal` console script: thin subcommands, each parsing its config and calling one function.
+"""The `seal` console script: one function per subcommand, each parsing its config and calling the
+module that runs it (imported only when its command runs).
 
     seal models list
     seal models fetch [NAME ...]
-    seal adapt CONFIG [key=value ...]
     seal train CONFIG [key=value ...]
     seal worker run_dir=PATH student=NAME [key=value ...]
     seal generate CONFIG teacher.model=... data.source=... out=FILE
-    seal evaluate CONFIG teacher.model=... [students=[...]] [seeds=[0,1]] [edits=FILE]
+    seal evaluate CONFIG [teacher.model=...] [students=[...]] [seeds=[0,1]] [edits=FILE]
     seal compare CONFIG [key=value ...]
     seal continual CONFIG [key=value ...]
     seal report RUN_DIR
@@ -25,7 +25,6 @@ quiet: its whole output already goes to a log file of the run that started it.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sqlite3
 import sys
@@ -51,34 +50,6 @@ def _models(args) -> None:
     console.attach(root / "logs" / "fetch.log")
     for name in args.names or list(catalog.BUILTINS):
         print(f"{name}: {catalog.materialize(name, root)}")
-
-
-# command -> (module, config dataclass, function taking (cfg, resolved), help, example config,
-# example overrides); the module is imported only when its command runs
-CONFIG_COMMANDS = {
-    "adapt": ("orchestration.adapt", "AdaptConfig", "run_adapt",
-              "adapt a student on base / passage / edits conditions and score it", "configs/adapt_demo.yaml",
-              "student.model=gemma3-270m run_dir=runs/x"),
-    "train": ("orchestration.train", "TrainConfig", "run_train",
-              "ReST^EM rounds: the teacher writes edits, students score them, the teacher learns",
-              "configs/demo.yaml", "rounds=1 run_dir=runs/x"),
-    "generate": ("orchestration.generate", "GenerateConfig", "run_generate",
-                 "a teacher writes edits for a SEAL/SQuAD-schema file into a SEAL-format file",
-                 "configs/generate_demo.yaml", "teacher.model=runs/x/checkpoints/v2 data.source=FILE out=edits.json"),
-    "evaluate": ("orchestration.evaluate", "EvaluateConfig", "run_evaluate",
-                 "one teacher, many students: base / passage / teacher edits on a held-out set",
-                 "configs/evaluate_demo.yaml", "teacher.model=runs/x/checkpoints/v2 seeds=[0,1]"),
-    "compare": ("orchestration.compare", "CompareConfig", "run_compare",
-                "same vs split roles on one budget, with the transfer matrix; report.md/.png",
-                "configs/compare_roles.yaml", "train.rounds=1 run_dir=runs/x"),
-    "continual": ("orchestration.continual", "ContinualConfig", "run_continual",
-                  "adapt on contexts in sequence; accuracy on every context after each step (forgetting)",
-                  "configs/continual_demo.yaml", "merge=false edits=passage"),
-}
-
-
-# ----- `seal worker`: its config is the run's own, of one of the commands that queue jobs --------
-WORKER_SCHEMAS = {name: CONFIG_COMMANDS[name][:2] for name in ("train", "evaluate")}
 
 
 class Until(Choice):
@@ -122,11 +93,18 @@ def run_worker(cmd: WorkerCommand) -> int:
     cfg_path, manifest = Path(cmd.run_dir) / CONFIG_FILE, Path(cmd.run_dir) / MANIFEST_FILE
     if not cfg_path.is_file() or not manifest.is_file():
         raise ConfigError(f"run_dir={cmd.run_dir} has no {CONFIG_FILE}; start the run with `seal train` first")
-    module, schema = WORKER_SCHEMAS[json.loads(manifest.read_text())["command"]]
-    cfg, _ = load_config(getattr(importlib.import_module(module), schema), cfg_path)
+    command = json.loads(manifest.read_text())["command"]
+    if command == "train":
+        from orchestration.train_config import TrainConfig as schema
+    elif command == "evaluate":
+        from orchestration.evaluate import EvaluateConfig as schema
+    else:
+        raise ConfigError(f"run_dir={cmd.run_dir} is a `seal {command}` folder, which has no queue; a worker serves "
+                          f"`seal train` and `seal evaluate` runs")
+    cfg, _ = load_config(schema, cfg_path)
     keys = {s.model: f"students.{i}" for i, s in enumerate(cfg.students)}
     by_name = {s.model: s for s in cfg.students}
-    if getattr(cfg, "roles", "split") == "same":  # the student is a teacher version: v0 or checkpoints/v{n}
+    if command == "train" and cfg.roles == "same":  # the student is a teacher version: v0 or checkpoints/v{n}
         from orchestration.train_config import students_at
 
         ((_, same),) = students_at(cfg, cmd.student)  # v0's learning rate, as inline and Ray workers have it
@@ -150,12 +128,43 @@ def run_worker(cmd: WorkerCommand) -> int:
     return n
 
 
-def _config_command(args) -> None:
-    module, schema, run = CONFIG_COMMANDS[args.command][:3]
-    mod = importlib.import_module(module)
-    cfg, resolved = load_config(getattr(mod, schema), args.config, args.overrides)
-    args.run_dir = getattr(cfg, "run_dir", None)  # for the message of an error raised in the run folder
-    getattr(mod, run)(cfg, resolved)
+def _train(args) -> None:
+    from orchestration.train import TrainConfig, run_train
+
+    cfg, resolved = load_config(TrainConfig, args.config, args.overrides)
+    args.run_dir = cfg.run_dir  # for the message of an error raised in the run folder
+    run_train(cfg, resolved)
+
+
+def _evaluate(args) -> None:
+    from orchestration.evaluate import EvaluateConfig, run_evaluate
+
+    cfg, resolved = load_config(EvaluateConfig, args.config, args.overrides)
+    args.run_dir = cfg.run_dir
+    run_evaluate(cfg, resolved)
+
+
+def _generate(args) -> None:
+    from orchestration.generate import GenerateConfig, run_generate
+
+    cfg, _ = load_config(GenerateConfig, args.config, args.overrides)
+    run_generate(cfg)
+
+
+def _compare(args) -> None:
+    from orchestration.compare import CompareConfig, run_compare
+
+    cfg, resolved = load_config(CompareConfig, args.config, args.overrides)
+    args.run_dir = cfg.run_dir
+    run_compare(cfg, resolved)
+
+
+def _continual(args) -> None:
+    from orchestration.continual import ContinualConfig, run_continual
+
+    cfg, resolved = load_config(ContinualConfig, args.config, args.overrides)
+    args.run_dir = cfg.run_dir
+    run_continual(cfg, resolved)
 
 
 def _worker(args) -> None:
@@ -183,17 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true",
                    help=f"show the libraries' output (their progress bars, loss dicts, warnings) on the console "
                         f"instead of the run folder's {console.LOG_NAME} (also: {VERBOSE_ENV}=1)")
+    p.set_defaults(run_dir=None)  # a command with a run folder sets it, for the message of an error raised there
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("models", help="list or materialise the built-in models")
     m.add_argument("action", choices=["list", "fetch"])
     m.add_argument("names", nargs="*", help="built-in names to fetch (default: all)")
     m.add_argument("--cache", default=None, help=f"model cache folder (default: ${catalog.CACHE_ENV} or the user cache dir)")
     m.set_defaults(func=_models)
-    for name, (_, _, _, doc, config, example) in CONFIG_COMMANDS.items():
+    # command, what it does, an example config and overrides, the function that runs it
+    for name, doc, config, example, func in (
+        ("train", "ReST^EM rounds: the teacher writes edits, students score them, the teacher learns",
+         "configs/demo.yaml", "rounds=1 run_dir=runs/x", _train),
+        ("evaluate", "one teacher, many students: base / passage / teacher or file edits on a held-out set",
+         "configs/evaluate_demo.yaml", "teacher.model=runs/x/checkpoints/v2 seeds=[0,1]", _evaluate),
+        ("generate", "a teacher writes edits for a SEAL/SQuAD-schema file into a SEAL-format file",
+         "configs/generate_demo.yaml", "teacher.model=runs/x/checkpoints/v2 data.source=FILE out=edits.json", _generate),
+        ("compare", "same vs split roles on one budget, with the transfer matrix; report.md/.png",
+         "configs/compare_roles.yaml", "train.rounds=1 run_dir=runs/x", _compare),
+        ("continual", "adapt on contexts in sequence; accuracy on every context after each step (forgetting)",
+         "configs/continual_demo.yaml", "merge=false edits=passage", _continual),
+    ):
         c = sub.add_parser(name, help=doc)
         c.add_argument("config", help=f"YAML config, e.g. {config}")
         c.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
-        c.set_defaults(func=_config_command)
+        c.set_defaults(func=func)
     w = sub.add_parser("worker", help="serve one student's adapt jobs from a run's queue")
     w.add_argument("overrides", nargs="*", help="run_dir=PATH student=NAME [threads=N until=drained|stopped]")
     w.set_defaults(func=_worker)
@@ -228,7 +250,7 @@ def error_message(e: BaseException, args) -> str | None:
                       QueueVersionError)):
         msg = str(e)
     elif isinstance(e, sqlite3.DatabaseError):
-        run = getattr(args, "run_dir", None)
+        run = args.run_dir
         path = _queue_path(e) or (f"{run}/queue.sqlite" if run else "the run folder's queue.sqlite")
         msg = (f"{path} is not a valid queue file ({e}; corrupt?); start afresh with a new run_dir=PATH "
                f"(or move the run folder away)")

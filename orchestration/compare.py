@@ -26,8 +26,8 @@ from core.records import StudentResult
 from core.runs import open_run, read_jsonl, write_atomic
 from core.stats import bootstrap_ci, fmt_paired
 from orchestration.keys import JobKey
-from orchestration.report import paired_heldout
-from orchestration.rounds import teacher_at
+from orchestration.report import paired_heldout, read_rows
+from orchestration.train import run_train, teacher_at
 from orchestration.train_config import SAME, TrainConfig, prepare
 
 
@@ -79,7 +79,6 @@ def run_compare(cfg: CompareConfig, resolved) -> Path:
     from omegaconf import OmegaConf
 
     from orchestration.evaluate import EvaluateConfig, run_evaluate
-    from orchestration.train import run_train
 
     cfg.check()
     prepare(cfg.train, "train")  # the data and prompt lengths too: every arm reruns it, inside its folder
@@ -109,17 +108,17 @@ def run_compare(cfg: CompareConfig, resolved) -> Path:
 # ----- report ----------------------------------------------------------------------------------
 def arm_curves(arm_dir: Path) -> list[dict]:
     """Per student label: held-out accuracy per round with its interval, from a train folder."""
-    rows = [json.loads(x) for x in read_jsonl(arm_dir / "metrics.jsonl")]
+    rows = read_rows(arm_dir)
     results = {r.key: r for r in map(StudentResult.from_json, read_jsonl(arm_dir / "results.jsonl"))}
     curves: dict[str, dict] = {}
     for row in rows:
-        for label, model in row["students"].items():
+        for label, model in row.students.items():
             mine = [r for k, r in results.items()
-                    if (key := JobKey.parse(k)).heldout_version == row["teacher_version"] and key.model == model]
+                    if (key := JobKey.parse(k)).heldout_version == row.teacher_version and key.model == model]
             scores = [v.score for r in mine for v in r.verdicts]
             lo, hi = bootstrap_ci(scores)
             c = curves.setdefault(label, {"student": label, "rounds": [], "accuracy": [], "ci": [], "n": []})
-            c["rounds"].append(row["round"])
+            c["rounds"].append(row.round)
             c["accuracy"].append(sum(scores) / len(scores) if scores else float("nan"))
             c["ci"].append((lo, hi))
             c["n"].append(len(scores))
@@ -192,18 +191,18 @@ def write_report(run: Path) -> str:
               "contexts] (contexts, questions), on the grader's score and the gold-answer log-likelihood.", "",
               "| arm | student | pair | score | loglik |", "|---|---|---|---|---|"]
     for arm, d in arm_dirs.items():
-        rows = [json.loads(x) for x in read_jsonl(d / "metrics.jsonl")]
+        rows = read_rows(d)
         if not rows:
             continue
-        recipe = next(c for c in next(iter(rows[0]["reference"].values())) if c != "base")
+        recipe = next(c for c in next(iter(rows[0].reference.values())) if c != "base")
         for label, pairs in paired_heldout(d, rows, recipe).items():
             lines += [f"| {arm} | {label} | {what} | {fmt_paired(x['score'])} | {fmt_paired(x['loglik'])} |"
                       for what, x in pairs.items()]
     lines += ["", "| arm | wall time (min) | adaptations |", "|---|---|---|"]
     for arm, d in arm_dirs.items():
-        rows = [json.loads(x) for x in read_jsonl(d / "metrics.jsonl")]
+        rows = read_rows(d)
         n = sum(1 for x in read_jsonl(d / "results.jsonl") if json.loads(x)["condition"] != "base")
-        lines.append(f"| {arm} | {sum(r['wall_s'] for r in rows) / 60:.1f} | {n} |")
+        lines.append(f"| {arm} | {sum(r.wall_s for r in rows) / 60:.1f} | {n} |")
         first = read_jsonl(d / "results.jsonl")[:1]
         grader = json.loads(first[0])["grader"] if first else grader
     xs, ys, cells = transfer_matrix(run)

@@ -17,11 +17,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
+from core import domains
 from core.catalog import cache_dir, check_model
 from core.config import ConfigError, DataConfig, at
 from core.edits import edits_for
+from core.records import Purpose
 from core.runs import append_jsonl, open_run, read_jsonl, write_atomic
-from core import domains
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
 
@@ -61,17 +62,16 @@ def step_edits(cfg: ContinualConfig, contexts) -> list[str]:
     if cfg.edits != "teacher":
         by_ctx = edits_for(contexts, cfg.edits)
         return [by_ctx[c.context_id][0] for c in contexts]
-    from teacher.generate import make_backend
-
     from orchestration.keys import EditId
-    from orchestration.steps import Slot, write_edits
+    from teacher.transformers_backend import make_backend
+    from teacher.writer import WantedEdit, write_edits
 
     backend = make_backend(cfg.teacher.model, cfg.teacher, cache=cfg.models_cache)
     out: dict[str, str] = {}
     try:
         write_edits(backend, cfg.teacher, domains.get(cfg.data.domain),
-                    [Slot(str(EditId(c.context_id)), c, "generate", 0) for c in contexts], out,
-                    lambda rows, _: out.update((s.edit_id, g.text) for s, _, g in rows), greedy=lambda _: True)
+                    [WantedEdit(str(EditId(c.context_id)), c, Purpose.generate, 0) for c in contexts], out,
+                    lambda rows, _: out.update((w.edit_id, g.text) for w, _, g in rows), greedy=lambda _: True)
     finally:
         backend.close()
     return [out[c.context_id] for c in contexts]
@@ -100,11 +100,10 @@ def heatmap(matrix: list[list[float]], row_labels: list[str], col_labels: list[s
 
 
 def run_continual(cfg: ContinualConfig, resolved) -> dict:
+    from core.domains.sequences import edit_to_sequences
     from student.model import Student
     from student.scoring import make_grader, score_context
-    from core.domains.sequences import edit_to_sequences
-
-    from orchestration.steps import check_prompts
+    from teacher.writer import check_prompts
 
     cfg.check()
     d = cfg.data

@@ -5,7 +5,7 @@
 
 Every field's text is the docstring written under it in its dataclass (the string literal after the
 annotated assignment, read from the source with `ast`: Python keeps no such docstring at run time).
-Each command's config is walked from `cli.CONFIG_COMMANDS`; a nested config gets one section of its
+Each command's config is walked (`commands`, in the CLI's order); a nested config gets one section of its
 own, listing the dotted keys it is reached by in every command, so a shared node (the student, the
 teacher, the data) is documented once. tests/test_docs.py fails when the page is out of date.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import importlib
 import inspect
 import sys
 import textwrap
@@ -155,10 +154,15 @@ def table(cls: type) -> list[str]:
 
 def commands() -> list[tuple[str, type]]:
     """(command, its config dataclass), in the CLI's order; `seal worker` last."""
-    from orchestration.cli import CONFIG_COMMANDS, WorkerCommand
+    from orchestration.cli import WorkerCommand
+    from orchestration.compare import CompareConfig
+    from orchestration.continual import ContinualConfig
+    from orchestration.evaluate import EvaluateConfig
+    from orchestration.generate import GenerateConfig
+    from orchestration.train import TrainConfig
 
-    out = [(name, getattr(importlib.import_module(mod), schema)) for name, (mod, schema, *_) in CONFIG_COMMANDS.items()]
-    return out + [("worker", WorkerCommand)]
+    return [("train", TrainConfig), ("evaluate", EvaluateConfig), ("generate", GenerateConfig),
+            ("compare", CompareConfig), ("continual", ContinualConfig), ("worker", WorkerCommand)]
 
 
 def render() -> str:

@@ -24,19 +24,18 @@ from core import domains
 from core.catalog import cache_dir, check_model
 from core.config import ConfigError, DataConfig, at, check_min, check_nonempty
 from core.edits import edits_for
-from core.jobs import StudentJob, job_kind
-from core.queue import Job, Queue
-from core.records import SelfEdit, StudentResult, question_values
+from core.queue import Queue
+from core.records import Purpose, SelfEdit, StudentResult, question_values
 from core.runs import open_run, read_jsonl, write_atomic
 from core.stats import bootstrap_ci, fmt_paired, paired_by_context, spread
 from orchestration import launch
+from orchestration.dispatch import collect, evaluate_jobs, generate_edits, grouped, make_workers
 from orchestration.generate import teacher_version
-from orchestration.keys import CondKey, EditId, JobKey
-from orchestration.steps import (EvalConfig, Slot, check_constrain, check_prompts, collect, generate_edits,
-                                        grouped, make_workers)
-from orchestration.train_config import WorkersConfig
+from orchestration.keys import EditId, JobKey
+from orchestration.train_config import EvalConfig, WorkersConfig
 from student.config import StudentConfig, check_students
 from teacher.config import TeacherConfig
+from teacher.writer import WantedEdit, check_constrain, check_prompts
 
 
 def _default_students() -> list[StudentConfig]:
@@ -102,39 +101,6 @@ def conditions_of(cfg: EvaluateConfig) -> list[str]:
     """The conditions of the config's domain: base, its fixed recipe (knowledge: 'passage'; ARC:
     'default_ttt'), the teacher's edits, and edits from a file."""
     return [*domains.get(cfg.data.domain).REFERENCE, "teacher", "file"]
-
-
-def build_jobs(cfg: EvaluateConfig, contexts, teacher_edits: dict[str, list[SelfEdit]],
-               file_edits: dict[str, list[str]]) -> list[Job]:
-    """One job per (student, group of contexts, condition, edit, seed); base once per (student, context).
-
-    A group is one context, or ``multi_passage`` of them trained together on their i-th edits."""
-    n = cfg.multi_passage
-    domain = domains.get(cfg.data.domain)
-    recipe = domain.REFERENCE[1]
-    groups = [contexts[i:i + n] for i in range(0, len(contexts), n)]
-    jobs = []
-    for s in cfg.students:
-        kind = job_kind(s.model)
-
-        def job(cond, group, edits, sample=None, seed=None):
-            key = CondKey(cond, tuple(c.context_id for c in group), seed, sample)
-            task = StudentJob(domain.NAME, cond, tuple(group), tuple(edits), sample=sample or 0, seed=seed)
-            return Job(str(JobKey(key, s.model)), kind, task, teacher_version=0)
-
-        if "base" in cfg.conditions:
-            jobs += [job("base", [c], [""]) for c in contexts]
-        for group in groups:
-            teacher = [teacher_edits.get(c.context_id, []) for c in group]
-            files = [file_edits.get(c.context_id, []) if "file" in cfg.conditions else [] for c in group]
-            for seed in cfg.seeds:
-                if recipe in cfg.conditions:
-                    jobs.append(job(recipe, group, [""] * len(group), seed=seed))
-                for i in range(min(map(len, teacher))):  # the i-th edit of every context in the group
-                    jobs.append(job("teacher", group, [t[i].text for t in teacher], i, seed))
-                for i in range(min(map(len, files))):
-                    jobs.append(job("file", group, [f[i] for f in files], i, seed))
-    return jobs
 
 
 def summarize(cfg: EvaluateConfig, results: dict[str, StudentResult]) -> list[dict]:
@@ -229,12 +195,13 @@ def run_evaluate(cfg: EvaluateConfig, resolved) -> list[dict]:
     edits = {e.edit_id: e for e in map(SelfEdit.from_json, read_jsonl(run / "edits.jsonl"))}
     if "teacher" in cfg.conditions:
         k = cfg.eval.k if cfg.eval.sampled else 1
-        wanted = [Slot(str(EditId.heldout(version, c.context_id, i)), c, "heldout", i) for c in contexts for i in range(k)]
+        wanted = [WantedEdit(str(EditId.heldout(version, c.context_id, i)), c, Purpose.heldout, i)
+                  for c in contexts for i in range(k)]
         generate_edits(cfg, run, 0, version, cfg.teacher.model, wanted, edits)
     by_ctx: dict[str, list[SelfEdit]] = {}
     for e in sorted(edits.values(), key=lambda e: e.sample):
         by_ctx.setdefault(e.context_id, []).append(e)
-    jobs = build_jobs(cfg, contexts, by_ctx, file_edits)
+    jobs = evaluate_jobs(cfg, contexts, by_ctx, file_edits)
     keys = {j.key for j in jobs}
     exported = {json.loads(x)["key"] for x in read_jsonl(run / "results.jsonl")}
     workers = make_workers(cfg, run)

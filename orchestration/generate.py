@@ -4,7 +4,7 @@ This is what makes a trained teacher reusable outside the loop: the file feeds `
 edits=FILE`, `seal evaluate edits=FILE`, or anyone else's pipeline. Its header names the teacher
 (model, version, template, chat) and the sampling settings; each record keeps the exact prompt.
 
-Edits are generated in fixed chunks (`steps.write_edits`, the seeding every command shares) and
+Edits are generated in fixed chunks (`teacher.writer.write_edits`, the seeding every command shares) and
 each finished chunk is appended to ``OUT.partial.jsonl``, so an interrupted run resumes there. The
 partial file's first line records the config that made it; a resume with another config is refused,
 naming the keys that differ. The final file is written atomically and the partial file removed.
@@ -22,10 +22,11 @@ from core.catalog import cache_dir, check_model
 from core.config import ConfigError, DataConfig, at, diff_keys
 from core.edits import FORMAT
 from core.models import trim_cpu_memory
+from core.records import Purpose
 from core.runs import append_jsonl, read_jsonl, write_atomic
 from orchestration.keys import EditId
-from orchestration.steps import Slot, write_edits
 from teacher.config import TeacherConfig
+from teacher.writer import WantedEdit, write_edits
 
 
 @dataclass
@@ -74,9 +75,8 @@ def teacher_version(model: str) -> int:
 
 def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
     """Write ``cfg.out``; returns its path. (``resolved`` is unused: the output's header is its record.)"""
-    from teacher.generate import make_backend
-
-    from orchestration.steps import check_prompts
+    from teacher.transformers_backend import make_backend
+    from teacher.writer import check_prompts
 
     cfg.check()
     d = cfg.data
@@ -97,10 +97,10 @@ def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
         append_jsonl(partial, json.dumps({"made_by": made_by}))
     done = {r["context_id"]: r for r in lines[1:]}
     n = cfg.edits_per_context
-    slots = [Slot(str(EditId(c.context_id, i)), c, "generate", i) for c in contexts for i in range(n)]
+    wanted = [WantedEdit(str(EditId(c.context_id, i)), c, Purpose.generate, i) for c in contexts for i in range(n)]
     have = {f"{cid}/{i}" for cid in done for i in range(n)}
     g = cfg.teacher.generation
-    if len(have) < len(slots):
+    if len(have) < len(wanted):
         backend = make_backend(cfg.teacher.model, cfg.teacher, cache=cfg.models_cache)
 
         def save(rows, sampling):
@@ -115,7 +115,7 @@ def run_generate(cfg: GenerateConfig, resolved=None) -> Path:
             append_jsonl(partial, "\n".join(json.dumps(done[r[0].context.context_id]) for r in rows[::n]))
 
         try:
-            write_edits(backend, cfg.teacher, domains.get(d.domain), slots, have, save, greedy=lambda _: not cfg.sample)
+            write_edits(backend, cfg.teacher, domains.get(d.domain), wanted, have, save, greedy=lambda _: not cfg.sample)
         finally:
             backend.close()
             trim_cpu_memory()

@@ -6,7 +6,6 @@ looks its work up by them, so the formats are fixed:
 - edit ids (`EditId`): ``r{round}/{context}/{sample}`` (a training edit of `seal train`),
   ``v{version}/heldout/{context}/{sample}`` (a held-out edit of teacher version v),
   ``{context}/{sample}`` (`seal generate`), ``{context}`` (`seal continual`: one edit per context);
-- result keys of `seal adapt` (`AdaptKey`, no queue): ``{context}:{condition}:{completion}``;
 - job keys (`JobKey`): ``{subject}@{student model}``, the subject being an edit id (train and
   held-out edits) or a condition without an edit (`CondKey`): ``{condition}/{context}`` (base and
   the fixed recipe, once per context) or, in `seal evaluate`, ``s{seed}/{condition}/{contexts}``
@@ -29,7 +28,6 @@ _GENERATE = re.compile(r"([^/@+]+)/(\d+)")
 _CONTINUAL = re.compile(r"[^/@+]+")
 _SEEDED = re.compile(r"s(\d+)/([^/@+]+)/([^/@]+?)(?:/(\d+))?")
 _COND = re.compile(r"([^/@+]+)/([^/@+]+)")
-_ADAPT = re.compile(r"([^/@+:]+):([^/@+:]+):(\d+)")
 
 
 @dataclass(frozen=True)
@@ -157,22 +155,3 @@ class JobKey:
         if _TRAIN.fullmatch(subject) or _HELDOUT.fullmatch(subject):
             return cls(EditId.parse(subject), model)
         return cls(CondKey.parse(subject), model)
-
-
-@dataclass(frozen=True)
-class AdaptKey:
-    """One row of `seal adapt`: a condition (base, passage, edits) on a context, and which of the
-    context's edits (0 for the conditions without one)."""
-
-    context: str
-    condition: str
-    completion: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.context}:{self.condition}:{self.completion}"
-
-    @classmethod
-    def parse(cls, text: str) -> AdaptKey:
-        if m := _ADAPT.fullmatch(text):
-            return cls(m[1], m[2], int(m[3]))
-        raise ValueError(f"{text!r} is not a seal adapt key (<context>:<condition>:<completion>)")

@@ -3,7 +3,7 @@
 ``process`` (default): `seal worker` subprocesses, ``per_student`` for each student, started once
 and kept across rounds (each loads its model once); a student that leaves the set (roles=same:
 the previous teacher version) has its idle workers stopped. A worker that dies is restarted, up to
-``restarts`` times per slot; its leased job runs out and is delivered again, so nothing is lost.
+``restarts`` times per place; its leased job runs out and is delivered again, so nothing is lost.
 Workers poll the queue's stop flag and also exit when the driver that started them is gone.
 
 ``inline``: one worker per student inside the driver process, each serving until its jobs are
@@ -89,40 +89,40 @@ class InlineWorkers:
 class ProcessWorkers:
     def __init__(self, cfg, run: Path):
         self.cfg, self.run = cfg, run
-        self.slots: list[tuple[str, int]] = []
+        self.places: list[tuple[str, int]] = []
         self.procs: dict[tuple[str, int], subprocess.Popen] = {}
         self.restarts: dict[tuple[str, int], int] = {}
         (run / "logs").mkdir(exist_ok=True)
 
     def _use(self, students) -> None:
         """Serve ``students`` from now on: stop the workers of any other student (they are idle)."""
-        self.slots = [(s.model, i) for s in students for i in range(self.cfg.workers.per_student)]
-        self.threads = self.cfg.workers.threads or max(1, (os.cpu_count() or 1) // len(self.slots))
-        for slot in [x for x in self.procs if x not in self.slots]:
-            self.procs.pop(slot).terminate()
-        for slot in self.slots:
-            self.restarts.setdefault(slot, 0)
+        self.places = [(s.model, i) for s in students for i in range(self.cfg.workers.per_student)]
+        self.threads = self.cfg.workers.threads or max(1, (os.cpu_count() or 1) // len(self.places))
+        for place in [x for x in self.procs if x not in self.places]:
+            self.procs.pop(place).terminate()
+        for place in self.places:
+            self.restarts.setdefault(place, 0)
 
-    def _spawn(self, slot: tuple[str, int]) -> subprocess.Popen:
-        student, i = slot
+    def _spawn(self, place: tuple[str, int]) -> subprocess.Popen:
+        student, i = place
         log = open(self.run / "logs" / f"worker-{student.strip('/').replace('/', '_')}-{i}.log", "a")
         cmd = [sys.executable, "-m", "orchestration.cli", "worker", f"run_dir={self.run}",
                f"student={student}", "until=stopped", f"threads={self.threads}", f"parent_pid={os.getpid()}"]
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def _check(self) -> None:
-        for slot in self.slots:
-            proc = self.procs.get(slot)
+        for place in self.places:
+            proc = self.procs.get(place)
             if proc is not None and proc.poll() is None:
                 continue
             if proc is not None:  # it died: restart it (its leased job will be delivered again)
-                self.restarts[slot] += 1
-                if self.restarts[slot] > self.cfg.workers.restarts:
-                    raise WorkerError(f"worker {slot[1]} of student {slot[0]} exited (code {proc.returncode}) "
-                                       f"{self.restarts[slot]} times; see {self.run / 'logs'}. Fix the cause and "
+                self.restarts[place] += 1
+                if self.restarts[place] > self.cfg.workers.restarts:
+                    raise WorkerError(f"worker {place[1]} of student {place[0]} exited (code {proc.returncode}) "
+                                       f"{self.restarts[place]} times; see {self.run / 'logs'}. Fix the cause and "
                                        f"rerun the same command to resume")
-                tqdm.write(f"worker {slot[1]} of {slot[0]} exited (code {proc.returncode}); restarting it")
-            self.procs[slot] = self._spawn(slot)
+                tqdm.write(f"worker {place[1]} of {place[0]} exited (code {proc.returncode}); restarting it")
+            self.procs[place] = self._spawn(place)
 
     def wait(self, keys: set[str], desc: str, students) -> None:
         self._use(students)

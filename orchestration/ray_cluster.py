@@ -80,7 +80,7 @@ def check_resources(cfg) -> None:
     rc = cfg.ray
     if rc.address:
         return
-    n = (1 if getattr(cfg, "roles", "split") == "same" else len(cfg.students)) * cfg.workers.per_student
+    n = (1 if cfg.roles == "same" else len(cfg.students)) * cfg.workers.per_student
     have = ray.cluster_resources()
     for res, per, teacher in (("CPU", rc.worker_cpus, rc.teacher_cpus), ("GPU", rc.worker_gpus, rc.teacher_gpus)):
         if n * per + teacher > have.get(res, 0) + 1e-9:

@@ -88,7 +88,7 @@ class TeacherActor:
     """The teacher's generation backend in a Ray actor; generations come back as plain dicts."""
 
     def __init__(self, cfg, spec: dict, cache: Optional[str]):
-        from teacher.generate import make_backend
+        from teacher.transformers_backend import make_backend
 
         self.backend = make_backend(local_model(spec), cfg, cache=cache)
 
@@ -157,7 +157,7 @@ class RayTeacherBackend:
 
 # ----- student workers ----------------------------------------------------------------------------
 @dataclass
-class Slot:
+class ActorState:
     """One student actor as the dispatcher sees it."""
 
     student: Any  # StudentConfig, with the driver's model name
@@ -180,7 +180,7 @@ class RayWorkers:
         check_resources(cfg)
         self.cfg, self.run = cfg, run
         self.students: list = []  # set by `wait`, read by the dispatcher (a plain rebinding: atomic)
-        self.slots: list[Slot] = []
+        self.actors: list[ActorState] = []
         self.specs: dict[str, dict] = {}  # student model -> `ship` spec (a shipped folder is put once)
         self.error: Optional[BaseException] = None
         self.halt = threading.Event()
@@ -209,12 +209,12 @@ class RayWorkers:
         self.halt.set()
         if self.thread is not None:
             self.thread.join(STOP_GRACE_S + 10)
-        for slot in self.slots:
-            if slot.task is None:
-                terminate(slot.actor)
+        for state in self.actors:
+            if state.task is None:
+                terminate(state.actor)
             else:  # still running a job after the grace period: stopped at once, its lease runs out
-                ray.kill(slot.actor, no_restart=True)
-        self.slots.clear()
+                ray.kill(state.actor, no_restart=True)
+        self.actors.clear()
 
     # The dispatcher: one loop, in its own thread (SQLite connections are per thread).
     def _dispatch(self) -> None:
@@ -229,22 +229,22 @@ class RayWorkers:
                 while True:
                     if self.halt.is_set():  # stop: lease nothing more, let running jobs finish a while
                         deadline = deadline or time.monotonic() + STOP_GRACE_S
-                        if all(s.task is None for s in self.slots) or time.monotonic() > deadline:
+                        if all(s.task is None for s in self.actors) or time.monotonic() > deadline:
                             return
                     else:
                         self._use(self.students)
                         self._lease(q)
-                    refs = [r for s in self.slots for r in (s.starting, s.task) if r is not None]
+                    refs = [r for s in self.actors for r in (s.starting, s.task) if r is not None]
                     if not refs:
                         time.sleep(w.poll_s)
                         continue
                     ray.wait(refs, num_returns=1, timeout=w.poll_s)
                     done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
-                    for slot in list(self.slots):
-                        if slot.starting in done:
-                            self._started(slot)
-                        if slot.task in done:
-                            self._finished(q, slot)
+                    for state in list(self.actors):
+                        if state.starting in done:
+                            self._started(state)
+                        if state.task in done:
+                            self._finished(q, state)
                     self._tend(q)
         except BaseException as e:  # raised to the driver by `wait`; leases still held run out
             self.error = e
@@ -253,12 +253,12 @@ class RayWorkers:
         """Start the actors of ``students``; stop idle actors of anyone else (roles=same: the
         teacher's previous version), letting a busy one finish its job first."""
         wanted = {s.model: s for s in students}
-        for slot in [s for s in self.slots if s.student.model not in wanted and s.task is None]:
-            terminate(slot.actor)
-            self.slots.remove(slot)
+        for state in [s for s in self.actors if s.student.model not in wanted and s.task is None]:
+            terminate(state.actor)
+            self.actors.remove(state)
         for model in [m for m in self.specs if m not in wanted]:
             del self.specs[model]  # frees its copy in the object store once its actors are gone
-        have = {(s.student.model, s.index) for s in self.slots}
+        have = {(s.student.model, s.index) for s in self.actors}
         for model, student in wanted.items():
             for i in range(self.cfg.workers.per_student):
                 if (model, i) not in have:
@@ -266,62 +266,62 @@ class RayWorkers:
                         self.specs[model] = ship(model, self.cfg.ray)
                     threads = self.cfg.workers.threads or max(1, int(self.cfg.ray.worker_cpus))
                     actor = student_actor(self.cfg.ray, student, self.specs[model], self.cfg.models_cache, threads)
-                    self.slots.append(Slot(student, i, actor, starting=actor.ready.remote(), since=time.monotonic()))
+                    self.actors.append(ActorState(student, i, actor, starting=actor.ready.remote(), since=time.monotonic()))
 
     def _lease(self, q: Queue) -> None:
         wanted = {s.model for s in self.students}
-        for slot in self.slots:
-            if slot.starting is not None or slot.task is not None or slot.student.model not in wanted:
+        for state in self.actors:
+            if state.starting is not None or state.task is not None or state.student.model not in wanted:
                 continue
-            while (d := Delivery.take(q, slot.worker, job_kind(slot.student.model), self.cfg.workers.lease_s)):
+            while (d := Delivery.take(q, state.worker, job_kind(state.student.model), self.cfg.workers.lease_s)):
                 if d.leases:  # else all it leased was stale: take again
-                    slot.delivery, slot.task = d, slot.actor.run_group.remote(d.jobs)
+                    state.delivery, state.task = d, state.actor.run_group.remote(d.jobs)
                     break
 
-    def _started(self, slot: Slot) -> None:
+    def _started(self, state: ActorState) -> None:
         import ray
         from ray.exceptions import ActorUnavailableError, RayError
 
         try:
-            slot.worker = ray.get(slot.starting)["worker"]
-            slot.starting = None
+            state.worker = ray.get(state.starting)["worker"]
+            state.starting = None
         except ActorUnavailableError:  # Ray is restarting it: ask again (no new death)
-            slot.starting = slot.actor.ready.remote()
+            state.starting = state.actor.ready.remote()
         except RayError as e:  # it died while loading, or for good: try again, within the limit
-            self._died(slot, e)
+            self._died(state, e)
 
-    def _finished(self, q: Queue, slot: Slot) -> None:
+    def _finished(self, q: Queue, state: ActorState) -> None:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
-        delivery, task = slot.delivery, slot.task
-        slot.task = slot.delivery = None
+        delivery, task = state.delivery, state.task
+        state.task = state.delivery = None
         try:
             delivery.finish(q, ray.get(task))
         except RayTaskError as e:  # the call raised, not the actor: record why, as a local worker does
             delivery.fail(q, failure(e.cause if e.cause is not None else e))
         except RayError as e:  # the actor is gone and the call with it: deliver the jobs again now
-            delivery.fail(q, f"worker died: {type(e).__name__} (worker {slot.worker})")
-            self._died(slot, e)
+            delivery.fail(q, f"worker died: {type(e).__name__} (worker {state.worker})")
+            self._died(state, e)
 
-    def _died(self, slot: Slot, e: BaseException) -> None:
+    def _died(self, state: ActorState, e: BaseException) -> None:
         from orchestration.launch import WorkerError
 
-        slot.deaths += 1
-        if slot.deaths > self.cfg.ray.max_restarts:
-            raise WorkerError(f"Ray actor {slot.index} of student {slot.student.model} died {slot.deaths} times "
+        state.deaths += 1
+        if state.deaths > self.cfg.ray.max_restarts:
+            raise WorkerError(f"Ray actor {state.index} of student {state.student.model} died {state.deaths} times "
                               f"(ray.max_restarts={self.cfg.ray.max_restarts}); last error: {str(e)[:2000]}\n"
                               f"Fix the cause and rerun the same command to resume") from e
-        tqdm.write(f"Ray actor {slot.index} of {slot.student.model} died ({type(e).__name__}); "
+        tqdm.write(f"Ray actor {state.index} of {state.student.model} died ({type(e).__name__}); "
                    f"waiting for Ray to restart it")
-        slot.starting, slot.since, slot.noted = slot.actor.ready.remote(), time.monotonic(), False  # once reloaded
+        state.starting, state.since, state.noted = state.actor.ready.remote(), time.monotonic(), False  # once reloaded
 
     def _tend(self, q: Queue) -> None:
         """Renew the leases of running jobs; say once when an actor is slow to start."""
-        for slot in self.slots:
-            if slot.starting is not None and not slot.noted and time.monotonic() - slot.since > SLOW_START_S:
-                note_slow_start(f"Ray actor {slot.index} of {slot.student.model}", slot.since,
+        for state in self.actors:
+            if state.starting is not None and not state.noted and time.monotonic() - state.since > SLOW_START_S:
+                note_slow_start(f"Ray actor {state.index} of {state.student.model}", state.since,
                                 self.cfg.ray.worker_cpus, self.cfg.ray.worker_gpus)
-                slot.noted = True
-            if slot.delivery is not None:
-                slot.delivery.renew_due(q)
+                state.noted = True
+            if state.delivery is not None:
+                state.delivery.renew_due(q)

@@ -1,5 +1,5 @@
-"""The `seal train` config (`TrainConfig`, configs/demo.yaml; `WorkersConfig`, which `seal evaluate`
-shares), its checks, and what it decides
+"""The `seal train` config (`TrainConfig`, configs/demo.yaml; `EvalConfig` and `WorkersConfig`, which
+`seal evaluate` shares), its checks, and what it decides
 without running anything: which contexts each round trains on and which students score a step."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from core.catalog import cache_dir, check_model
 from core.config import Choice, ConfigError, DataConfig, at, check_choice, check_min, check_positive
 from core.contexts import Context
 from orchestration.ray_cluster import RayConfig
-from orchestration.steps import EvalConfig, check_constrain, check_prompts
 from student.config import StudentConfig, check_students, learning_rate_of
 from teacher.config import TeacherConfig
+from teacher.writer import check_constrain, check_prompts
 
 
 class Roles(Choice):
@@ -48,6 +48,19 @@ def _default_students() -> list[StudentConfig]:
     return [StudentConfig(model="gemma3-270m")]
 
 
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation of each teacher version (seal train, seal evaluate)."""
+
+    sampled: bool = False
+    """False: one greedy edit per held-out context. True: ``k`` sampled edits, reporting their mean."""
+    k: int = 1
+    """Edits per held-out context when ``sampled`` (1 or more)."""
+
+    def check(self, key: str = "eval") -> None:
+        check_min(self, key, 1, "k")
 
 
 @dataclass

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from core.config import (Choice, ConfigError, Dtype, check_choice, check_device, check_dropout,
-                                       check_fraction, check_min, check_nonempty, check_positive)
+from core.config import (Choice, ConfigError, Dtype, check_choice, check_device, check_dropout, check_fraction,
+                         check_min, check_nonempty, check_positive)
 from core.domains.arc import ArcSettings
 
 

@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from core.runs import write_atomic
+from core.config import ConfigError
 from student.config import JudgeConfig
 
 SYSTEM_PROMPT = "You grade answers to questions. Reply with exactly one word: yes or no."
@@ -142,10 +142,10 @@ class VerdictCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file():
             with open(path, "rb") as f:
-                legacy = f.read(1) == b"["
-            if legacy:  # the old format, one JSON list rewritten whole: converted once, atomically
-                rows = json.loads(path.read_text(encoding="utf-8"))
-                write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                if f.read(1) == b"[":  # the format before JSONL: one JSON list, rewritten whole
+                    raise ConfigError(f"{path} is a judge cache in the old JSON-list format; rewrite it with each "
+                                      f"object of the list on a line of its own (JSONL), or delete it to pay for "
+                                      f"its verdicts again")
             self._refresh()
             if path.stat().st_size > self._offset:
                 self._append(b"\n")  # a torn last line: end it, so that the next verdict starts clean

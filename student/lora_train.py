@@ -16,9 +16,8 @@ positions only, head + cross-entropy in chunks of tokens with its gradient taken
 (`student.head_loss`), so the logits of a step (tokens x vocabulary: gigabytes for gemma3's 262k
 vocabulary at K = 16) never exist all at once and are never recomputed.
 
-On a GPU the loop's cost is the host's, not the matmuls' (issue 27: MFU 0.0005 on an H200 before).
-So batches stay on the host as token lists, each pass goes to the device in one asynchronous copy,
-and nothing is read back from the device until a step's losses, once, at its end.
+On a GPU the host is the bottleneck, so batches stay on the host as token lists, each pass goes to
+the device in one asynchronous copy, and nothing is read back until a step's losses, at its end.
 
 Shapes: input_ids / attention_mask / labels are (rows, longest sequence among the rows).
 """
@@ -63,8 +62,7 @@ class Batch:
     labels: tuple[tuple[int, ...], ...]  # each row's labels: the ids, or -100 where a token carries no loss
 
     @property
-    def real(self) -> int:
-        """Non-pad tokens."""
+    def real(self) -> int:  # non-pad tokens
         return sum(map(len, self.ids))
 
     @property
@@ -110,10 +108,9 @@ class _Run:
 
 
 PASS_OVERHEAD = 64
-"""A pass's fixed cost in padded tokens, for cutting passes: the frozen smollm2-135m base, fp32, on
-the 2-core AVX512F (no bf16) dev CPU, ran forward + backward at 264 tokens/s for one 64-token row,
-378 for four and 436 for 32 (a one-off check; bench/inner_loop.py's ``base_shape_scan`` measures
-the same), i.e. ~40-60 tokens' worth of time per pass."""
+"""A pass's fixed cost in padded tokens, for cutting passes: the frozen smollm2-135m base (fp32, a
+2-core CPU without bf16) ran forward + backward at 264 tokens/s for one 64-token row, 378 for four
+and 436 for 32 (bench/inner_loop.py's ``base_shape_scan``): ~40-60 tokens' worth of time per pass."""
 
 
 def _passes(lengths: list[list[int]], pass_tokens: int) -> list[list[tuple[int, int, int]]]:
@@ -286,11 +283,8 @@ class LoraTrainer:
         padded tokens (`_passes`), each pass's backward accumulating into its adapters' grads, so
         a long passage row is not padded against short edit rows of other adaptations. Each
         adaptation's loss is its own batch's mean over its labelled tokens, whichever passes its
-        rows fall in.
-
-        Everything a pass needs is built on the host from the batches' token lists and sent in one
-        copy (`_pass_tensors`); losses stay on the device until the step ends and are read back
-        once, as the step's result: on a GPU that is the step's only wait for the device."""
+        rows fall in. A pass is built on the host and sent in one copy (`_pass_tensors`); losses are
+        read back once, as the step's result: on a GPU that is the step's only wait for the device."""
         import torch
 
         batches = [r.next[1] for r in live]

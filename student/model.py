@@ -13,8 +13,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from core.domains.spec import Decode, Query, TrainSpec
-from core.models import (autocast_dtype, default_attention, eos_ids, load_model, resolve_device,
-                                       trim_cpu_memory, uses_chat)
+from core.models import (autocast_dtype, default_attention, eos_ids, load_model, resolve_device, trim_cpu_memory,
+                         uses_chat)
 from student import prompting
 from student.answerer import Answerer, TransformersAnswerer
 from student.config import StudentConfig

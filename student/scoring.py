@@ -18,7 +18,7 @@ from typing import Callable
 from core.domains import knowledge
 from core.domains.spec import TrainSpec
 from core.jobs import StudentJob
-from core.records import QuestionVerdict, StudentResult, mean_loglik
+from core.records import Condition, QuestionVerdict, StudentResult, mean_loglik
 from student.graders import GRADERS
 
 Grade = Callable[[list[tuple[str, str, str]]], list[float]]  # [(question, gold, answer)] -> scores
@@ -106,8 +106,8 @@ def grader_name(student, domain) -> str:
 def base_result(student, baselines: Baselines, ctx, key: str, seed: int | None = None) -> StudentResult:
     """The unadapted student on ``ctx``; ``seed`` is the job's (recorded only: nothing is trained)."""
     verdicts, score, answer_s = baselines.get(ctx)
-    return StudentResult(key=key, student=student.cfg.model, context_id=ctx.context_id, condition="base",
-                         completion=0, score=score, baseline_score=score, verdicts=verdicts,
+    return StudentResult(key=key, student=student.cfg.model, context_id=ctx.context_id, condition=Condition.base,
+                         sample=0, score=score, baseline_score=score, verdicts=verdicts,
                          seed=student.cfg.train.seed if seed is None else seed,
                          grader=grader_name(student, baselines.domain),
                          timings={"answer_s": round(answer_s, 3)}, baseline_loglik=mean_loglik(verdicts))
@@ -135,7 +135,7 @@ def _invalid_result(student, baselines, key, job, seed, spec, base) -> StudentRe
 def _result(student, baselines, key, job, seed, verdicts, base, info, timings) -> StudentResult:
     scores = [v.score for v in verdicts]
     return StudentResult(key=key, student=student.cfg.model, context_id=job.context_id,
-                         condition=job.condition, completion=job.sample,
+                         condition=job.condition, sample=job.sample,
                          score=None if None in scores else sum(scores) / len(scores),
                          baseline_score=sum(v.score for v in base) / len(base), baseline_loglik=mean_loglik(base),
                          verdicts=verdicts, seed=seed, grader=grader_name(student, baselines.domain), train=info,

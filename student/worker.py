@@ -24,7 +24,7 @@ from core.delivery import STOP_FLAG, Delivery, Renewer, failure
 from core.faults import fault
 from core.jobs import StudentJob, job_kind
 from core.queue import Queue
-from core.records import StudentResult
+from core.records import Condition, StudentResult
 from student.config import StudentConfig
 
 
@@ -63,7 +63,7 @@ class Worker:
         adapt: dict[str, list[int]] = {}  # domain -> the indices of its adaptations
         for i, (key, job) in enumerate(jobs):
             try:
-                if job.condition == "base":
+                if job.condition == Condition.base:
                     (ctx,) = job.contexts
                     out[i] = base_result(self.student, self.baselines_of(job.domain), ctx, key, job.seed)
                 else:

@@ -1,13 +1,13 @@
 """What a teacher generation backend is: the `Backend` protocol, the `Generation` it returns, the
 seed hash, and the request checks every backend runs.
 
-Three classes implement it: `teacher.generate.TransformersBackend` (this process, the CPU default),
+Three classes implement it: `teacher.transformers_backend.TransformersBackend` (this process, the CPU default),
 `teacher.vllm_backend.VLLMBackend` (a ``vllm.LLM`` engine) and the driver's
 ``orchestration.ray_launch.RayTeacherBackend`` (either of them in a Ray actor). The driver
 (`orchestration.steps.write_edits`) sees only this interface.
 
 Why a module of its own: both in-process backends need `Generation` and `batch_seed`, and
-`teacher.generate.make_backend` picks between them; with the shared parts in `teacher.generate`,
+`teacher.transformers_backend.make_backend` picks between them; with the shared parts in `teacher.transformers_backend`,
 that module and `teacher.vllm_backend` imported each other. This one imports only `teacher.config`,
 so every backend depends on it and none on another.
 """

@@ -174,7 +174,6 @@ def prompt_tokenizer(cfg, cache: str | None = None, key: str = "teacher"):
     from core import catalog
     from core.config import ConfigError
     from core.models import uses_chat
-
     from teacher.versions import root_model
 
     model = root_model(cfg.model)  # an adapter version uses its root's tokenizer

@@ -82,7 +82,7 @@ def test_student_on_cpu_stays_on_the_cpu_where_a_gpu_is_reported(fake_gpu, tiny_
 def test_teacher_on_cpu_stays_on_the_cpu_where_a_gpu_is_reported(fake_gpu, tiny_model, tmp_path):
     import torch
 
-    from teacher.generate import TransformersBackend
+    from teacher.transformers_backend import TransformersBackend
     from teacher.rest_em import build_dataset, build_trainer
     from tests.teacher.test_rest_em import REWARDED, make_examples, pick
 

@@ -21,7 +21,6 @@ from core.arc.augment import FLIP_H, FLIP_V, ROT180, TRANSPOSE
 from core.arc.grids import ArcDataError, Grid, to_grid
 from core.runs import read_json
 
-
 ID_PREFIX = "arc-"  # an ARC task's context id is this + its task id (edits files name tasks by task id)
 
 

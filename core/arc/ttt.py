@@ -34,8 +34,8 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
 
-from core.arc.augment import (IDENTITY, Transform, apply_to_pairs, augmenters, colour_transform,
-                                            compose, pairs_fit, random_colour_perm, random_order, reorder)
+from core.arc.augment import (IDENTITY, Transform, apply_to_pairs, augmenters, colour_transform, compose, pairs_fit,
+                              random_colour_perm, random_order, reorder)
 from core.arc.grids import Grid, decode, encode
 from core.arc.schema import ArcEdit
 from core.arc.tasks import ArcTask

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from core.arc import augment, tasks, ttt
 from core.arc.grids import encode, shape
-from core.arc.schema import (BOOL_KEYS, KEYS, STRATEGIES, ArcEdit, EditError, EditLimits, Strategy,
-                                           check_budget, parse_edit)
+from core.arc.schema import (BOOL_KEYS, KEYS, STRATEGIES, ArcEdit, EditError, EditLimits, Strategy, check_budget,
+                             parse_edit)
 from core.domains.spec import Decode, Query, TrainSpec
-from core.records import QuestionVerdict
+from core.records import Condition, QuestionVerdict
 
 NAME = "arc"
 REFERENCE = ("base", "default_ttt")
@@ -112,7 +112,7 @@ def prompt_fields(task: tasks.ArcTask) -> tuple[str, str]:
 
 
 def _edit(edit: str, condition: str, settings: ArcSettings) -> tuple[ArcEdit, tuple[str, ...]]:
-    if condition == "default_ttt":
+    if condition == Condition.default_ttt:
         return ArcEdit(**asdict(settings.default_edit)), ()
     return parse_edit(edit, settings.limits)
 

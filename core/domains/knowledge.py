@@ -10,7 +10,7 @@ from __future__ import annotations
 from core.contexts import Context, context_from_json, context_to_json
 from core.domains.sequences import edit_to_sequences
 from core.domains.spec import Decode, Query, TrainSpec
-from core.records import QuestionVerdict
+from core.records import Condition, QuestionVerdict
 
 NAME = "knowledge"
 REFERENCE = ("base", "passage")
@@ -39,7 +39,7 @@ def prompt_fields(ctx: Context) -> tuple[str, str]:
 def train_spec(ctx: Context, edit: str, condition: str, student_cfg) -> TrainSpec:
     """The edit's items (titled) plus the passage; condition 'passage' trains on the passage alone."""
     train = student_cfg.train
-    copies = 1 if condition == "passage" else train.passage_copies
+    copies = 1 if condition == Condition.passage else train.passage_copies
     seqs = edit_to_sequences(ctx.title, ctx.context, edit, passage_copies=copies, max_sequences=train.max_sequences)
     return TrainSpec(sequences=seqs.sequences, info={"n_items": seqs.n_items, "n_dropped": seqs.n_dropped})
 

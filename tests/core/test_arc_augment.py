@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.arc.augment import (BASIC, CHAIN, IDENTITY, REPEAT, SIZE, augmenters, colour_transform,
-                                            compose, inverse_perm, random_colour_perm, random_order, reorder,
-                                            restore_order)
+from core.arc.augment import (BASIC, CHAIN, IDENTITY, REPEAT, SIZE, augmenters, colour_transform, compose,
+                              inverse_perm, random_colour_perm, random_order, reorder, restore_order)
 
 FEW = settings(max_examples=200, deadline=None)
 PER_TRANSFORM = settings(max_examples=50, deadline=None)  # x 25 transforms: keeps the file at a few seconds

@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 from core.arc.augment import BASIC, FLIP_H, IDENTITY, SIZE, augmenters
 from core.arc.grids import ArcDataError, decode, encode, to_grid
 from core.arc.schema import ArcEdit
-from core.arc.tasks import (ArcTask, from_json, load_tasks, synthetic_rule, synthetic_tasks,
-                                          to_json)
-from core.arc.ttt import (STOP, format_prompt, format_target, invert_prediction, leave_out_tasks,
-                                        pass_at_2, prediction_queries, ttt_examples, vote)
+from core.arc.tasks import ArcTask, from_json, load_tasks, synthetic_rule, synthetic_tasks, to_json
+from core.arc.ttt import (STOP, format_prompt, format_target, invert_prediction, leave_out_tasks, pass_at_2,
+                          prediction_queries, ttt_examples, vote)
 
 FEW = settings(max_examples=200, deadline=None)
 ARC = Path(os.environ["SEAL_SHARED_DATA"]) / "arc" if "SEAL_SHARED_DATA" in os.environ \

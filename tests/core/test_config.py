@@ -6,7 +6,6 @@ import yaml
 from omegaconf import OmegaConf
 
 from core.config import Choice, ConfigError, Domain, diff_keys, load_config
-from orchestration.adapt import AdaptConfig
 from orchestration.compare import CompareConfig
 from orchestration.continual import ContinualConfig
 from orchestration.evaluate import EvaluateConfig
@@ -14,7 +13,7 @@ from orchestration.generate import GenerateConfig
 from orchestration.train import TrainConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-SCHEMAS = {"adapt": AdaptConfig, "train": TrainConfig, "generate": GenerateConfig, "evaluate": EvaluateConfig, "compare": CompareConfig, "continual": ContinualConfig}
+SCHEMAS = {"train": TrainConfig, "generate": GenerateConfig, "evaluate": EvaluateConfig, "compare": CompareConfig, "continual": ContinualConfig}
 
 
 def leaves(node, prefix=""):
@@ -124,26 +123,26 @@ def test_list_items_can_be_overridden_by_index():
 
 
 def test_overrides_merge_and_types():
-    cfg, written = load_config(AdaptConfig, CONFIGS[0], ["student.train.epochs=7", "run_dir=/tmp/x"])
-    assert CONFIGS[0].name == "adapt_demo.yaml"
+    path = CONFIGS[0].parent / "continual_demo.yaml"
+    cfg, written = load_config(ContinualConfig, path, ["student.train.epochs=7", "run_dir=/tmp/x"])
     assert cfg.student.train.epochs == 7 and cfg.run_dir == "/tmp/x"
     # the config as written (what the run folder saves): the YAML's values, the overrides typed by the
     # schema, the schema's defaults for the rest; and it builds the same typed object
     plain = OmegaConf.to_container(written)
-    for key, value in leaves(yaml.safe_load(CONFIGS[0].read_text())):
+    for key, value in leaves(yaml.safe_load(path.read_text())):
         assert lookup(plain, key) == value, key
     assert plain["student"]["train"]["epochs"] == 7 and type(plain["student"]["train"]["epochs"]) is int
-    assert plain["run_dir"] == "/tmp/x" and plain["data"]["offset"] == 0 and plain["data"]["limit"] is None
+    assert plain["run_dir"] == "/tmp/x" and plain["data"]["shuffle_seed"] is None and plain["models_cache"] is None
     assert OmegaConf.to_object(written) == cfg
 
 
 def test_the_written_config_keeps_interpolations_unresolved(tmp_path):
     """The typed object has each interpolation resolved, after the overrides; the written config keeps
     the interpolation itself, so a run folder saves what the user wrote."""
-    path = tmp_path / "adapt.yaml"
+    path = tmp_path / "continual.yaml"
     path.write_text(yaml.safe_dump({"data": {"limit": 2, "offset": "${data.limit}"},
                                     "run_dir": "runs/${student.model}"}))
-    cfg, written = load_config(AdaptConfig, path, ["data.limit=5", "student.model=tiny"])
+    cfg, written = load_config(ContinualConfig, path, ["data.limit=5", "student.model=tiny"])
     assert (cfg.data.limit, cfg.data.offset, cfg.run_dir) == (5, 5, "runs/tiny")
     raw = OmegaConf.to_container(written, resolve=False)
     assert (raw["data"]["limit"], raw["data"]["offset"]) == (5, "${data.limit}")
@@ -157,12 +156,12 @@ def test_the_written_config_keeps_interpolations_unresolved(tmp_path):
 ])
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle):
-        load_config(AdaptConfig, CONFIGS[0], [override])
+        load_config(ContinualConfig, CONFIGS[0].parent / "continual_demo.yaml", [override])
 
 
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(AdaptConfig, "configs/nope.yaml")
+        load_config(ContinualConfig, "configs/nope.yaml")
 
 
 def test_the_learning_rate_defaults_per_student():

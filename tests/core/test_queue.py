@@ -370,10 +370,11 @@ def test_ack_many_is_one_transaction(q):
     assert q.results() == {} and q.counts()["leased"] == 2
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_a_queue_file_of_untyped_payloads_is_refused_with_what_to_do(tmp_path, version):
-    """Queue files before StudentJob records (schema 1: no job groups; 2: dict payloads) are not
-    read: the message says how to finish or restart the run."""
+    """Queue files of earlier versions (schema 1: no job groups; 2: dict payloads; 3: string
+    conditions and a result's ``completion``) are not read: the message says how to finish or
+    restart the run."""
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
     db.executescript("""

@@ -16,7 +16,7 @@ import yaml
 from core.config import ConfigError, load_config
 from core.queue import Queue
 from core.runs import open_run, read_jsonl, write_atomic
-from orchestration.adapt import AdaptConfig
+from orchestration.continual import ContinualConfig
 from orchestration.train import TrainConfig, run_train
 from tests.orchestration.test_train import result_keys, write_config
 
@@ -138,47 +138,47 @@ SECRET = "sk-do-not-write-me-4242"
 
 def test_env_interpolations_are_saved_unresolved_and_resume_matches(tmp_path, monkeypatch):
     monkeypatch.setenv("SEAL_TEST_SECRET", SECRET)
-    cfg_path = tmp_path / "adapt.yaml"
+    cfg_path = tmp_path / "continual.yaml"
     cfg_path.write_text(yaml.safe_dump({"student": {"judge": {"base_url": "${oc.env:SEAL_TEST_SECRET}"}},
                                         "data": {"limit": 2}}))
     run = tmp_path / "run"
-    cfg, written = load_config(AdaptConfig, cfg_path, [f"run_dir={run}"])
+    cfg, written = load_config(ContinualConfig, cfg_path, [f"run_dir={run}"])
     assert cfg.student.judge.base_url == SECRET  # the run itself uses the value
-    assert open_run("adapt", cfg.run_dir, written) == run
+    assert open_run("continual", cfg.run_dir, written) == run
     files = [p for p in run.rglob("*") if p.is_file()]
     assert sorted(p.name for p in files) == ["config.yaml", "manifest.json"]
     assert not [p for p in files if SECRET in p.read_text()]
     assert "${oc.env:SEAL_TEST_SECRET}" in (run / "config.yaml").read_text()
     # resume: the same YAML matches, even once the key is rotated; another change is refused
-    assert open_run("adapt", cfg.run_dir, load_config(AdaptConfig, cfg_path, [f"run_dir={run}"])[1]) == run
+    assert open_run("continual", cfg.run_dir, load_config(ContinualConfig, cfg_path, [f"run_dir={run}"])[1]) == run
     monkeypatch.setenv("SEAL_TEST_SECRET", "sk-rotated")
-    assert open_run("adapt", cfg.run_dir, load_config(AdaptConfig, cfg_path, [f"run_dir={run}"])[1]) == run
+    assert open_run("continual", cfg.run_dir, load_config(ContinualConfig, cfg_path, [f"run_dir={run}"])[1]) == run
     with pytest.raises(ConfigError, match="data.limit"):
-        open_run("adapt", cfg.run_dir, load_config(AdaptConfig, cfg_path, [f"run_dir={run}", "data.limit=3"])[1])
+        open_run("continual", cfg.run_dir, load_config(ContinualConfig, cfg_path, [f"run_dir={run}", "data.limit=3"])[1])
     # a worker reads the saved config back and resolves the value from its own environment
-    again, _ = load_config(AdaptConfig, run / "config.yaml")
+    again, _ = load_config(ContinualConfig, run / "config.yaml")
     assert again.student.judge.base_url == "sk-rotated"
     assert not [p for p in run.rglob("*") if p.is_file() and SECRET in p.read_text()]
 
 
 def test_a_missing_env_variable_is_refused_at_load(tmp_path, monkeypatch):
     monkeypatch.delenv("SEAL_TEST_SECRET", raising=False)
-    cfg_path = tmp_path / "adapt.yaml"
+    cfg_path = tmp_path / "continual.yaml"
     cfg_path.write_text(yaml.safe_dump({"student": {"judge": {"base_url": "${oc.env:SEAL_TEST_SECRET}"}}}))
     with pytest.raises(ConfigError, match="SEAL_TEST_SECRET"):
-        load_config(AdaptConfig, cfg_path)
+        load_config(ContinualConfig, cfg_path)
 
 
 def test_a_resumed_run_says_so_with_the_commit_it_was_made_at(tmp_path, capsys):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"a": 1})
-    open_run("adapt", str(tmp_path / "run"), cfg)
+    open_run("continual", str(tmp_path / "run"), cfg)
     assert "resuming" not in capsys.readouterr().out
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     manifest["git_commit"] = "0123456789abcdef"
     (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
-    open_run("adapt", str(tmp_path / "run"), cfg)
+    open_run("continual", str(tmp_path / "run"), cfg)
     out = capsys.readouterr().out
     assert f"resuming {tmp_path / 'run'}: a run made at commit 0123456789ab on {manifest['started']}" in out
     assert "start afresh" in out

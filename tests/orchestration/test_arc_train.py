@@ -51,7 +51,7 @@ def test_seal_train_runs_the_arc_domain(tmp_path, tiny_chat_model, tiny_model):
     cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={tmp_path / 'run'}", "teacher.prompt=arc-config"])
     rows = run_train(cfg, resolved)
     results = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
-    assert set(rows[0]["reference"][tiny_model]) == {"base", "default_ttt"}
+    assert set(rows[0].reference[tiny_model]) == {"base", "default_ttt"}
     assert {r["condition"] for r in results} == {"base", "default_ttt", "edit", "heldout"}
     assert all(r["grader"] == "pass@2" and r["score"] in (0.0, 1.0) for r in results)
     ttt = next(r for r in results if r["condition"] == "default_ttt")
@@ -71,17 +71,17 @@ def test_seal_train_runs_the_arc_domain(tmp_path, tiny_chat_model, tiny_model):
             assert r["train"] == {"invalid": str(e)} and r["score"] == 0.0, (text, r["train"])
         else:
             assert r["train"].get("steps", 0) > 0 or r["train"]["invalid"].startswith(("budget", "no_examples"))
-    assert rows[0]["rewards"]["scored"] == rows[0]["rewards"]["rewarded"] == 4
-    assert rows[0]["new_version"] == 1  # threshold -1 rewards every scored edit
+    assert rows[0].rewards["scored"] == rows[0].rewards["rewarded"] == 4
+    assert rows[0].new_version == 1  # threshold -1 rewards every scored edit
 
 
 def test_a_valid_edit_trains_and_votes(tiny_chat_model):
+    from omegaconf import OmegaConf
+
     from core.jobs import StudentJob
     from student.config import StudentConfig
     from student.model import Student
     from student.scoring import Baselines, adapt_and_score, make_grader
-
-    from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudentConfig), arc_student(tiny_chat_model)))
     st = Student(cfg)

@@ -20,7 +20,7 @@ from core.contexts import demo_records
 from orchestration.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = {"adapt": "adapt_demo.yaml", "train": "demo.yaml", "generate": "generate_demo.yaml",
+CONFIGS = {"train": "demo.yaml", "generate": "generate_demo.yaml",
            "evaluate": "evaluate_demo.yaml", "continual": "continual_demo.yaml", "compare": "compare_roles.yaml"}
 HUGE_CHARS = 2_000_000
 
@@ -120,7 +120,7 @@ def test_bad_teacher_value(capsys, tmp_path, files, command, override, key):
     assert not run.exists()
 
 
-STUDENT_AT = {"adapt": "student.", "train": "students.0.", "evaluate": "students.0.", "continual": "student.",
+STUDENT_AT = {"train": "students.0.", "evaluate": "students.0.", "continual": "student.",
               "compare": "train.students.0.", "worker": "students.0."}
 STUDENT = [
     ("train.epochs=-1", "train.epochs"),
@@ -168,7 +168,7 @@ def test_bad_student_value(capsys, monkeypatch, tmp_path, files, command, overri
     assert not run.exists()
 
 
-DATA_AT = {"adapt": ["data."], "train": ["data.", "heldout."], "generate": ["data."], "evaluate": ["data."],
+DATA_AT = {"train": ["data.", "heldout."], "generate": ["data."], "evaluate": ["data."],
            "continual": ["data."], "compare": ["train.data.", "train.heldout."]}
 DATA = [  # (overrides under the data node, the key the error names, more text it must hold)
     (["limit=-3"], "limit", ""),
@@ -237,8 +237,7 @@ def test_bad_workers_value(capsys, tmp_path, command, override, key):
     ("evaluate", ["multi_passage=0"], "multi_passage"),
     ("evaluate", ["bootstrap=0"], "bootstrap"),
     ("evaluate", ["conditions=[base,nope]"], "conditions"),
-    ("adapt", ["max_completions=0"], "max_completions"),
-    ("adapt", ["conditions=[edits]"], "edits="),
+    ("evaluate", ["conditions=[file]"], "edits="),
     ("generate", ["edits_per_context=0"], "edits_per_context"),
     ("compare", ["arms=[other]"], "arms"),
     ("compare", ["train.rounds=-1"], "train.rounds"),
@@ -272,7 +271,7 @@ def test_bad_worker_command(capsys, tmp_path):
 
 
 # ----- files ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["train", "compare", "adapt"])
+@pytest.mark.parametrize("command", ["train", "compare", "evaluate"])
 def test_config_file_with_bad_yaml_syntax(capsys, tmp_path, files, command):
     refused(capsys, [command, files["bad_yaml"], f"run_dir={tmp_path / 'run'}"], files["bad_yaml"], "YAML")
     refused(capsys, [command, files["list_yaml"], f"run_dir={tmp_path / 'run'}"], files["list_yaml"])
@@ -284,7 +283,6 @@ def test_config_file_with_bad_yaml_syntax(capsys, tmp_path, files, command):
 
 
 @pytest.mark.parametrize("command,overrides", [
-    ("adapt", ["conditions=[base,edits]", "edits={tmp}/missing.json"]),
     ("evaluate", ["conditions=[base,file]", "edits={tmp}/missing.json"]),
     ("continual", ["edits={tmp}/missing.json"]),
 ])
@@ -296,7 +294,6 @@ def test_missing_edits_file(capsys, tmp_path, files, command, overrides):
 
 
 @pytest.mark.parametrize("command,overrides", [
-    ("adapt", ["conditions=[base,edits]", "edits={not_utf8_edits}"]),
     ("evaluate", ["conditions=[base,file]", "edits={not_utf8_edits}"]),
     ("continual", ["edits={not_utf8_edits}"]),
 ])
@@ -318,7 +315,6 @@ def test_bad_arc_file(capsys, tmp_path, files, source, text):
 
 
 @pytest.mark.parametrize("command,overrides", [
-    ("adapt", ["conditions=[edits]", "edits={no_completions}", "data.limit=3"]),
     ("evaluate", ["conditions=[file]", "edits={no_completions}", "data.offset=0", "data.limit=3"]),
     ("continual", ["edits={no_completions}", "data.offset=0", "data.limit=3"]),
 ])
@@ -365,14 +361,14 @@ def test_debug_flag_and_env_show_the_traceback(capsys, monkeypatch, tmp_path):
 
 
 def test_an_unexpected_error_keeps_its_traceback(monkeypatch, tmp_path):
-    from orchestration import adapt
+    from orchestration import evaluate
 
     def bug(self, key=""):
         raise ZeroDivisionError("a bug, not a bad input")
 
-    monkeypatch.setattr(adapt.AdaptConfig, "check", bug)
+    monkeypatch.setattr(evaluate.EvaluateConfig, "check", bug)
     with pytest.raises(ZeroDivisionError):
-        main(argv("adapt", tmp_path / "run"))
+        main(argv("evaluate", tmp_path / "run"))
 
 
 # ----- what is accepted -------------------------------------------------------------------------

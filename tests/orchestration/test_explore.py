@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_train import write_config
+
 import teacher.rest_em
 from core import rewards as R
 from core.config import load_config
@@ -15,7 +17,6 @@ from core.contexts import load_contexts
 from core.jobs import StudentJob
 from orchestration.keys import EditId
 from orchestration.train import TrainConfig, run_train
-from test_train import write_config
 
 
 def rows(path: Path) -> list[dict]:

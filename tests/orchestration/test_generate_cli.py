@@ -39,7 +39,7 @@ def test_generate_resumes_the_same_chunks_and_refuses_another_config(tmp_path, t
     assert main(args) == 0
     whole = json.loads(out.read_text())["records"]
 
-    import orchestration.steps as steps
+    import teacher.writer as writer
 
     passes = []
 
@@ -49,11 +49,11 @@ def test_generate_resumes_the_same_chunks_and_refuses_another_config(tmp_path, t
             raise KeyboardInterrupt
 
     out.unlink()
-    monkeypatch.setattr(steps, "fault", interrupt)
+    monkeypatch.setattr(writer, "fault", interrupt)
     assert main(args) == 130
     lines = [json.loads(x) for x in partial.read_text().splitlines()]
     assert "made_by" in lines[0] and [r["context_id"] for r in lines[1:]] == [whole[0]["context_id"]]
-    monkeypatch.setattr(steps, "fault", lambda point: None)
+    monkeypatch.setattr(writer, "fault", lambda point: None)
 
     refused = args[:-1] + ["teacher.generation.temperature=0.7", f"out={out}"]
     assert main(refused) == 2 and not out.exists()

@@ -21,7 +21,7 @@ from core.contexts import load_contexts
 from core.delivery import LAG_FLAG, VERSION_FLAG
 from core.jobs import StudentJob, job_kind
 from core.queue import Job, Queue
-from orchestration import launch, steps
+from orchestration import dispatch, launch
 from orchestration.ray_cluster import RayConfig, init_ray
 from orchestration.ray_launch import RayWorkers, student_actor
 from orchestration.ray_models import model_files, ship, terminate
@@ -118,7 +118,7 @@ def test_a_round_on_ray_matches_the_local_launcher_at_the_same_group_size(tmp_pa
     assert max(t["group"] for t in trained) == min(group_size, 4)  # K adaptations did train in one pass
     for a, b in zip(local_rows, ray_rows):
         for field in ("teacher_version", "students", "heldout", "reference", "rewards", "jobs", "new_version"):
-            assert a.get(field) == b.get(field), field
+            assert getattr(a, field) == getattr(b, field), field
 
 
 def test_same_roles_on_ray_the_student_actor_follows_the_teacher_version(tmp_path, cluster, tiny_chat_model,
@@ -131,9 +131,9 @@ def test_same_roles_on_ray_the_student_actor_follows_the_teacher_version(tmp_pat
     cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
     rows = run_train(cfg, resolved)
     v1 = str(run / "checkpoints" / "v1")
-    assert [r["students"] for r in rows] == [{"same-model": tiny_chat_model}, {"same-model": v1}]
+    assert [r.students for r in rows] == [{"same-model": tiny_chat_model}, {"same-model": v1}]
     results = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
-    assert len({r["key"] for r in results}) == len(results) and rows[1]["jobs"]["dead"] == 0
+    assert len({r["key"] for r in results}) == len(results) and rows[1].jobs["dead"] == 0
     assert sorted(r["key"] for r in results if r["student"] == v1) == sorted(
         f"v1/heldout/{h.context_id}/0@{v1}" for h in load_contexts("demo", offset=20, limit=2))
 
@@ -158,7 +158,7 @@ def test_killing_a_worker_actor_holding_a_lease_loses_nothing(tmp_path, cluster,
     killer.start()
     try:
         workers.wait({j.key for j in jobs}, "jobs", cfg.students)
-        assert [s.deaths for s in workers.slots] == [1]  # not one per call refused while Ray restarts it
+        assert [s.deaths for s in workers.actors] == [1]  # not one per call refused while Ray restarts it
     finally:
         killer.join()
         workers.stop()
@@ -212,7 +212,7 @@ def test_the_staleness_bound_and_a_failing_job_in_both_launchers(tmp_path, clust
         q.put(jobs)
         q.set_flag(VERSION_FLAG, "2")
         q.set_flag(LAG_FLAG, "1")  # v0 edits are 2 versions old: stale; v1 edits and base jobs are scored
-    workers = steps.make_workers(cfg, tmp_path)
+    workers = dispatch.make_workers(cfg, tmp_path, ray=launcher == "ray")
     assert isinstance(workers, RayWorkers) == (launcher == "ray")
     try:
         workers.wait({j.key for j in jobs}, "jobs", cfg.students)
@@ -237,7 +237,7 @@ def test_teacher_generation_in_an_actor_matches_the_local_backend(cluster, tiny_
     outs = {}
     for launcher in ("local", "ray"):
         cfg.launcher = launcher
-        backend = steps.teacher_backend(cfg, tiny_chat_model)
+        backend = dispatch.teacher_backend(cfg, tiny_chat_model, ray=launcher == "ray")
         try:
             prompts = [render(cfg.teacher.prompt, cfg.teacher.templates, c.title, c.context, backend.tokenizer,
                               backend.chat) for c in load_contexts("demo", limit=2)]

@@ -16,7 +16,7 @@ import yaml
 
 from core.config import ConfigError, load_config
 from core.contexts import load_contexts
-from core.jobs import StudentJob
+from core.jobs import StudentJob, job_kind
 from core.queue import Job, Queue
 from orchestration.train import TrainConfig, run_train
 
@@ -73,7 +73,7 @@ def check_complete(run: Path, student: str) -> None:
     with Queue(run / "queue.sqlite") as q:
         assert set(q.results()) == expected_keys(student)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [0, 1] and [r["teacher_version"] for r in rows] == [0, 1]
+    assert [r.round for r in rows] == [0, 1] and [r.teacher_version for r in rows] == [0, 1]
 
 
 def start_driver(cfg: Path, run: Path) -> subprocess.Popen:
@@ -115,15 +115,15 @@ def test_inline_run_then_resume(tmp_path, capsys, tiny_chat_model, tiny_model):
     for pair in ("v1 - v0", "v1 - passage"):
         line = next(x for x in out.splitlines() if pair in x)
         assert line.count(f"(2 contexts, {n_q} q.)") == 2, line
-    assert rows[0]["rewards"]["rewarded"] == 4 and rows[0]["new_version"] == 1
+    assert rows[0].rewards["rewarded"] == 4 and rows[0].new_version == 1
     manifest = json.loads((run / "checkpoints" / "v1" / "manifest.json").read_text())
     edits = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
     assert manifest["edit_ids"] == [e["edit_id"] for e in edits if e["purpose"] == "train"]
     assert manifest["parent_version"] == 0 and manifest["round"] == 0
     assert all(e["prompt"] and e["template"] == "implications" for e in edits)
-    assert rows[1]["heldout"][tiny_model]["n_questions"] > 0 and "reference" in rows[0]
+    assert rows[1].heldout[tiny_model]["n_questions"] > 0 and rows[0].reference is not None
     # roles=split: the student never follows the teacher's versions
-    assert [r["students"] for r in rows] == [{tiny_model: tiny_model}] * 2
+    assert [r.students for r in rows] == [{tiny_model: tiny_model}] * 2
 
     before = (run / "results.jsonl").read_text()
     again = run_train(cfg, resolved)  # resume of a finished run: nothing redone
@@ -154,7 +154,7 @@ def test_reference_baseline_on_the_loglik_signal(tmp_path, tiny_chat_model, tiny
         res, ref = results[f"{rw['edit_id']}@{tiny_model}"], results[f"passage/{rw['context_id']}@{tiny_model}"]
         assert rw["gain"] == pytest.approx(res.loglik - ref.loglik) and rw["rewarded"]
         assert rw["gains"][tiny_model]["base"] == pytest.approx(res.loglik - res.baseline_loglik)
-    stats = rows[0]["rewards"]
+    stats = rows[0].rewards
     assert (stats["baseline"], stats["signal"], stats["rewarded"]) == ("reference", "loglik", 4)
     assert stats["mean_gain"] == pytest.approx(stats["mean_gain_reference"])
 
@@ -219,15 +219,15 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_the_round_goes_on(tmp_pat
     ctx = load_contexts("demo", limit=1)[0]
     bad_key = f"r0/{ctx.context_id}/0@{tiny_model}"
     with Queue(run / "queue.sqlite") as q:
-        q.put([Job(bad_key, f"adapt/{tiny_model}", poisoned(ctx), teacher_version=0)])
+        q.put([Job(bad_key, job_kind(tiny_model), poisoned(ctx), teacher_version=0)])
     cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
     rows = run_train(cfg, resolved)
     with Queue(run / "queue.sqlite") as q:
         dead = q.jobs(states=["dead"])
         assert [d["key"] for d in dead] == [bad_key] and "ZeroDivisionError" in dead[0]["last_error"]
         assert [a["outcome"] for a in q.attempts(bad_key)] == ["nacked"] * 3
-    assert rows[0]["jobs"]["dead"] == 1 and rows[0]["jobs"]["dead_reasons"][bad_key].startswith("ZeroDivisionError")
-    assert rows[0]["rewards"]["incomplete"] == 1 and rows[0]["rewards"]["rewarded"] == 3
+    assert rows[0].jobs["dead"] == 1 and rows[0].jobs["dead_reasons"][bad_key].startswith("ZeroDivisionError")
+    assert rows[0].rewards["incomplete"] == 1 and rows[0].rewards["rewarded"] == 3
     assert set(result_keys(run)) == expected_keys(tiny_model) - {bad_key}
     assert len(rows) == 2  # the round went on, and so did the next one
 
@@ -286,10 +286,10 @@ def test_a_round_without_rewarded_edits_keeps_the_teacher(tmp_path, capsys, tiny
     cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={run}"])
     rows = run_train(cfg, resolved)
     assert "no rewarded edit" in capsys.readouterr().out
-    assert rows[0]["new_version"] is None and rows[0]["sft"] is None
-    assert [r["teacher_version"] for r in rows] == [0, 0] and not (run / "checkpoints").exists()
+    assert rows[0].new_version is None and rows[0].sft is None
+    assert [r.teacher_version for r in rows] == [0, 0] and not (run / "checkpoints").exists()
     # v0's held-out edits and their results are reused, not generated or scored again
-    assert rows[1]["heldout"] == rows[0]["heldout"]
+    assert rows[1].heldout == rows[0].heldout
     assert len(result_keys(run)) == len(set(result_keys(run))) == len(expected_keys(tiny_model)) - 2
 
 
@@ -300,13 +300,13 @@ def test_same_roles_the_student_follows_the_teacher_version(tmp_path, capsys, ti
     rows = run_train(cfg, resolved)
     assert "are ignored" in capsys.readouterr().out  # the listed student is not the teacher
     v1 = str(run / "checkpoints" / "v1")
-    assert [r["teacher_version"] for r in rows] == [0, 1]
-    assert [r["students"] for r in rows] == [{"same-model": tiny_chat_model}, {"same-model": v1}]
+    assert [r.teacher_version for r in rows] == [0, 1]
+    assert [r.students for r in rows] == [{"same-model": tiny_chat_model}, {"same-model": v1}]
     keys = result_keys(run)
     assert all(k.endswith(f"@{tiny_chat_model}") for k in keys if not k.startswith("v1/"))
     assert sorted(k for k in keys if k.endswith(f"@{v1}")) == sorted(
         f"v1/heldout/{h.context_id}/0@{v1}" for h in load_contexts("demo", offset=20, limit=2))
-    assert rows[1]["heldout"]["same-model"]["n_questions"] > 0 and tiny_model not in json.dumps(rows)
+    assert rows[1].heldout["same-model"]["n_questions"] > 0 and tiny_model not in "".join(r.to_json() for r in rows)
 
 
 @pytest.mark.slow
@@ -317,8 +317,8 @@ def test_seal_train_end_to_end_on_the_packaged_models(tmp_path):
         "rounds=1", "contexts_per_round=2", "edits_per_context=2", "heldout.limit=2",
         "teacher.generation.max_new_tokens=64", "reward.rule=threshold", "reward.delta=-1.0", f"run_dir={run}"])
     rows = run_train(cfg, resolved)
-    assert [r["teacher_version"] for r in rows] == [0, 1] and rows[0]["rewards"]["rewarded"] == 4
-    assert rows[0]["jobs"]["dead"] == 0 and rows[1]["heldout"]["gemma3-270m"]["n_questions"] > 0
+    assert [r.teacher_version for r in rows] == [0, 1] and rows[0].rewards["rewarded"] == 4
+    assert rows[0].jobs["dead"] == 0 and rows[1].heldout["gemma3-270m"]["n_questions"] > 0
     assert json.loads((run / "manifest.json").read_text())["models"]["teacher"]["kind"] == "builtin"
 
 
@@ -326,7 +326,7 @@ def test_staleness_bound_drops_old_edits_with_the_reason(tmp_path, tiny_chat_mod
     """The local launcher applies max_teacher_lag from the queue flags the driver publishes: an edit
     of v0 is scored at v1 (lag 1) but dropped at v2, with the reason; reference jobs never go stale."""
     from core.delivery import LAG_FLAG, VERSION_FLAG
-    from orchestration import launch, steps
+    from orchestration import dispatch, launch
 
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", rounds=0)
     cfg, _ = load_config(TrainConfig, cfg_path)
@@ -334,14 +334,14 @@ def test_staleness_bound_drops_old_edits_with_the_reason(tmp_path, tiny_chat_mod
     run.mkdir()
     ctx = load_contexts("demo", limit=1)[0]
     edit = StudentJob("knowledge", "edit", (ctx,), ("A fact.",), edit_id="e")
-    kind = f"adapt/{tiny_model}"
+    kind = job_kind(tiny_model)
     jobs = [Job("old", kind, edit, teacher_version=0), Job("fresh", kind, edit, teacher_version=1),
             Job("base", kind, StudentJob("knowledge", "base", (ctx,), ("",)), teacher_version=0)]
     with Queue(run / launch.QUEUE_FILE) as q:
         q.put(jobs)
         q.set_flag(VERSION_FLAG, "2")
         q.set_flag(LAG_FLAG, "1")
-    steps.make_workers(cfg, run).wait({j.key for j in jobs}, "test", cfg.students)
+    dispatch.make_workers(cfg, run).wait({j.key for j in jobs}, "test", cfg.students)
     with Queue(run / launch.QUEUE_FILE) as q:
         states = {j["key"]: (j["state"], j["last_error"]) for j in q.jobs()}
         assert set(q.results()) == {"fresh", "base"}
@@ -360,11 +360,11 @@ def test_async_rounds_prefetch_the_next_rounds_edits(tmp_path, tiny_chat_model, 
     edits = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
     r1 = [e for e in edits if e["round"] == 1 and e["purpose"] == "train"]
     assert len(r1) == 4 and {e["teacher_version"] for e in r1} == {0}
-    assert [r["new_version"] for r in rows[:2]] == [1, 2]
+    assert [r.new_version for r in rows[:2]] == [1, 2]
     keys = result_keys(run)
     assert len(keys) == len(set(keys))
     scored_r1 = [k for k in keys if k.startswith("r1/")]
-    assert len(scored_r1) == 4 and rows[1]["jobs"]["stale"] == 0
+    assert len(scored_r1) == 4 and rows[1].jobs["stale"] == 0
     with Queue(run / "queue.sqlite") as q:
         assert {j["teacher_version"] for j in q.jobs() if j["key"].startswith("r1/")} == {0}
 
@@ -402,7 +402,7 @@ def test_drop_unfinished_leaves_cut_edits_out_of_the_sft_set(tmp_path, tiny_chat
     edits = [json.loads(x) for x in (run / "edits.jsonl").read_text().splitlines()]
     train = [e for e in edits if e["purpose"] == "train"]
     whole = [e["edit_id"] for e in train if e["finished"]]
-    assert rows[0]["rewards"]["rewarded"] == len(train) == 8 and 0 < len(whole) < len(train)
+    assert rows[0].rewards["rewarded"] == len(train) == 8 and 0 < len(whole) < len(train)
     manifest = json.loads((run / "checkpoints" / "v1" / "manifest.json").read_text())
     assert manifest["edit_ids"] == whole and manifest["dropped_unfinished"] == len(train) - len(whole)
 

@@ -207,12 +207,15 @@ def test_cache_skips_a_torn_line_and_appends_on_a_clean_one(stub, sleeps, tmp_pa
     assert len(fresh) == 2 and fresh.get(("q", "b", "c")) == 0.0
 
 
-def test_cache_in_the_old_json_list_format_is_converted(stub, sleeps, tmp_path):
+def test_cache_in_the_old_json_list_format_is_refused(stub, sleeps, tmp_path):
+    from core.config import ConfigError
+
     path = tmp_path / "judge_cache.json"
-    path.write_text(json.dumps([{"question": "q", "gold": "a", "answer": "a", "verdict": 1.0}], indent=0))
-    g = make(stub, sleeps, cache_path=path)
-    assert g.grade("q", "a", "a") == 1.0 and g.grade("q", "a", "b") == 0.0 and len(stub.requests) == 1
-    assert [json.loads(x)["answer"] for x in path.read_text().splitlines()] == ["a", "b"]
+    old = json.dumps([{"question": "q", "gold": "a", "answer": "a", "verdict": 1.0}], indent=0)
+    path.write_text(old)
+    with pytest.raises(ConfigError, match="old JSON-list format.*JSONL.*delete it"):
+        make(stub, sleeps, cache_path=path)
+    assert path.read_text() == old and not stub.requests  # left as it was, nothing paid for
 
 
 def _grade_in_process(base_url: str, path: str, worker: int, start) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from core.config import ConfigError
-from student.config import AnswerSettings, StudentConfig, VLLMSettings
 from core.models import vllm_platform
+from student.config import AnswerSettings, StudentConfig, VLLMSettings
 from student.vllm_answer import AdapterBook, VLLMAnswerer, answer_kwargs, engine_kwargs
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

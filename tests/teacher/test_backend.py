@@ -50,7 +50,7 @@ def test_batch_seed_of_an_edit_id_is_stable_and_in_torch_range():
 
 def backend_classes():
     from orchestration.ray_launch import RayTeacherBackend
-    from teacher.generate import TransformersBackend
+    from teacher.transformers_backend import TransformersBackend
     from teacher.vllm_backend import VLLMBackend
 
     return [TransformersBackend, VLLMBackend, RayTeacherBackend]

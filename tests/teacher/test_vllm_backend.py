@@ -28,7 +28,7 @@ from core.config import ConfigError
 from core.models import CPU_KV_CACHE_GIB, kv_cache_kwargs, vllm_platform, vllm_problem
 from teacher.backend import batch_seed
 from teacher.config import TeacherConfig
-from teacher.generate import make_backend
+from teacher.transformers_backend import make_backend
 from teacher.prompts import tokenize_prompt
 from teacher.vllm_backend import VLLMBackend, engine_kwargs, model_path
 

@@ -56,7 +56,7 @@ def vllm_teacher(teacher_cfg):
 
 @pytest.fixture(scope="session")
 def hf_teacher(teacher_cfg):
-    from teacher.generate import TransformersBackend
+    from teacher.transformers_backend import TransformersBackend
 
     return TransformersBackend(MODEL, teacher_cfg)
 

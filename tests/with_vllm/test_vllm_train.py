@@ -37,8 +37,8 @@ def test_seal_train_runs_with_both_vllm_backends(tmp_path, figures):
     assert len(train_edits) == 4 and all(e["text"] and e["n_tokens"] >= 1 for e in edits)
     assert len([r for r in results if r.condition == "edit"]) == 4
     assert all(r.verdicts and r.score is not None and r.loglik is not None for r in results)
-    assert [r["round"] for r in rows] == [0, 1]
-    held = rows[-1]["heldout"][cfg.students[0].model]
+    assert [r.round for r in rows] == [0, 1]
+    held = rows[-1].heldout[cfg.students[0].model]
     assert held["n_missing"] == 0 and held["n_questions"] >= 1
-    figures["seal_train_vllm"] = {"config": f"configs/vllm_cpu.yaml, student {STUDENT}", "wall_s": round(sum(r["wall_s"] for r in rows), 1),
-                                  "rewards": rows[0]["rewards"], "heldout": held}
+    figures["seal_train_vllm"] = {"config": f"configs/vllm_cpu.yaml, student {STUDENT}", "wall_s": round(sum(r.wall_s for r in rows), 1),
+                                  "rewards": rows[0].rewards, "heldout": held}

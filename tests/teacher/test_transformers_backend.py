@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from teacher.config import TeacherConfig
 from teacher.backend import Generation
-from teacher.generate import TransformersBackend, finish, make_backend
+from teacher.config import TeacherConfig
+from teacher.transformers_backend import TransformersBackend, finish, make_backend
 from teacher.prompts import render
 
 PROMPTS = ["Vell lighthouse facts.", "A", "The keeper of the lighthouse, and what she wrote in 1871 about it."]
@@ -108,7 +108,7 @@ def test_bad_dtype_names_the_key(tiny_model):
 def test_nucleus_sampler_draws_the_renormalised_nucleus(top_p, nucleus):
     import torch
 
-    from teacher.generate import NucleusSampler
+    from teacher.transformers_backend import NucleusSampler
 
     rows = 40_000
     scores = torch.tensor([[0.1, 0.4, 0.2, 0.3]]).log().repeat(rows, 1)  # token order != probability order
@@ -125,7 +125,7 @@ def test_nucleus_sampler_draws_the_renormalised_nucleus(top_p, nucleus):
 def test_nucleus_sampler_temperature():
     import torch
 
-    from teacher.generate import NucleusSampler
+    from teacher.transformers_backend import NucleusSampler
 
     torch.manual_seed(0)
     scores = torch.tensor([[0.0, 1.0]]).repeat(40_000, 1)
@@ -140,7 +140,7 @@ CHOICES = ['{"a": true, "n": 1}', '{"a": true, "n": 10}', '{"a": false, "n": 2}'
 def test_choice_constraint_masks_all_but_the_trie_children_and_stops_at_the_end():
     import torch
 
-    from teacher.generate import ChoiceConstraint
+    from teacher.transformers_backend import ChoiceConstraint
 
     trie = {5: {6: {ChoiceConstraint.END: {}}, 7: {8: {ChoiceConstraint.END: {}}}}, 9: {ChoiceConstraint.END: {}}}
     c = ChoiceConstraint(trie, stops=[0], start=2)
