@@ -251,10 +251,13 @@ def _load_yaml(path: Path):
 
 
 def diff_keys(a, b, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain nested dicts."""
+    """Dotted keys whose values differ between two plain nested dicts (lists of one length are
+    compared item by item: ``students.0.train.learning_rate``, not ``students``)."""
     out = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
+        if isinstance(va, list) and isinstance(vb, list) and len(va) == len(vb):
+            va, vb = dict(enumerate(va)), dict(enumerate(vb))
         if isinstance(va, dict) and isinstance(vb, dict):
             out += diff_keys(va, vb, f"{prefix}{k}.")
         elif va != vb:

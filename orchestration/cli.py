@@ -128,20 +128,23 @@ def run_worker(cmd: WorkerCommand) -> int:
     return n
 
 
+def _run(schema, run, args) -> None:
+    """Parse ``args``' config into ``schema`` and run it (``run(cfg, resolved)``) in its run folder."""
+    cfg, resolved = load_config(schema, args.config, args.overrides)
+    args.run_dir = cfg.run_dir  # for the message of an error raised in the run folder
+    run(cfg, resolved)
+
+
 def _train(args) -> None:
     from orchestration.train import TrainConfig, run_train
 
-    cfg, resolved = load_config(TrainConfig, args.config, args.overrides)
-    args.run_dir = cfg.run_dir  # for the message of an error raised in the run folder
-    run_train(cfg, resolved)
+    _run(TrainConfig, run_train, args)
 
 
 def _evaluate(args) -> None:
     from orchestration.evaluate import EvaluateConfig, run_evaluate
 
-    cfg, resolved = load_config(EvaluateConfig, args.config, args.overrides)
-    args.run_dir = cfg.run_dir
-    run_evaluate(cfg, resolved)
+    _run(EvaluateConfig, run_evaluate, args)
 
 
 def _generate(args) -> None:
@@ -154,17 +157,13 @@ def _generate(args) -> None:
 def _compare(args) -> None:
     from orchestration.compare import CompareConfig, run_compare
 
-    cfg, resolved = load_config(CompareConfig, args.config, args.overrides)
-    args.run_dir = cfg.run_dir
-    run_compare(cfg, resolved)
+    _run(CompareConfig, run_compare, args)
 
 
 def _continual(args) -> None:
     from orchestration.continual import ContinualConfig, run_continual
 
-    cfg, resolved = load_config(ContinualConfig, args.config, args.overrides)
-    args.run_dir = cfg.run_dir
-    run_continual(cfg, resolved)
+    _run(ContinualConfig, run_continual, args)
 
 
 def _worker(args) -> None:

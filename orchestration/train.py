@@ -52,6 +52,9 @@ from orchestration import launch, report
 from orchestration.dispatch import collect, generate_edits, grouped, make_workers, train_jobs
 from orchestration.keys import EditId, JobKey
 from orchestration.train_config import Launcher, TrainConfig, contexts_of, labels, prepare, students_at
+from teacher.prompts import template_of
+from teacher.rest_em import SFTExample, sft_update
+from teacher.versions import list_versions, prune, read_manifest
 from teacher.writer import WantedEdit
 
 __all__ = ["Train", "TrainConfig", "run_train"]
@@ -61,8 +64,6 @@ __all__ = ["Train", "TrainConfig", "run_train"]
 def teacher_at(cfg: TrainConfig, run: Path, step: int) -> tuple[int, str]:
     """(version, model path) the teacher has at the start of ``step``: the newest version trained on
     the edits of an earlier round, or v0."""
-    from teacher.versions import list_versions, read_manifest
-
     ckpt = run / "checkpoints"
     best = (0, cfg.teacher.model)
     for v in list_versions(ckpt):
@@ -73,8 +74,6 @@ def teacher_at(cfg: TrainConfig, run: Path, step: int) -> tuple[int, str]:
 
 def version_of_round(run: Path, r: int) -> dict | None:
     """Manifest of the version trained on round ``r``'s edits, if it was saved."""
-    from teacher.versions import list_versions, read_manifest
-
     for v in list_versions(run / "checkpoints"):
         m = read_manifest(run / "checkpoints" / f"v{v}")
         if m["round"] == r:
@@ -85,15 +84,12 @@ def version_of_round(run: Path, r: int) -> dict | None:
 def wanted_edits(cfg: TrainConfig, r: int, version: int, ctxs: list[Context],
                  heldout: list[Context]) -> list[WantedEdit]:
     """The edits the step needs; ids are stable, so resume reuses them."""
-    from teacher.prompts import template_of
-
     k_eval = cfg.eval.k if cfg.eval.sampled else 1
     out = [WantedEdit(str(EditId.heldout(version, c.context_id, i)), c, Purpose.heldout, i)
            for c in heldout for i in range(k_eval)]
     out += [WantedEdit(str(EditId.train(r, c.context_id, i)), c, Purpose.train, i, template_of(cfg.teacher, i))
             for c in ctxs for i in range(cfg.edits_per_context)]
     return out
-
 
 
 # ----- the loop ---------------------------------------------------------------------------------
@@ -296,9 +292,6 @@ def update_teacher(cfg: TrainConfig, run: Path, r: int, version: int, model: str
     from v0 on the winners of every round up to ``r`` (rewards.jsonl, in round order); otherwise from
     the current version ``model`` on this round's. Each winner is trained under its canonical prompt
     (`SelfEdit.train_prompt`)."""
-    from teacher.rest_em import SFTExample, sft_update
-    from teacher.versions import list_versions, prune
-
     done = version_of_round(run, r)
     if done is not None or not ids:
         return done

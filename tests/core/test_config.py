@@ -174,3 +174,9 @@ def test_the_learning_rate_defaults_per_student():
     cfg = StudentConfig(model="gemma3-270m")
     cfg.train.learning_rate = 5e-4  # a set value wins
     assert learning_rate_of(cfg) == 5e-4
+
+
+def test_diff_keys_names_the_item_of_a_list_that_differs():
+    a = {"students": [{"model": "m", "train": {"learning_rate": 1e-3}}], "seeds": [0], "rounds": 2}
+    b = {"students": [{"model": "m", "train": {"learning_rate": 0.5}}], "seeds": [0, 1], "rounds": 2}
+    assert diff_keys(a, b) == ["seeds", "students.0.train.learning_rate"]  # lengths differ: the whole list
