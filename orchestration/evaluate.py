@@ -159,8 +159,9 @@ def write_tables(run: Path, cfg: EvaluateConfig, rows: list[dict], paired: list[
     write_atomic(run / "evaluate.csv", csv_text.getvalue())
     conds = [c for c in cfg.conditions if any(r["condition"] == c for r in rows)]
     grader = domains.get(cfg.data.domain).GRADER or cfg.students[0].grader
-    lines = [f"Held-out accuracy ({grader} grader) with teacher `{cfg.teacher.model}` "
-             f"(version {teacher_version(cfg.teacher.model)}) on `{cfg.data.source}`; "
+    teacher = (f"with teacher `{cfg.teacher.model}` (version {teacher_version(cfg.teacher.model)})"
+               if "teacher" in cfg.conditions else "without a teacher")
+    lines = [f"Held-out accuracy ({grader} grader) {teacher} on `{cfg.data.source}`; "
              f"mean over {len(cfg.seeds)} seed(s) ± spread, [95% bootstrap interval], n = questions",
              "", "| student | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
     for s in cfg.students:
