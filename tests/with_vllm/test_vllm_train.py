@@ -2,8 +2,8 @@
 packaged models.
 
 The student is smollm2-135m-instruct here, not the config's gemma3-270m: the path through both engines
-is the same, and with gemma3 (its 262k-token vocabulary) this test was the largest single cost of
-`make test`. bench/vllm_train.py runs the config as it is."""
+is the same, and a gemma3 engine (its 262k-token vocabulary) costs minutes of `make test`.
+bench/vllm_train.py runs the config as it is."""
 
 from __future__ import annotations
 
