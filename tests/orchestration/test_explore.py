@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from test_train import write_config
 
-import teacher.rest_em
 from core import rewards as R
 from core.config import load_config
 from core.contexts import load_contexts
 from core.jobs import StudentJob
 from orchestration.keys import EditId
+import orchestration.train
 from orchestration.train import TrainConfig, run_train
 
 
@@ -27,13 +27,13 @@ def explore_run(tmp_path, tiny_chat_model, tiny_model, monkeypatch, *overrides, 
     """Two rounds, 2 contexts x 2 edits each, sample 0 under 'implications' (canonical) and sample 1
     under 'self-qa'; every scored edit rewarded. Returns (run folder, metrics rows, SFT calls)."""
     calls = []  # (parent, examples) of every SFT update, which then runs for real
-    real = teacher.rest_em.sft_update
+    real = orchestration.train.sft_update
 
     def spy(parent, examples, *args, **kwargs):
         calls.append((parent, list(examples)))
         return real(parent, examples, *args, **kwargs)
 
-    monkeypatch.setattr(teacher.rest_em, "sft_update", spy)
+    monkeypatch.setattr(orchestration.train, "sft_update", spy)  # where the recipe calls it
     cfg_path = write_config(tmp_path / "c.yaml", tiny_chat_model, tiny_model, "inline", rounds=2, **top)
     cfg, resolved = load_config(TrainConfig, cfg_path, [f"run_dir={tmp_path / 'run'}",
                                                         "teacher.explore=[implications,self-qa]", *overrides])
@@ -66,7 +66,7 @@ def test_explored_edits_train_under_the_canonical_prompt(tmp_path, tiny_chat_mod
     assert any(edits[ex.edit_id]["template"] == "self-qa" for _, exs in calls for ex in exs)
     # the winners' templates, per round
     for m in metrics[:2]:
-        assert m["rewards"]["rewarded_templates"] == {"implications": 2, "self-qa": 2}
+        assert m.rewards["rewarded_templates"] == {"implications": 2, "self-qa": 2}
     assert "round 1: rewarded edits by template: implications 2, self-qa 2" in capsys.readouterr().out
     assert {r["template"] for r in rows(run / "rewards.jsonl")} == {"implications", "self-qa"}
 

@@ -18,6 +18,7 @@ from core.config import ConfigError, load_config
 from core.contexts import load_contexts
 from core.jobs import StudentJob, job_kind
 from core.queue import Job, Queue
+from orchestration.report import read_rows
 from orchestration.train import TrainConfig, run_train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +73,7 @@ def check_complete(run: Path, student: str) -> None:
     assert set(keys) == expected_keys(student)
     with Queue(run / "queue.sqlite") as q:
         assert set(q.results()) == expected_keys(student)
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_rows(run)
     assert [r.round for r in rows] == [0, 1] and [r.teacher_version for r in rows] == [0, 1]
 
 
