@@ -130,8 +130,9 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict
         t0 = time.perf_counter()
         for at in range(0, len(left), group):
             part = left[at:at + group]
-            jobs = [(t["id"], StudentJob("knowledge", t["train_as"], (t["ctx"],), (t["edit"],), seed=t.get("seed"),
-                                         answer=t.get("answer", True))) for t in part]
+            jobs = [(t["id"], StudentJob("knowledge", "passage" if t["train_as"] == "passage" else "edit", (t["ctx"],),
+                                         (t["edit"],), seed=t.get("seed"), answer=t.get("answer", True)))
+                    for t in part]
             results = adapt_and_score_many(st, base, jobs)
             with path.open("a") as f:
                 for t, r in zip(part, results):

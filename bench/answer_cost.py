@@ -35,7 +35,7 @@ def measure(model: str, k: int, repeats: int, offset: int) -> dict:
     ctxs = squad_subset(offset, k)
     base = Baselines(st, make_grader(cfg.grader), knowledge)
     base.prefetch(ctxs)  # the unadapted baselines are cached per worker, not per job: outside the clock
-    jobs = {answer: [(f"{c.context_id}/{answer}", StudentJob("knowledge", "edits", (c,), (restatement(c),), answer=answer))
+    jobs = {answer: [(f"{c.context_id}/{answer}", StudentJob("knowledge", "edit", (c,), (restatement(c),), answer=answer))
                      for c in ctxs] for answer in (True, False)}
     adapt_and_score_many(st, base, jobs[True][:1])  # warm-up, as a long-running worker has done
     walls = {True: [], False: []}

@@ -320,7 +320,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
         warmup_s = round(time.perf_counter() - t0, 2)
     elif setting in ("batched", "vllm", "breakdown"):
         t0 = time.perf_counter()
-        adapt_and_score_many(st, base, [(f"w{i}", StudentJob("knowledge", "edits", (warm,), (restatement(warm),))) for i in range(k)])
+        adapt_and_score_many(st, base, [(f"w{i}", StudentJob("knowledge", "edit", (warm,), (restatement(warm),))) for i in range(k)])
         warmup_s = round(time.perf_counter() - t0, 2)
     if setting == "breakdown":  # its own process: the profiler's memory can only sink itself
         return breakdown(st, base, ctxs[:k])
@@ -341,7 +341,7 @@ def run_one(model: str, setting: str, contexts: int, reference_contexts: int, k:
     else:
         for g in range(0, n, k):
             group = ctxs[g:g + k]
-            results = adapt_and_score_many(st, base, [(c.context_id, StudentJob("knowledge", "edits", (c,), (restatement(c),)))
+            results = adapt_and_score_many(st, base, [(c.context_id, StudentJob("knowledge", "edit", (c,), (restatement(c),)))
                                                       for c in group])
             bad = [r for r in results if isinstance(r, Exception)]
             if bad:
@@ -384,7 +384,7 @@ def breakdown(st, base, group, steps: int = 3) -> dict:
     old, st.cfg.train.max_steps = st.cfg.train.max_steps, steps
     try:
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            adapt_and_score_many(st, base, [(c.context_id, StudentJob("knowledge", "edits", (c,), (restatement(c),))) for c in group])
+            adapt_and_score_many(st, base, [(c.context_id, StudentJob("knowledge", "edit", (c,), (restatement(c),))) for c in group])
     finally:
         st.cfg.train.max_steps = old
     head = sum(e.self_cpu_time_total for e in prof.key_averages(group_by_input_shape=True)

@@ -192,7 +192,7 @@ def main() -> None:
         raise SystemExit(f"--stages must be a prefix of {','.join(STAGES)} (stages run in priority order)")
 
     from core.config import load_config
-    from orchestration.rounds import teacher_at
+    from orchestration.train import teacher_at
     from orchestration.train import TrainConfig, run_train
 
     root = Path(args.run_dir)
@@ -268,7 +268,7 @@ def heldout_runs(cfg, root: Path, students: list[str], last: int) -> dict:
 def summarize(out: dict, cfg, root: Path, students: list[str], wall: dict) -> None:
     """Fill ``out`` with what the stages run so far have on disk (see the module docstring)."""
     from core.runs import read_jsonl
-    from orchestration.rounds import teacher_at
+    from orchestration.train import teacher_at
 
     train, reward_student = root / "train", students[0]
     last, _ = teacher_at(cfg, train, cfg.rounds + 1)

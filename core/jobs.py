@@ -38,6 +38,7 @@ class StudentJob:
     answer: bool = True  # False: only the gold answers' log-likelihoods, no answers generated
 
     def __post_init__(self):
+        object.__setattr__(self, "condition", Condition(self.condition))  # a known condition, as the enum
         if not self.contexts or len(self.edits) != len(self.contexts):
             raise ValueError(f"a StudentJob needs one edit per context, got {len(self.edits)} edits for "
                              f"{len(self.contexts)} contexts")
@@ -59,4 +60,4 @@ class StudentJob:
     def from_json(cls, text: str) -> "StudentJob":
         raw = fields_checked(cls, text)
         domain = domains.get(raw["domain"])
-        return cls(**{**raw, "condition": Condition(raw["condition"]), "contexts": tuple(map(domain.from_json, raw["contexts"])), "edits": tuple(raw["edits"])})
+        return cls(**{**raw, "contexts": tuple(map(domain.from_json, raw["contexts"])), "edits": tuple(raw["edits"])})

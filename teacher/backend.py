@@ -4,11 +4,11 @@ seed hash, and the request checks every backend runs.
 Three classes implement it: `teacher.transformers_backend.TransformersBackend` (this process, the CPU default),
 `teacher.vllm_backend.VLLMBackend` (a ``vllm.LLM`` engine) and the driver's
 ``orchestration.ray_launch.RayTeacherBackend`` (either of them in a Ray actor). The driver
-(`orchestration.steps.write_edits`) sees only this interface.
+(through `teacher.writer.write_edits`) sees only this interface.
 
 Why a module of its own: both in-process backends need `Generation` and `batch_seed`, and
-`teacher.transformers_backend.make_backend` picks between them; with the shared parts in `teacher.transformers_backend`,
-that module and `teacher.vllm_backend` imported each other. This one imports only `teacher.config`,
+`teacher.transformers_backend.make_backend` picks between them; with the shared parts in that
+module, it and `teacher.vllm_backend` imported each other. This one imports only `teacher.config`,
 so every backend depends on it and none on another.
 """
 

@@ -49,7 +49,7 @@ def test_restatement_edit_lifts_accuracy_by_40_points(ctx):
     cfg.train.epochs = EPOCHS
     st = Student(cfg)
     base = Baselines(st, make_grader("contains"))
-    r = adapt_and_score(st, base, "knowledge", StudentJob("knowledge", "edits", (ctx,), ("\n".join(EDIT["edit"]),)))
+    r = adapt_and_score(st, base, "knowledge", StudentJob("knowledge", "edit", (ctx,), ("\n".join(EDIT["edit"]),)))
     f1_before = sum(token_f1(v.answer, v.gold) for v in base.get(ctx)[0]) / len(ctx.questions)
     f1_after = sum(token_f1(v.answer, v.gold) for v in r.verdicts) / len(ctx.questions)
     report = [(v.question, v.gold, v.answer) for v in r.verdicts]

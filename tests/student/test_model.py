@@ -27,7 +27,7 @@ def test_adapt_and_score_smoke(tiny_model, ctx):
     st = Student(tiny_cfg(tiny_model))
     assert st.chat is False
     base = Baselines(st, make_grader("f1"))
-    r = adapt_and_score(st, base, "k", StudentJob("knowledge", "edits", (ctx,), ("A fact.\nAnother fact.",)))
+    r = adapt_and_score(st, base, "k", StudentJob("knowledge", "edit", (ctx,), ("A fact.\nAnother fact.",)))
     assert r.condition == "edits" and r.key == "k" and len(r.verdicts) == len(ctx.questions)
     assert 0.0 <= r.score <= 1.0 and r.baseline_score == base.get(ctx)[1]
     assert r.train["learning_rate"] == 1e-3  # a folder, not a built-in: the general default, recorded

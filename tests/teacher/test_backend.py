@@ -41,7 +41,7 @@ def test_batch_seeds_do_not_collide():
 
 
 def test_batch_seed_of_an_edit_id_is_stable_and_in_torch_range():
-    # The driver hashes edit ids (`orchestration.steps.chunk_seed`): the seed must not depend
+    # The driver hashes edit ids (`teacher.writer.chunk_seed`): the seed must not depend
     # on the process (str hash randomisation) and must fit torch's manual_seed.
     seeds = {batch_seed(3, f"r1/ctx{i}/0") for i in range(100)}
     assert len(seeds) == 100 and all(0 <= s < 2 ** 63 for s in seeds)

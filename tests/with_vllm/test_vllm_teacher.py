@@ -23,8 +23,8 @@ def prompts(backend, n: int) -> list[str]:
 def test_greedy_edits_match_the_transformers_backend(vllm_teacher, hf_teacher, figures):
     ps = prompts(hf_teacher, PARITY_CONTEXTS)
     assert prompts(vllm_teacher, PARITY_CONTEXTS) == ps  # same tokenizer and template on both sides
-    ours = [g[0] for g in vllm_teacher.transformers_backend(ps, 1, greedy=True)]
-    theirs = [g[0] for g in hf_teacher.transformers_backend(ps, 1, greedy=True)]
+    ours = [g[0] for g in vllm_teacher.generate(ps, 1, greedy=True)]
+    theirs = [g[0] for g in hf_teacher.generate(ps, 1, greedy=True)]
     same = [a.text == b.text for a, b in zip(ours, theirs)]
     # Where they differ, how far in: the common prefix in characters.
     prefix = [next((i for i, (x, y) in enumerate(zip(a.text, b.text)) if x != y), min(len(a.text), len(b.text)))
@@ -48,11 +48,11 @@ def distinct2(texts: list[str]) -> float:
 def test_seeded_sampling_is_reproducible_and_sane(vllm_teacher, hf_teacher, figures):
     ps = prompts(hf_teacher, 2)
     n = SAMPLES // len(ps)
-    ours = vllm_teacher.transformers_backend(ps, n, seed=7)
-    assert vllm_teacher.transformers_backend(ps, n, seed=7) == ours  # run to run
-    other = vllm_teacher.transformers_backend(ps, n, seed=8)
+    ours = vllm_teacher.generate(ps, n, seed=7)
+    assert vllm_teacher.generate(ps, n, seed=7) == ours  # run to run
+    other = vllm_teacher.generate(ps, n, seed=8)
     assert other != ours
-    theirs = hf_teacher.transformers_backend(ps, n, seed=7)
+    theirs = hf_teacher.generate(ps, n, seed=7)
     flat = {"vllm": [g for gs in ours for g in gs], "transformers": [g for gs in theirs for g in gs]}
     assert [len(g) for g in ours] == [n] * len(ps)
     stats = {k: {"mean_tokens": sum(g.n_tokens for g in v) / len(v), "distinct_2": distinct2([g.text for g in v]),
@@ -69,4 +69,4 @@ def test_seeded_sampling_is_reproducible_and_sane(vllm_teacher, hf_teacher, figu
 
 def test_an_unknown_constraint_is_refused(vllm_teacher):
     with pytest.raises(ValueError, match="transformers backend only"):
-        vllm_teacher.transformers_backend(["x"], 1, choices=["a"])
+        vllm_teacher.generate(["x"], 1, choices=["a"])
