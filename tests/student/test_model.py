@@ -28,7 +28,7 @@ def test_adapt_and_score_smoke(tiny_model, ctx):
     assert st.chat is False
     base = Baselines(st, make_grader("f1"))
     r = adapt_and_score(st, base, "k", StudentJob("knowledge", "edit", (ctx,), ("A fact.\nAnother fact.",)))
-    assert r.condition == "edits" and r.key == "k" and len(r.verdicts) == len(ctx.questions)
+    assert r.condition == "edit" and r.key == "k" and len(r.verdicts) == len(ctx.questions)
     assert 0.0 <= r.score <= 1.0 and r.baseline_score == base.get(ctx)[1]
     assert r.train["learning_rate"] == 1e-3  # a folder, not a built-in: the general default, recorded
     assert r.train["sequences"] == 3 and r.train["n_items"] == 2  # 2 items + passage
