@@ -189,12 +189,11 @@ class Train:
         # 6. the metrics row
         reference = (report.reference_scores(students, self.heldout, results, domains.get(cfg.data.domain).REFERENCE)
                      if r == 0 else None)
-        trained = r < cfg.rounds
         row = report.RoundRow(
             round=r, teacher_version=version, contexts=[c.context_id for c in ctxs],
             students={label: s.model for label, s in students}, heldout=report.heldout_scores(students, wanted, results),
             jobs=report.job_counts(self.queue, keys, len(results)), student_wait_s=wait_s, reference=reference,
-            rewards=stats if trained else None, new_version=manifest["version"] if manifest else None,
+            rewards=stats, new_version=manifest["version"] if manifest else None,
             sft=manifest["sft"] if manifest else None, wall_s=round(time.perf_counter() - t0, 1))
         append_jsonl(run / "metrics.jsonl", row.to_json())
         self.rows.append(row)
