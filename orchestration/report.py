@@ -126,20 +126,22 @@ def table_line(labels: list[str], row: RoundRow) -> str:
 
 
 def final_table(cfg, labels: list[str], rows: list[RoundRow], run: Path | None = None) -> str:
-    """Held-out accuracy per student: the reference conditions, teacher v0 and teacher v_last, with
-    counts; and, given the run folder, the paired differences v_last - v0 and v_last - passage."""
+    """Held-out accuracy per student: the reference conditions, teacher v0 and teacher v_last (one
+    column when no version was trained), with counts; and, given the run folder, the paired
+    differences v_last - v0 and v_last - passage."""
     from core import domains
 
     domain = domains.get(cfg.data.domain)
     first, last = rows[0], rows[-1]
+    teachers = [first] if last.teacher_version == first.teacher_version else [first, last]
     grader = domain.GRADER or cfg.students[0].grader
-    head = [*domain.REFERENCE, "teacher v0", f"teacher v{last.teacher_version}"]
+    head = [*domain.REFERENCE, *(f"teacher v{row.teacher_version}" for row in teachers)]
     w = _width(labels, 24)
     lines = [f"\nHeld-out accuracy ({grader} grader, mean over questions; n = questions behind each figure)",
              f"{'student':<{w}} " + " ".join(f"{h:>12}" for h in head)]
     for name in labels:
         ref, cells = first.reference[name], []
-        for cell in (*(ref[c] for c in domain.REFERENCE), first.heldout[name], last.heldout[name]):
+        for cell in (*(ref[c] for c in domain.REFERENCE), *(row.heldout[name] for row in teachers)):
             cells.append(f"{_fmt(cell['accuracy']).strip()} (n={cell['n_questions']})")
         lines.append(f"{name:<{w}} " + " ".join(f"{c:>12}" for c in cells))
     if run is not None:
