@@ -96,7 +96,7 @@ def _dumps(obj, key: str, what: str) -> str:
 
 def _payload(job: Job) -> str:
     if not isinstance(job.payload, StudentJob):
-        raise TypeError(f"job {job.key!r}: the payload must be an core.records.StudentJob, "
+        raise TypeError(f"job {job.key!r}: the payload must be a core.jobs.StudentJob, "
                         f"not {type(job.payload).__name__}; build one with StudentJob(...)")
     return job.payload.to_json()
 
