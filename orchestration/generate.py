@@ -1,7 +1,7 @@
 """`seal generate`: a teacher writes edits for any SEAL/SQuAD-schema file, into a SEAL-format edits file.
 
-This is what makes a trained teacher reusable outside the loop: the file feeds `seal adapt
-edits=FILE`, `seal evaluate edits=FILE`, or anyone else's pipeline. Its header names the teacher
+This is what makes a trained teacher reusable outside the loop: the file feeds `seal evaluate
+edits=FILE` (its `file` condition), or anyone else's pipeline. Its header names the teacher
 (model, version, template, chat) and the sampling settings; each record keeps the exact prompt.
 
 Edits are generated in fixed chunks (`teacher.writer.write_edits`, the seeding every command shares) and

@@ -1,4 +1,4 @@
-"""`seal generate`: output format (header + SEAL records), usable by `seal adapt`, resumable."""
+"""`seal generate`: output format (header + SEAL records), usable by `seal evaluate edits=FILE`, resumable."""
 
 import json
 from pathlib import Path
@@ -25,7 +25,7 @@ def test_generate_writes_a_seal_edits_file(tmp_path, tiny_chat_model):
     ctxs = load_contexts("demo", offset=20, limit=3)
     assert [r["context_id"] for r in raw["records"]] == [c.context_id for c in ctxs]
     assert all(len(r["completions"]) == 2 and r["prompt"].startswith("<|user|>") and r["chat"] for r in raw["records"])
-    header, by_ctx = read_edits(str(out))  # what seal adapt edits=FILE reads
+    header, by_ctx = read_edits(str(out))  # what seal evaluate edits=FILE reads
     assert header["teacher"]["template"] == "implications" and set(by_ctx) == {c.context_id for c in ctxs}
     assert not (tmp_path / "edits.json.partial.jsonl").exists()
 
