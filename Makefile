@@ -52,15 +52,21 @@ lint: setup
 docs: setup
 	$(BIN)/python -m orchestration.docgen
 
+# The vLLM environment builds in the background while the main suite runs (its pip install is
+# mostly one core and the disk, about 2 of make test's 20 minutes); its output goes to .venv-vllm.log,
+# shown if it fails.
 test: models lint
-	$(BIN)/python -m pytest -q --durations=15
+	$(MAKE) --no-print-directory vllm-env > $(VLLM_VENV).log 2>&1 & vllm=$$!; \
+	$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
+	if ! wait $$vllm; then cat $(VLLM_VENV).log; echo "building $(VLLM_VENV) failed: its log is above"; exit 1; fi; \
+	exit $$rc
 	$(MAKE) test-vllm
 
 # The vllm tests on vLLM's CPU build; `import vllm` first, so a broken install fails here instead of
 # skipping every test.
 test-vllm: models vllm-env
 	$(VBIN)/python -c "import vllm"
-	$(VBIN)/python -m pytest -q -m vllm tests/with_vllm
+	$(VBIN)/python -m pytest -q --durations=10 -m vllm tests/with_vllm
 
 clean-venv:
 	rm -rf $(VENV) $(VLLM_VENV)
