@@ -94,7 +94,7 @@ def recipe_of(cfg) -> dict:
 def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict, group: int = 8) -> list[dict]:
     """Adapt ``model`` once per item of ``todo`` and score it, caching one JSON row per item in ``path``.
 
-    An item is {'id': unique str, 'ctx': Context, 'edit': str, 'train_as': 'passage' | 'edits',
+    An item is {'id': unique str, 'ctx': Context, 'edit': str, 'train_as': 'passage' | 'edit',
     'seed': int or None (the student's), 'answer': False to score only log-likelihoods (F1 None), ...}; its row holds the item's other fields, per-question
     F1 and gold-answer log-likelihood (adapted and base), the training steps and tokens, and the
     edit's length. The student runs its default recipe with ``overrides``; a row is reused only under
@@ -130,9 +130,8 @@ def cached_adaptations(model: str, todo: list[dict], path: Path, overrides: dict
         t0 = time.perf_counter()
         for at in range(0, len(left), group):
             part = left[at:at + group]
-            jobs = [(t["id"], StudentJob("knowledge", "passage" if t["train_as"] == "passage" else "edit", (t["ctx"],),
-                                         (t["edit"],), seed=t.get("seed"), answer=t.get("answer", True)))
-                    for t in part]
+            jobs = [(t["id"], StudentJob("knowledge", t["train_as"], (t["ctx"],), (t["edit"],), seed=t.get("seed"),
+                                         answer=t.get("answer", True))) for t in part]
             results = adapt_and_score_many(st, base, jobs)
             with path.open("a") as f:
                 for t, r in zip(part, results):

@@ -192,8 +192,7 @@ def main() -> None:
         raise SystemExit(f"--stages must be a prefix of {','.join(STAGES)} (stages run in priority order)")
 
     from core.config import load_config
-    from orchestration.train import teacher_at
-    from orchestration.train import TrainConfig, run_train
+    from orchestration.train import TrainConfig, run_train, teacher_at
 
     root = Path(args.run_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,7 @@ def main() -> None:
         for c in ctxs:
             todo.append({"id": f"{c.context_id}/passage/s{s}", "ctx": c, "edit": "", "train_as": "passage",
                          "seed": s})
-            todo += [{"id": f"{c.context_id}/{i}/s{s}", "ctx": c, "edit": edits[c.context_id][i], "train_as": "edits",
+            todo += [{"id": f"{c.context_id}/{i}/s{s}", "ctx": c, "edit": edits[c.context_id][i], "train_as": "edit",
                       "seed": s} for i in range(args.k)]
     rows = cached_adaptations(args.student, todo, out / f"{args.student}.jsonl", {}, args.group)
     report = {"machine": machine(), "student": args.student, "teacher": args.teacher, "template": args.template,

@@ -129,7 +129,7 @@ def main() -> None:
         for c in ctxs:
             todo.append({"id": f"{c.context_id}/passage/s{s}", "ctx": c, "edit": "", "train_as": "passage",
                          "seed": s, "answer": False})
-            todo += [{"id": f"{c.context_id}/{i}/s{s}", "ctx": c, "edit": e, "train_as": "edits", "seed": s,
+            todo += [{"id": f"{c.context_id}/{i}/s{s}", "ctx": c, "edit": e, "train_as": "edit", "seed": s,
                       "answer": False} for i, e in enumerate(edits[c.context_id])]
     rows = {r["id"]: r for r in cached_adaptations(args.student, todo, out / f"{args.student}.jsonl", {}, args.group)}
     ga, gb = (gains_of(rows, ctxs, edits, s) for s in seeds)

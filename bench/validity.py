@@ -60,7 +60,7 @@ def run_student(model: str, ctxs, edits: dict, overrides: dict, out: Path, group
                 conditions: tuple[str, ...] = CONDITIONS) -> list[dict]:
     """One row per (passage, condition) under the recipe, cached in ``out/<model>.jsonl``."""
     todo = [{"id": f"{c.context_id}/{cond}", "ctx": c, "edit": edits[cond][c.context_id], "condition": cond,
-             "train_as": "passage" if cond == "passage" else "edits"} for cond in conditions for c in ctxs]
+             "train_as": "passage" if cond == "passage" else "edit"} for cond in conditions for c in ctxs]
     return cached_adaptations(model, todo, out / f"{model}.jsonl", overrides, group)
 
 
